@@ -1,0 +1,32 @@
+# initlab developer commands. `make install` then `make test` is the whole set-up.
+PYTHON ?= python
+PYTEST_ARGS ?=
+
+.PHONY: install test test-all smoke sweep plots bench lint clean
+
+install:  ## editable install with the dev tools
+	$(PYTHON) -m pip install -e ".[dev]"
+
+test:  ## the fast suite: what .ci/run calls (slow tests excluded)
+	$(PYTHON) -m pytest -m "not slow and not gpu" $(PYTEST_ARGS)
+
+test-all:  ## everything that can run here, slow tests included
+	$(PYTHON) -m pytest -m "not gpu" $(PYTEST_ARGS)
+
+smoke:  ## the CI smoke study: seconds on a 2-core CPU
+	$(PYTHON) -m initlab experiment=smoke
+
+sweep:  ## demonstration study: conv4 x 4 inits x bn on/off on synthetic data
+	$(PYTHON) -m initlab -m model=conv4 init=default,xavier,kaiming,normal bn=false,true train.steps=100
+
+plots:  ## rebuild the plots of the latest run under outputs/
+	$(PYTHON) -m initlab.report --latest outputs
+
+bench:  ## benchmarks/: measured tables written to benchmarks/results/
+	$(PYTHON) benchmarks/run_all.py
+
+lint:
+	$(PYTHON) -m ruff check initlab tests benchmarks
+
+clean:
+	rm -rf outputs/runs outputs/multirun .pytest_cache build *.egg-info

@@ -1,0 +1,3 @@
+from initlab.cli import main
+
+main()

@@ -1,0 +1,160 @@
+"""The `initlab` command: compose config -> validate -> seed -> device -> data -> model
+-> init -> train (telemetry) -> parquet -> summary.json -> plots. One log line per stage."""
+
+import logging
+import platform
+import random
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import numpy as np
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+from rich.console import Console
+
+import initlab
+from initlab.config import validate
+from initlab.data import load_dataset
+from initlab.devices import resolve_device
+from initlab.errors import InitlabError, Interrupted
+from initlab.init import apply_init
+from initlab.models import build_model
+from initlab.models.summary import describe
+from initlab.plots import plot_run
+from initlab.store import RunStore, read_stats, write_json
+from initlab.telemetry import Telemetry
+from initlab.train import ProgressBar, build_optimizer, fit
+
+log = logging.getLogger("initlab")
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # every device's generator too
+
+
+def versions() -> dict[str, str]:
+    return {"initlab": initlab.__version__, "torch": torch.__version__, "hydra": hydra.__version__,
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def _raise_interrupted(signum: int, frame: object) -> None:
+    raise Interrupted(f"signal {signum}")
+
+
+def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
+    """Run one study into `run_dir`; returns the summary written to summary.json."""
+    t0 = time.perf_counter()
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    data = load_dataset(OmegaConf.to_container(cfg.data, resolve=True), device, cfg.seed)
+    log.info("data    %s: %d train / %d held-out, shape %s, %d classes, on %s",
+             data.name, len(data.y_train), len(data.y_val), list(data.in_shape), data.num_classes, device)
+    mcfg = OmegaConf.to_container(cfg.model, resolve=True)
+    # Built and initialised on the CPU so the same seed gives the same weights on every device.
+    model = build_model(mcfg["name"], mcfg, data.in_shape, data.num_classes, cfg.bn)
+    init_report = apply_init(model, OmegaConf.to_container(cfg.init, resolve=True),
+                             mcfg.get("act", "relu"), float(mcfg.get("act_slope", 0.01)))
+    info = describe(model, data.in_shape)
+    model.to(device)
+    Console(stderr=True).print(info.table(f"{mcfg['name']} (bn={str(cfg.bn).lower()})"))
+    log.info("init    %s touched %d modules, e.g. %s: %s", cfg.init.name, len(init_report),
+             init_report[0]["module"], init_report[0]["init"])
+    optimizer = build_optimizer(model, OmegaConf.to_container(cfg.optim, resolve=True))
+    tcfg = cfg.telemetry
+    telemetry = Telemetry(model) if tcfg.enabled else None
+    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "versions": versions()}
+    store = RunStore(run_dir, meta, flush_every=tcfg.flush_every)
+    setup_s = time.perf_counter() - t0
+    callbacks = [ProgressBar(cfg.train.batch_size)] if cfg.train.progress else []
+    log.info("train   %d steps of batch %d (%s)", cfg.train.steps, cfg.train.batch_size,
+             "probe at init: no update" if cfg.train.steps == 0 else f"optim={cfg.optim.name} lr={cfg.optim.lr}")
+    try:
+        result = fit(model, data, optimizer, cfg.train, telemetry, tcfg, store, cfg.seed, callbacks)
+    finally:
+        store.flush()  # whatever happens, what was recorded reaches the disk
+    rows = result.rows
+    store.write_metrics(rows)
+    final = {k: rows[-1].get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy")} if rows else {}
+    step_times = [r["step_time"] for r in rows]
+    summary = {
+        "status": result.status,
+        "steps_requested": cfg.train.steps,
+        "steps_done": result.steps_done,
+        "final": final,
+        "diverged": result.diverged,
+        "device": str(device),
+        "model": {"name": mcfg["name"], "params": info.params, "macs": info.macs},
+        "params": info.params,
+        "macs": info.macs,
+        "init": init_report,
+        "timings": {
+            "setup_s": setup_s,
+            "train_s": result.train_s,
+            "step_time_median_s": float(np.median(step_times)) if step_times else None,
+            "total_s": time.perf_counter() - t0,
+        },
+        "versions": versions(),
+    }
+    store.write_summary(summary)
+    _plots(run_dir, rows, meta["config"])
+    if result.status == "diverged":
+        d = result.diverged
+        log.warning("done    status=diverged: non-finite loss at step %d; first non-finite layer: %s",
+                    d["step"], f"{d['layer']} (index {d['layer_idx']})" if d["layer"] else "none recorded")
+    else:
+        log.info("done    status=%s loss=%.4g accuracy=%.3f -> %s", result.status,
+                 final.get("loss", float("nan")), final.get("accuracy") or 0.0, run_dir)
+    return summary
+
+
+def _plots(run_dir: Path, rows: list[dict[str, Any]], config: dict[str, Any]) -> None:
+    """Plots come last and never cost the recorded data."""
+    import pandas as pd
+
+    try:
+        plot_run(read_stats(run_dir), pd.DataFrame(rows), config, run_dir / "plots")
+    except Exception as exc:  # a plotting bug must not turn a finished study into a crash
+        log.error("plots   failed (%s); rebuild later with `initlab-report %s`", exc, run_dir)
+
+
+@hydra.main(version_base="1.3", config_path="pkg://initlab.conf", config_name="config")
+def app(cfg: DictConfig) -> float | None:
+    """Hydra entry point; returns the final loss so sweepers can optimise it."""
+    hc = HydraConfig.get()
+    run_dir = Path(hc.runtime.output_dir)
+    multirun = hc.mode == RunMode.MULTIRUN
+    signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        summary = run_study(cfg, run_dir)
+    except InitlabError as exc:
+        write_json(run_dir / "summary.json", {"status": "failed", "error": str(exc), "versions": versions()})
+        if multirun:  # one bad job must not stop the sweep
+            log.error("failed  %s", exc)
+            return None
+        print(f"initlab: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    if summary["status"] == "interrupted":
+        log.warning("interrupted: files so far are in %s", run_dir)
+        if not multirun:
+            sys.exit(EXIT_INTERRUPTED)
+    return summary["final"].get("loss")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

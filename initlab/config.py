@@ -1,0 +1,127 @@
+"""Validate a composed config before any work: each bad value becomes one clear line.
+
+Hydra already rejects unknown group options ("Available options in 'model': ...");
+this module catches what Hydra cannot know: impossible numbers, malformed shapes,
+unknown activations, and so on. Keys absent from a model's config are simply skipped.
+"""
+
+from collections.abc import Iterable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from initlab.errors import ConfigError
+from initlab.models.blocks import ACTIVATIONS
+
+_MISSING = object()
+
+
+def _get(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key, default=_MISSING)
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_int(cfg: DictConfig, key: str, lo: int, what: str = "") -> None:
+    v = _get(cfg, key)
+    if v is _MISSING:
+        return
+    if not _is_int(v) or v < lo:
+        raise ConfigError(key, v, what or f"expected an integer >= {lo}")
+
+
+def check_num(cfg: DictConfig, key: str, lo: float, *, strict: bool, hi: float | None = None) -> None:
+    v = _get(cfg, key)
+    if v is _MISSING:
+        return
+    ok = _is_num(v) and (v > lo if strict else v >= lo) and (hi is None or v < hi)
+    if not ok:
+        bound = f"> {lo}" if strict else f">= {lo}"
+        if hi is not None:
+            bound += f" and < {hi}"
+        raise ConfigError(key, v, f"expected a number {bound}")
+
+
+def check_choice(cfg: DictConfig, key: str, choices: Iterable[str]) -> None:
+    v = _get(cfg, key)
+    if v is _MISSING:
+        return
+    choices = list(choices)
+    if v not in choices:
+        raise ConfigError(key, v, f"choose from {', '.join(choices)}")
+
+
+def check_bool(cfg: DictConfig, key: str) -> None:
+    v = _get(cfg, key)
+    if v is not _MISSING and not isinstance(v, bool):
+        raise ConfigError(key, v, "expected true or false")
+
+
+def check_int_list(cfg: DictConfig, key: str, lengths: tuple[int, ...], what: str) -> None:
+    v = _get(cfg, key)
+    if v is _MISSING:
+        return
+    if not isinstance(v, list) or len(v) not in lengths or not all(_is_int(x) and x >= 1 for x in v):
+        raise ConfigError(key, v, what)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Raise ConfigError on the first value that cannot work."""
+    check_int(cfg, "seed", 0, "expected an integer >= 0")
+    check_bool(cfg, "bn")
+    # model
+    check_int(cfg, "model.depth", 1)
+    check_int(cfg, "model.width", 1)
+    check_choice(cfg, "model.act", ACTIVATIONS)
+    check_num(cfg, "model.act_slope", 0.0, strict=False)
+    check_choice(cfg, "model.bn_position", ["before_act", "after_act"])
+    check_int_list(cfg, "model.channels", (3,), "expected three positive integers, e.g. [8,16,32]")
+    # init
+    check_choice(cfg, "init.distribution", ["uniform", "normal"])
+    check_choice(cfg, "init.mode", ["fan_in", "fan_out"])
+    check_num(cfg, "init.std", 0.0, strict=False)
+    gain = _get(cfg, "init.gain")
+    if gain is not _MISSING and gain != "auto" and not (_is_num(gain) and gain > 0):
+        raise ConfigError("init.gain", gain, "expected a number > 0 or `auto`")
+    # data
+    check_int_list(
+        cfg, "data.shape", (1, 3), "expected [N] for flat inputs or [C,H,W] for images, positive integers"
+    )
+    check_int(cfg, "data.num_classes", 2)
+    check_int(cfg, "data.train_size", 1)
+    check_int(cfg, "data.val_size", 0)
+    data_seed = _get(cfg, "data.seed")
+    if data_seed is not _MISSING and data_seed is not None and not (_is_int(data_seed) and data_seed >= 0):
+        raise ConfigError("data.seed", data_seed, "expected null or an integer >= 0")
+    # optim
+    check_num(cfg, "optim.lr", 0.0, strict=True)
+    check_num(cfg, "optim.momentum", 0.0, strict=False, hi=1.0)
+    check_num(cfg, "optim.weight_decay", 0.0, strict=False)
+    betas = _get(cfg, "optim.betas")
+    if betas is not _MISSING and not (
+        isinstance(betas, list) and len(betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in betas)
+    ):
+        raise ConfigError("optim.betas", betas, "expected two numbers in [0, 1), e.g. [0.9,0.999]")
+    # train
+    check_int(cfg, "train.steps", 0)
+    check_int(cfg, "train.batch_size", 1)
+    check_int(cfg, "train.eval_every", 0)
+    check_bool(cfg, "train.stop_on_nonfinite")
+    check_bool(cfg, "train.progress")
+    size, bs = _get(cfg, "data.train_size"), _get(cfg, "train.batch_size")
+    if _is_int(size) and bs > size:
+        raise ConfigError("train.batch_size", bs, f"expected at most data.train_size={size}")
+    # telemetry
+    check_bool(cfg, "telemetry.enabled")
+    check_int(cfg, "telemetry.first", 0)
+    check_int(cfg, "telemetry.every", 1)
+    check_int(cfg, "telemetry.flush_every", 1)

@@ -1,0 +1,108 @@
+"""Datasets -> batches on the run's device.
+
+A dataset lives whole on the device (it is small: the embedded synthetic set is a few
+MB) and batches are gathered with one index per step: no workers, no host copies.
+"""
+
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from initlab.errors import InitlabError
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+
+@dataclass
+class DeviceDataset:
+    """Train and held-out tensors already on the run's device."""
+
+    name: str
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    y_val: torch.Tensor
+    num_classes: int
+
+    @property
+    def in_shape(self) -> tuple[int, ...]:
+        return tuple(self.x_train.shape[1:])
+
+    def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        """Endless shuffled batches, a fresh permutation per epoch, last partial batch dropped.
+
+        The permutation comes from a CPU generator so the same seed gives the same batches
+        on every device.
+        """
+        g = torch.Generator().manual_seed(seed)
+        n = len(self.y_train)
+        while True:
+            perm = torch.randperm(n, generator=g).to(self.x_train.device)
+            for i in range(0, n - batch_size + 1, batch_size):
+                idx = perm[i : i + batch_size]
+                yield self.x_train[idx], self.y_train[idx]
+
+    def val_batches(self, batch_size: int) -> Iterator[Batch]:
+        for i in range(0, len(self.y_val), batch_size):
+            yield self.x_val[i : i + batch_size], self.y_val[i : i + batch_size]
+
+
+Loader = Callable[[Mapping[str, Any], torch.device, int], DeviceDataset]
+DATASETS: dict[str, Loader] = {}
+
+
+def register(name: str) -> Callable[[Loader], Loader]:
+    def deco(fn: Loader) -> Loader:
+        DATASETS[name] = fn
+        return fn
+
+    return deco
+
+
+def _teacher(shape: tuple[int, ...], num_classes: int, g: torch.Generator) -> nn.Module:
+    """A fixed random network whose argmax is the label: learnable by the student families.
+
+    Images get a conv feature + global pooling (what conv nets can represent); flat
+    inputs get a linear map (what an MLP can represent).
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=g)))
+        if len(shape) == 3:
+            return nn.Sequential(
+                nn.Conv2d(shape[0], 32, 5, padding=2), nn.ReLU(),
+                nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, num_classes),
+            )
+        return nn.Linear(shape[0], num_classes)
+
+
+@torch.no_grad()
+def _labels(teacher: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    logits = torch.cat([teacher(chunk) for chunk in x.split(1024)])
+    # Standardise each class's score so the argmax is roughly balanced across classes.
+    logits = (logits - logits.mean(0)) / logits.std(0).clamp_min(1e-12)
+    return logits.argmax(1)
+
+
+@register("synthetic")
+def synthetic(cfg: Mapping[str, Any], device: torch.device, seed: int) -> DeviceDataset:
+    """Gaussian inputs of `shape`, labels from a fixed random teacher, held-out split."""
+    shape = tuple(int(s) for s in cfg["shape"])
+    n_train, n_val, classes = int(cfg["train_size"]), int(cfg["val_size"]), int(cfg["num_classes"])
+    data_seed = seed if cfg.get("seed") is None else int(cfg["seed"])
+    g = torch.Generator().manual_seed(data_seed)
+    teacher = _teacher(shape, classes, g)
+    x = torch.randn((n_train + n_val, *shape), generator=g)
+    y = _labels(teacher, x)
+    x, y = x.to(device), y.to(device)
+    return DeviceDataset("synthetic", x[:n_train], y[:n_train], x[n_train:], y[n_train:], classes)
+
+
+def load_dataset(cfg: Mapping[str, Any], device: torch.device, seed: int) -> DeviceDataset:
+    """Load the dataset named by `cfg['name']` onto `device`."""
+    name = cfg["name"]
+    if name not in DATASETS:
+        raise InitlabError(f"data={name!r} is invalid: choose from {', '.join(sorted(DATASETS))}")
+    return DATASETS[name](cfg, device, seed)

@@ -1,0 +1,25 @@
+"""Exceptions that end a run with one line for the user instead of a traceback."""
+
+
+class InitlabError(Exception):
+    """A user-facing error: its message is the whole story, printed as one line."""
+
+
+class ConfigError(InitlabError):
+    """A config value that cannot work; raised before any work is done."""
+
+    def __init__(self, key: str, value: object, accepted: str) -> None:
+        self.key, self.value, self.accepted = key, value, accepted
+        super().__init__(f"{key}={value!r} is invalid: {accepted}")
+
+
+class Diverged(Exception):
+    """Raised inside the training loop when the loss becomes non-finite."""
+
+    def __init__(self, step: int, loss: float) -> None:
+        self.step, self.loss = step, loss
+        super().__init__(f"non-finite loss {loss} at step {step}")
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM: flush what is recorded, then exit non-zero."""

@@ -1,0 +1,128 @@
+"""Parquet writing and reading for a run directory.
+
+stats.parquet is a folder of part files, one written every `flush_every` logged steps,
+so a killed run keeps everything up to its last flush and memory stays bounded.
+pandas.read_parquet reads the folder as one table. Every file carries the run's
+resolved config and versions in its schema metadata under the key `initlab`.
+"""
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+META_KEY = b"initlab"
+STATS_DIR = "stats.parquet"
+METRICS_FILE = "metrics.parquet"
+SUMMARY_FILE = "summary.json"
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN/inf are results here: keep them readable (as strings) in strict JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    return obj
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
+    tmp.replace(path)  # atomic: a reader never sees half a summary
+
+
+class RunStore:
+    """Buffers telemetry columns and writes them as parquet parts."""
+
+    def __init__(self, run_dir: Path, metadata: dict[str, Any], flush_every: int = 50) -> None:
+        self.run_dir = Path(run_dir)
+        self.stats_dir = self.run_dir / STATS_DIR
+        self.flush_every = flush_every
+        self._meta = {META_KEY: json.dumps(_jsonable(metadata)).encode()}
+        self._buffer: list[dict[str, np.ndarray]] = []
+        self._parts = 0
+
+    @property
+    def buffered_steps(self) -> int:
+        return len(self._buffer)
+
+    def add_stats(self, cols: dict[str, np.ndarray] | None) -> None:
+        if cols is None:
+            return
+        self._buffer.append(cols)
+        if len(self._buffer) >= self.flush_every:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self._buffer:
+            return
+        merged = {k: np.concatenate([b[k] for b in self._buffer]) for k in self._buffer[0]}
+        table = pa.table(merged).replace_schema_metadata(self._meta)
+        self.stats_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.stats_dir / f".part-{self._parts:05d}.tmp"
+        pq.write_table(table, tmp)
+        tmp.replace(self.stats_dir / f"part-{self._parts:05d}.parquet")  # readers skip dotfiles
+        self._parts += 1
+        self._buffer = []
+
+    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
+        df = pd.DataFrame(rows)
+        table = pa.Table.from_pandas(df, preserve_index=False)
+        meta = {**(table.schema.metadata or {}), **self._meta}
+        pq.write_table(table.replace_schema_metadata(meta), self.run_dir / METRICS_FILE)
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        write_json(self.run_dir / SUMMARY_FILE, summary)
+
+
+@dataclass
+class RunData:
+    """A run's recorded results as pandas objects."""
+
+    path: Path
+    stats: pd.DataFrame
+    metrics: pd.DataFrame
+    summary: dict[str, Any]
+    config: dict[str, Any]
+
+
+def read_stats(run_dir: Path) -> pd.DataFrame:
+    path = Path(run_dir) / STATS_DIR
+    if not path.exists() or not any(path.glob("*.parquet")):
+        return pd.DataFrame()
+    return pd.read_parquet(path).sort_values(["step", "kind", "layer_idx"], ignore_index=True)
+
+
+def read_metadata(run_dir: Path) -> dict[str, Any]:
+    """The config and versions stored in the run's parquet metadata."""
+    candidates = [Path(run_dir) / METRICS_FILE, *sorted((Path(run_dir) / STATS_DIR).glob("*.parquet"))]
+    for f in candidates:
+        if f.exists():
+            meta = pq.read_schema(f).metadata or {}
+            if META_KEY in meta:
+                return json.loads(meta[META_KEY])
+    return {}
+
+
+def load_run(path: str | Path) -> RunData:
+    """Everything a run recorded: stats, metrics, summary and config."""
+    run_dir = Path(path)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"no run directory at {run_dir}")
+    metrics_path = run_dir / METRICS_FILE
+    metrics = pd.read_parquet(metrics_path) if metrics_path.exists() else pd.DataFrame()
+    summary_path = run_dir / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    meta = read_metadata(run_dir)
+    return RunData(run_dir, read_stats(run_dir), metrics, summary, meta.get("config", {}))

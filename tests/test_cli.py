@@ -1,0 +1,81 @@
+"""The command line as a user types it: files, exit codes, and one-line errors."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from tests.conftest import only_run_dir, run_cli
+
+
+def test_default_run_from_any_directory(tmp_path: Path) -> None:
+    """`initlab` with no arguments: a real study, files and plots, status ok."""
+    proc = run_cli([], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = only_run_dir(tmp_path / "outputs")
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "ok"
+    assert summary["steps_done"] == 300
+    assert summary["model"]["name"] == "conv4" and summary["init"][0]["init"].startswith("kaiming_uniform")
+    stats = pd.read_parquet(run_dir / "stats.parquet")
+    assert {"step", "layer", "layer_idx", "module_type", "kind", "mean", "std"} <= set(stats.columns)
+    assert {"loss", "accuracy", "lr", "step_time"} <= set(pd.read_parquet(run_dir / "metrics.parquet").columns)
+    assert (run_dir / ".hydra" / "config.yaml").exists()
+    assert (run_dir / "initlab.log").exists()
+    assert sorted(p.name for p in (run_dir / "plots").glob("*.png")) == [
+        "metrics.png", "step0_std.png", "telemetry.png"]
+    # The lesson: activations shrink layer after layer under PyTorch's default init.
+    s0 = stats[(stats.step == 0) & (stats.kind == "act") & (stats.module_type == "Conv2d")]
+    assert s0.sort_values("layer_idx")["std"].is_monotonic_decreasing
+
+
+def test_smoke_experiment_and_report(tmp_path: Path) -> None:
+    proc = run_cli(["experiment=smoke"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    run_dir = only_run_dir(tmp_path / "outputs")
+    assert json.loads((run_dir / "summary.json").read_text())["steps_done"] == 10
+    for png in (run_dir / "plots").glob("*.png"):
+        png.unlink()
+    from initlab.report import main as report_main
+
+    assert report_main([str(run_dir)]) == 0
+    assert len(list((run_dir / "plots").glob("*.png"))) == 3
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["model=mlp", "model.depth=-1"], "model.depth=-1 is invalid: expected an integer >= 1"),
+        (["model=mlp", "model.width=0"], "model.width=0 is invalid: expected an integer >= 1"),
+        (["train.steps=-5"], "train.steps=-5 is invalid: expected an integer >= 0"),
+        (["train.steps=abc"], "train.steps='abc' is invalid: expected an integer >= 0"),
+        (["train.batch_size=0"], "train.batch_size=0 is invalid: expected an integer >= 1"),
+        (["optim.lr=0"], "optim.lr=0 is invalid: expected a number > 0"),
+        (["optim.lr=-1e-3"], "optim.lr=-0.001 is invalid"),
+        (["init=normal", "init.std=-1"], "init.std=-1 is invalid: expected a number >= 0"),
+        (["device=cuda:7"], "device='cuda:7' is invalid"),
+        (["device=tpu"], "device='tpu' is invalid: expected one of auto, cpu, cuda, cuda:N, mps"),
+        (["data.shape=[0,28]"], "data.shape=[0, 28] is invalid: expected [N] for flat inputs or [C,H,W]"),
+        (["data.shape=[1,28]"], "data.shape=[1, 28] is invalid"),
+        (["data.shape=foo"], "data.shape='foo' is invalid"),
+        (["model.act=swish"], "model.act='swish' is invalid: choose from relu, leaky_relu"),
+        (["data.shape=[256]"], "model=conv4 cannot take input shape [256]: it needs images [C,H,W]"),
+        (["train.batch_size=9999"], "train.batch_size=9999 is invalid: expected at most data.train_size=4096"),
+    ],
+)
+def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, args: list[str], expected: str) -> None:
+    proc = run_cli(args, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("initlab: error:")]
+    assert len(errors) == 1 and expected in errors[0], proc.stderr
+    summary = json.loads((only_run_dir(tmp_path / "outputs") / "summary.json").read_text())
+    assert summary["status"] == "failed" and expected in summary["error"]
+    assert not list(tmp_path.rglob("metrics.parquet"))  # no work was done
+
+
+def test_unknown_group_option_gets_hydras_available_options(tmp_path: Path) -> None:
+    proc = run_cli(["model=transformer"], cwd=tmp_path)
+    assert proc.returncode != 0
+    assert "Available options in 'model'" in proc.stderr and "conv4" in proc.stderr
