@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from initlab.errors import ConfigError
 from initlab.models.blocks import ACTIVATIONS
+from initlab.models.cnn import VGG_PLANS
 
 _MISSING = object()
 
@@ -85,6 +86,16 @@ def validate(cfg: DictConfig) -> None:
     check_num(cfg, "model.act_slope", 0.0, strict=False)
     check_choice(cfg, "model.bn_position", ["before_act", "after_act"])
     check_int_list(cfg, "model.channels", (3,), "expected three positive integers, e.g. [8,16,32]")
+    check_int_list(cfg, "model.blocks", (1, 2, 3, 4, 5, 6),
+                   "expected 1 to 6 positive integers, e.g. [2,2,2,2] (ResNet-18) or [3,4,6,3]")
+    check_choice(cfg, "model.block", ["basic", "preact"])
+    check_choice(cfg, "model.stem", ["auto", "small", "large"])
+    check_choice(cfg, "model.variant", ["auto", "classic", "small"])
+    check_choice(cfg, "model.cfg", VGG_PLANS)
+    check_choice(cfg, "model.pool", ["avg", "max"])
+    check_num(cfg, "model.width_mult", 0.0, strict=True)
+    check_num(cfg, "model.dropout", 0.0, strict=False, hi=1.0)
+    check_bool(cfg, "model.torchvision_compat")
     # init
     check_choice(cfg, "init.distribution", ["uniform", "normal"])
     check_choice(cfg, "init.mode", ["fan_in", "fan_out"])

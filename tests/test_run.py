@@ -9,10 +9,11 @@ import torch
 import torch.nn.functional as F
 
 from initlab.init import apply_init
+from initlab.models import MODELS as MODEL_REGISTRY
 from initlab.models import build_model
 from initlab.store import load_run
 
-MODELS = ["mlp", "conv4"]
+MODELS = sorted(MODEL_REGISTRY)
 INITS = ["default", "xavier", "kaiming", "normal"]
 
 

@@ -73,6 +73,6 @@ def build_model(name: str, cfg: Mapping[str, Any], in_shape: tuple[int, ...], nu
 
 
 # Importing the families fills the registry.
-from initlab.models import cnn, mlp  # noqa: E402,F401
+from initlab.models import cnn, mlp, resnet  # noqa: E402,F401
 
 __all__ = ["ACTIVATIONS", "MODELS", "ModelRequest", "ShapeError", "build_model", "register"]

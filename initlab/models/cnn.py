@@ -1,10 +1,10 @@
-"""Plain convolutional nets: the fast.ai 4-conv net (lesson 9's vanishing activations)."""
+"""Plain convolutional nets: the fast.ai 4-conv net, LeNet-5, AlexNet and VGG."""
 
 import torch
 from torch import nn
 
 from initlab.models import ModelRequest, register, require_image
-from initlab.models.blocks import conv_block
+from initlab.models.blocks import conv_block, linear_block
 
 
 class Conv4(nn.Module):
@@ -32,3 +32,161 @@ class Conv4(nn.Module):
 def build_conv4(req: ModelRequest) -> nn.Module:
     require_image("conv4", req.in_shape, 1)
     return Conv4(req)
+
+
+def _flat_features(features: nn.Module, in_shape: tuple[int, ...]) -> int:
+    """Size of `features`' flattened output for one sample (eval mode: BN needs no batch)."""
+    was_training = features.training
+    features.eval()
+    with torch.no_grad():
+        n = features(torch.zeros(1, *in_shape)).numel()
+    features.train(was_training)
+    return n
+
+
+def _mlp_head(n_in: int, hidden: list[int], classes: int, req: ModelRequest, dropout: float,
+              dropout_first: bool) -> nn.Sequential:
+    """Hidden Linear blocks then the classifier (no norm, no act). torchvision's AlexNet puts
+    dropout before each hidden Linear, VGG after; `dropout_first` picks which."""
+    layers: list[nn.Module] = []
+    for h in hidden:
+        block = linear_block(n_in, h, req.norm_layer(1), req.act_layer, req.bn_position)
+        drop = [nn.Dropout(dropout)] if dropout > 0 else []
+        layers += drop + block if dropout_first else block + drop
+        n_in = h
+    return nn.Sequential(*layers, nn.Linear(n_in, classes))
+
+
+class LeNet(nn.Module):
+    """LeNet-5 as in d2l: conv5(pad 2) -> pool -> conv5 -> pool -> fc120 -> fc84 -> classes."""
+
+    MIN_HW = 12
+
+    def __init__(self, req: ModelRequest) -> None:
+        super().__init__()
+        norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
+        pool = nn.AvgPool2d if req.cfg.get("pool", "avg") == "avg" else nn.MaxPool2d
+        self.features = nn.Sequential(
+            *conv_block(req.in_shape[0], 6, 5, padding=2, norm_layer=norm, act_layer=act, bn_position=pos),
+            pool(2, 2),
+            *conv_block(6, 16, 5, padding=0, norm_layer=norm, act_layer=act, bn_position=pos),
+            pool(2, 2),
+            nn.Flatten(),
+        )
+        self.classifier = _mlp_head(_flat_features(self.features, req.in_shape), [120, 84],
+                                    req.num_classes, req, 0.0, False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))  # (B, C, H, W) -> (B, classes)
+
+
+def _scaled(c: int, mult: float) -> int:
+    return max(1, round(c * mult))
+
+
+def _variant(req: ModelRequest) -> str:
+    """`auto`: the ImageNet layout from 64 px up, the small-image layout below."""
+    v = req.cfg.get("variant", "auto")
+    return ("classic" if min(req.in_shape[1:]) >= 64 else "small") if v == "auto" else v
+
+
+class AlexNet(nn.Module):
+    """torchvision's AlexNet (5 conv + 3 fc, dropout) at 224 px; a 3x3-stem variant with
+    ceil-mode pools for 28/32 px. `width_mult` scales every conv and hidden fc."""
+
+    def __init__(self, req: ModelRequest) -> None:
+        super().__init__()
+        w = float(req.cfg.get("width_mult", 1.0))
+        c = [_scaled(x, w) for x in (64, 192, 384, 256, 256)]
+        norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
+        kw = dict(norm_layer=norm, act_layer=act, bn_position=pos)
+        if _variant(req) == "classic":
+            stem, pool, out_hw = conv_block(req.in_shape[0], c[0], 11, stride=4, padding=2, **kw), \
+                (lambda: nn.MaxPool2d(3, 2)), 6
+        else:
+            stem, pool, out_hw = conv_block(req.in_shape[0], c[0], 3, **kw), \
+                (lambda: nn.MaxPool2d(2, 2, ceil_mode=True)), 2
+        self.features = nn.Sequential(
+            *stem, pool(),
+            *conv_block(c[0], c[1], 5, **kw), pool(),
+            *conv_block(c[1], c[2], 3, **kw),
+            *conv_block(c[2], c[3], 3, **kw),
+            *conv_block(c[3], c[4], 3, **kw), pool(),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(out_hw)
+        self.flatten = nn.Flatten()
+        hidden = _scaled(4096, w)
+        self.classifier = _mlp_head(c[4] * out_hw * out_hw, [hidden, hidden], req.num_classes, req,
+                                    float(req.cfg.get("dropout", 0.5)), True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))  # (B, C, 6, 6) classic, (B, C, 2, 2) small
+        return self.classifier(self.flatten(x))  # (B, classes)
+
+
+VGG_PLANS: dict[str, list[int | str]] = {
+    "vgg11": [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg13": [64, 64, "M", 128, 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"],
+    "vgg16": [64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M"],
+    "vgg19": [64, 64, "M", 128, 128, "M", 256, 256, 256, 256, "M", 512, 512, 512, 512, "M",
+              512, 512, 512, 512, "M"],
+}
+
+
+class VGG(nn.Module):
+    """VGG plans of 3x3 convs and max-pools. Classic: 7x7 average pool and 4096-wide fc
+    (torchvision's layout); small: ceil-mode pools, global pool and a 512-wide classifier."""
+
+    def __init__(self, req: ModelRequest) -> None:
+        super().__init__()
+        w = float(req.cfg.get("width_mult", 1.0))
+        classic = _variant(req) == "classic"
+        compat = bool(req.cfg.get("torchvision_compat", False))
+        norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
+        layers: list[nn.Module] = []
+        c_in = req.in_shape[0]
+        for v in VGG_PLANS[req.cfg.get("cfg", "vgg11")]:
+            if v == "M":
+                layers.append(nn.MaxPool2d(2, 2, ceil_mode=not classic))
+                continue
+            c_out = _scaled(int(v), w)
+            block = conv_block(c_in, c_out, 3, norm_layer=norm, act_layer=act, bn_position=pos)
+            if compat and norm is not None:
+                conv = block[0]  # torchvision's vgg*_bn keeps the bias before BN
+                block[0] = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=True)
+            layers += block
+            c_in = c_out
+        self.features = nn.Sequential(*layers)
+        out_hw = 7 if classic else 1
+        self.avgpool = nn.AdaptiveAvgPool2d(out_hw)
+        self.flatten = nn.Flatten()
+        hidden = _scaled(4096 if classic else 512, w)
+        head_req = ModelRequest(req.cfg, req.in_shape, req.num_classes, req.bn and not compat)
+        self.classifier = _mlp_head(c_in * out_hw * out_hw, [hidden, hidden], req.num_classes, head_req,
+                                    float(req.cfg.get("dropout", 0.5)), False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.avgpool(self.features(x))  # (B, C, 7, 7) classic, (B, C, 1, 1) small
+        return self.classifier(self.flatten(x))  # (B, classes)
+
+
+@register("lenet")
+def build_lenet(req: ModelRequest) -> nn.Module:
+    require_image("lenet", req.in_shape, LeNet.MIN_HW)
+    return LeNet(req)
+
+
+@register("alexnet")
+def build_alexnet(req: ModelRequest) -> nn.Module:
+    require_image("alexnet", req.in_shape, 1)
+    if _variant(req) == "classic":
+        require_image("alexnet (variant=classic)", req.in_shape, 63)
+    return AlexNet(req)
+
+
+@register("vgg")
+def build_vgg(req: ModelRequest) -> nn.Module:
+    require_image("vgg", req.in_shape, 1)
+    if _variant(req) == "classic":
+        require_image("vgg (variant=classic)", req.in_shape, 32)
+    return VGG(req)
