@@ -28,7 +28,7 @@ from initlab.models import build_model
 from initlab.models.summary import describe
 from initlab.plots import plot_run
 from initlab.store import RunStore, read_stats, write_json
-from initlab.telemetry import Telemetry
+from initlab.telemetry import Schedule, Telemetry, TelemetryConfig
 from initlab.train import ProgressBar, build_optimizer, fit
 
 log = logging.getLogger("initlab")
@@ -72,16 +72,21 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     log.info("init    %s touched %d modules, e.g. %s: %s", cfg.init.name, len(init_report),
              init_report[0]["module"], init_report[0]["init"])
     optimizer = build_optimizer(model, OmegaConf.to_container(cfg.optim, resolve=True))
-    tcfg = cfg.telemetry
-    telemetry = Telemetry(model) if tcfg.enabled else None
-    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "versions": versions()}
-    store = RunStore(run_dir, meta, flush_every=tcfg.flush_every)
+    tcfg = OmegaConf.to_container(cfg.telemetry, resolve=True)
+    tel_cfg = TelemetryConfig.from_cfg(tcfg)
+    telemetry = Telemetry(model, tel_cfg) if tcfg["enabled"] else None
+    schedule = Schedule(max(cfg.train.steps, 1), tcfg["first"], tcfg["every"], tcfg.get("log_points", 0))
+    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "versions": versions(),
+            "hist": {**tel_cfg.hist.as_dict(), "note": "histograms bin a strided sample of at most "
+                     "`sample` elements per tensor; every other statistic uses all elements"}
+            if tel_cfg.hist else None}
+    store = RunStore(run_dir, meta, flush_every=tcfg["flush_every"])
     setup_s = time.perf_counter() - t0
     callbacks = [ProgressBar(cfg.train.batch_size)] if cfg.train.progress else []
     log.info("train   %d steps of batch %d (%s)", cfg.train.steps, cfg.train.batch_size,
              "probe at init: no update" if cfg.train.steps == 0 else f"optim={cfg.optim.name} lr={cfg.optim.lr}")
     try:
-        result = fit(model, data, optimizer, cfg.train, telemetry, tcfg, store, cfg.seed, callbacks)
+        result = fit(model, data, optimizer, cfg.train, telemetry, schedule, store, cfg.seed, callbacks)
     finally:
         store.flush()  # whatever happens, what was recorded reaches the disk
     rows = result.rows

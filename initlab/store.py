@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 META_KEY = b"initlab"
 STATS_DIR = "stats.parquet"
+HIST_DIR = "hist.parquet"
 METRICS_FILE = "metrics.parquet"
 SUMMARY_FILE = "summary.json"
 
@@ -47,34 +48,43 @@ class RunStore:
 
     def __init__(self, run_dir: Path, metadata: dict[str, Any], flush_every: int = 50) -> None:
         self.run_dir = Path(run_dir)
-        self.stats_dir = self.run_dir / STATS_DIR
         self.flush_every = flush_every
         self._meta = {META_KEY: json.dumps(_jsonable(metadata)).encode()}
-        self._buffer: list[dict[str, np.ndarray]] = []
+        self._stats: list[dict[str, np.ndarray]] = []
+        self._hist: list[dict[str, np.ndarray]] = []
         self._parts = 0
+        self.max_buffered = 0  # the most logged steps ever held in memory (tests check the bound)
 
-    @property
-    def buffered_steps(self) -> int:
-        return len(self._buffer)
-
-    def add_stats(self, cols: dict[str, np.ndarray] | None) -> None:
-        if cols is None:
+    def add_stats(self, collected: tuple[dict, dict | None] | None) -> None:
+        """Buffer one logged step's (stats, histogram) columns; flush every `flush_every`."""
+        if collected is None:
             return
-        self._buffer.append(cols)
-        if len(self._buffer) >= self.flush_every:
+        stats, hist = collected
+        self._stats.append(stats)
+        if hist is not None:
+            self._hist.append(hist)
+        self.max_buffered = max(self.max_buffered, len(self._stats))
+        if len(self._stats) >= self.flush_every:
             self.flush()
 
-    def flush(self) -> None:
-        if not self._buffer:
-            return
-        merged = {k: np.concatenate([b[k] for b in self._buffer]) for k in self._buffer[0]}
+    def _write_part(self, folder: str, buffer: list[dict[str, np.ndarray]]) -> None:
+        merged = {k: np.concatenate([b[k] for b in buffer]) for k in buffer[0]}
         table = pa.table(merged).replace_schema_metadata(self._meta)
-        self.stats_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.stats_dir / f".part-{self._parts:05d}.tmp"
+        out = self.run_dir / folder
+        out.mkdir(parents=True, exist_ok=True)
+        tmp = out / f".part-{self._parts:05d}.tmp"
         pq.write_table(table, tmp)
-        tmp.replace(self.stats_dir / f"part-{self._parts:05d}.parquet")  # readers skip dotfiles
+        tmp.replace(out / f"part-{self._parts:05d}.parquet")  # atomic; readers skip dotfiles
+
+    def flush(self) -> None:
+        """Write what is buffered as the next part files; memory is released."""
+        if not self._stats:
+            return
+        self._write_part(STATS_DIR, self._stats)
+        if self._hist:
+            self._write_part(HIST_DIR, self._hist)
         self._parts += 1
-        self._buffer = []
+        self._stats, self._hist = [], []
 
     def write_metrics(self, rows: list[dict[str, Any]]) -> None:
         df = pd.DataFrame(rows)
@@ -92,16 +102,28 @@ class RunData:
 
     path: Path
     stats: pd.DataFrame
+    hist: pd.DataFrame
     metrics: pd.DataFrame
     summary: dict[str, Any]
     config: dict[str, Any]
 
 
-def read_stats(run_dir: Path) -> pd.DataFrame:
-    path = Path(run_dir) / STATS_DIR
+def _read_parts(path: Path) -> pd.DataFrame:
     if not path.exists() or not any(path.glob("*.parquet")):
         return pd.DataFrame()
-    return pd.read_parquet(path).sort_values(["step", "kind", "layer_idx"], ignore_index=True)
+    return pd.read_parquet(path)
+
+
+def read_stats(run_dir: Path) -> pd.DataFrame:
+    """stats.parquet as one table, rows by step, kind and forward order."""
+    df = _read_parts(Path(run_dir) / STATS_DIR)
+    return df.sort_values(["step", "kind", "layer_idx", "param"], ignore_index=True) if len(df) else df
+
+
+def read_hist(run_dir: Path) -> pd.DataFrame:
+    """hist.parquet (long format: one row per non-empty bin)."""
+    df = _read_parts(Path(run_dir) / HIST_DIR)
+    return df.sort_values(["step", "kind", "layer_idx", "bin"], ignore_index=True) if len(df) else df
 
 
 def read_metadata(run_dir: Path) -> dict[str, Any]:
@@ -116,7 +138,7 @@ def read_metadata(run_dir: Path) -> dict[str, Any]:
 
 
 def load_run(path: str | Path) -> RunData:
-    """Everything a run recorded: stats, metrics, summary and config."""
+    """Everything a run recorded: stats, histograms, metrics, summary and config."""
     run_dir = Path(path)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run directory at {run_dir}")
@@ -125,4 +147,4 @@ def load_run(path: str | Path) -> RunData:
     summary_path = run_dir / SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     meta = read_metadata(run_dir)
-    return RunData(run_dir, read_stats(run_dir), metrics, summary, meta.get("config", {}))
+    return RunData(run_dir, read_stats(run_dir), read_hist(run_dir), metrics, summary, meta.get("config", {}))

@@ -20,7 +20,7 @@ from initlab.data import DeviceDataset
 from initlab.devices import synchronize
 from initlab.errors import Diverged, Interrupted
 from initlab.store import RunStore
-from initlab.telemetry import Telemetry, first_nonfinite, is_logged
+from initlab.telemetry import Schedule, Telemetry, first_nonfinite
 
 OPTIMIZERS: dict[str, Callable[[Any, Mapping[str, Any]], torch.optim.Optimizer]] = {
     "sgd": lambda p, c: torch.optim.SGD(
@@ -109,7 +109,7 @@ def fit(
     optimizer: torch.optim.Optimizer,
     train_cfg: Mapping[str, Any],
     telemetry: Telemetry | None,
-    schedule: Mapping[str, Any],
+    schedule: Schedule,
     store: RunStore,
     seed: int,
     callbacks: Sequence[Callback] = (),
@@ -117,7 +117,8 @@ def fit(
     """Train for `train_cfg['steps']` updates; steps=0 is the probe (one forward+backward)."""
     steps, bs = int(train_cfg["steps"]), int(train_cfg["batch_size"])
     eval_every, stop_on_nonfinite = int(train_cfg["eval_every"]), bool(train_cfg["stop_on_nonfinite"])
-    n_iter, last = max(steps, 1), max(steps, 1) - 1
+    n_iter = max(steps, 1)
+    last = n_iter - 1
     device = data.x_train.device
     batches: Iterator = data.train_batches(bs, seed)
     result = FitResult()
@@ -128,7 +129,7 @@ def fit(
     try:
         for step in range(n_iter):
             x, y = next(batches)
-            logged = telemetry is not None and is_logged(step, last, schedule["first"], schedule["every"])
+            logged = telemetry is not None and schedule(step)
             synchronize(device)
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
@@ -136,23 +137,30 @@ def fit(
                 loss, acc = _forward_backward(model, x, y)
             loss_v, acc_v = torch.stack([loss, acc]).tolist()  # the step's one sync for metrics
             finite = math.isfinite(loss_v)
-            if steps > 0 and (finite or not stop_on_nonfinite):
+            stepping = steps > 0 and (finite or not stop_on_nonfinite)
+            if logged:
+                telemetry.before_step()
+            if stepping:
                 optimizer.step()
-            cols = telemetry.collect(step) if logged else None
+            if logged:
+                telemetry.after_step(stepping)
+            collected = telemetry.collect(step) if logged else None
             synchronize(device)
             row = {"step": step, "loss": loss_v, "accuracy": acc_v,
                    "lr": optimizer.param_groups[0]["lr"], "step_time": time.perf_counter() - t0}
             if not finite and stop_on_nonfinite:
-                if cols is None and telemetry is not None:
+                if collected is None and telemetry is not None:
                     # The step was not scheduled: look again (weights unchanged) to find the layer.
                     optimizer.zero_grad(set_to_none=True)
                     with telemetry.record():
                         _forward_backward(model, x, y)
-                    cols = telemetry.collect(step)
-                store.add_stats(cols)
+                    telemetry.before_step()
+                    telemetry.after_step(False)
+                    collected = telemetry.collect(step)
+                store.add_stats(collected)
                 result.rows.append(row)
                 raise Diverged(step, loss_v) from None
-            store.add_stats(cols)
+            store.add_stats(collected)
             if eval_every and (step + 1) % eval_every == 0 and step < last and len(data.y_val):
                 row["val_loss"], row["val_accuracy"] = evaluate(model, data, bs)
             result.rows.append(row)
@@ -163,7 +171,7 @@ def fit(
             result.rows[-1]["val_loss"], result.rows[-1]["val_accuracy"] = evaluate(model, data, bs)
     except Diverged as d:
         result.status = "diverged"
-        where = first_nonfinite(cols)
+        where = first_nonfinite(collected[0] if collected else None)
         result.diverged = {"step": d.step, "loss": d.loss,
                            "layer": where[0] if where else None,
                            "layer_idx": where[1] if where else None}

@@ -48,7 +48,8 @@ def test_run_writes_every_file(run, model: str) -> None:
     required = {"step", "layer", "layer_idx", "module_type", "kind", "mean", "std",
                 "min", "max", "zero_frac", "nonfinite"}
     assert required <= set(data.stats.columns)
-    assert set(data.stats["kind"]) == {"act", "grad"}
+    assert {"act", "grad", "weight", "weight_grad", "update"} <= set(data.stats["kind"])
+    assert not data.hist.empty and {"bin", "lo", "hi", "count"} <= set(data.hist.columns)
     assert data.stats["step"].min() == 0
     assert {"step", "loss", "accuracy", "lr", "step_time", "val_loss", "val_accuracy"} <= set(data.metrics.columns)
     assert list(data.metrics["step"]) == [0, 1, 2, 3]

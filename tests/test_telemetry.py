@@ -7,21 +7,24 @@ import pytest
 import torch
 from torch import nn
 
-from initlab.telemetry import STATS, Telemetry, first_nonfinite, is_logged, tensor_stats
+from initlab.telemetry import STATS, HistSpec, Schedule, Telemetry, TelemetryConfig, first_nonfinite, tensor_stats
+
+THRESH = {"tanh": 0.97, "sigmoid_low": 0.03, "sigmoid_high": 0.97}
 
 
-def _stats(x: torch.Tensor) -> dict[str, float]:
-    return dict(zip(STATS, tensor_stats(x).tolist()))
+def _stats(x: torch.Tensor, dead: torch.Tensor | None = None) -> dict[str, float]:
+    return dict(zip(STATS, tensor_stats(x, dead).tolist()))
 
 
 def test_stats_match_torch() -> None:
-    x = torch.randn(64, 32).clamp_min(0)  # about half exactly zero
+    x = torch.randn(64, 32, generator=torch.Generator().manual_seed(1)).clamp_min(0)
     s = _stats(x)
     assert s["mean"] == pytest.approx(x.mean().item(), rel=1e-5)
     assert s["std"] == pytest.approx(x.std().item(), rel=1e-5)
     assert s["min"] == x.min().item() and s["max"] == x.max().item()
     assert s["zero_frac"] == pytest.approx((x == 0).float().mean().item())
     assert s["nonfinite"] == 0 and s["numel"] == x.numel()
+    assert math.isnan(s["dead_frac"])  # not an activation: no dead region
 
 
 def test_huge_finite_values_keep_a_finite_std() -> None:
@@ -34,41 +37,143 @@ def test_huge_finite_values_keep_a_finite_std() -> None:
 
 
 def test_nonfinite_values_are_counted_and_propagate() -> None:
-    x = torch.tensor([1.0, float("inf"), float("nan"), 0.0])
+    x = torch.tensor([1.0, float("inf"), float("nan"), 0.0, -float("inf")])
     s = _stats(x)
-    assert s["nonfinite"] == 2
-    assert s["zero_frac"] == 0.25
+    assert s["nonfinite"] == 3
+    assert s["zero_frac"] == pytest.approx(0.2)
     assert not math.isfinite(s["std"]) and not math.isfinite(s["mean"])
 
 
-def test_hooks_record_act_and_grad_in_forward_order_then_vanish() -> None:
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
-    tel = Telemetry(model)
-    x = torch.randn(11, 5)
-    outs: dict[str, torch.Tensor] = {}
+def _run_layer(module: nn.Module, x: torch.Tensor) -> tuple[dict, dict, torch.Tensor]:
+    model = nn.Sequential(module)
+    tel = Telemetry(model, TelemetryConfig(params=False, thresholds=THRESH))
     with tel.record():
-        h = model[0](x)
-        h.retain_grad()
-        a = model[1](h)
-        a.retain_grad()
-        out = model[2](a)
+        out = model(x.requires_grad_())
         out.retain_grad()
-        outs = {"0": h, "1": a, "2": out}
-        (out**2).mean().backward()
-    cols = tel.collect(step=3)
-    assert cols is not None and set(cols["kind"]) == {"act", "grad"}
-    assert (cols["step"] == 3).all()
-    for i in range(len(cols["layer"])):
-        t = outs[cols["layer"][i]]
-        ref = t if cols["kind"][i] == "act" else t.grad
-        assert cols["std"][i] == pytest.approx(ref.std().item(), rel=1e-5)
-        assert cols["layer_idx"][i] == int(cols["layer"][i])
-    assert list(cols["module_type"][cols["kind"] == "act"]) == ["Linear", "Tanh", "Linear"]
-    # Outside record(): no hooks, nothing pending.
-    model(x).sum().backward()
+        (out * torch.linspace(-1, 1, out.numel()).view_as(out)).sum().backward()
+    stats, hist = tel.collect(0)
+    return stats, hist, out
+
+
+def test_tanh_saturation_and_dead_units() -> None:
+    x = torch.randn(200, 6) * 3
+    x[:, 2] = 10.0  # unit 2 is saturated on every sample
+    stats, _, out = _run_layer(nn.Tanh(), x)
+    act = np.flatnonzero(stats["kind"] == "act")[0]
+    sat = out.detach().abs() > 0.97
+    assert stats["dead_frac"][act] == pytest.approx(sat.float().mean().item())
+    assert stats["dead_units"][act] == pytest.approx(1 / 6)
+
+
+def test_sigmoid_saturation() -> None:
+    x = torch.randn(50, 40) * 6
+    stats, _, out = _run_layer(nn.Sigmoid(), x)
+    a = out.detach()
+    act = np.flatnonzero(stats["kind"] == "act")[0]
+    assert stats["dead_frac"][act] == pytest.approx(((a < 0.03) | (a > 0.97)).float().mean().item())
+
+
+def test_relu_dead_fraction_units_and_grad_stats() -> None:
+    x = torch.randn(32, 5, 4, 4)
+    x[:, 1] = -1.0  # channel 1 never fires
+    stats, _, out = _run_layer(nn.ReLU(), x)
+    act = np.flatnonzero(stats["kind"] == "act")[0]
+    grad = np.flatnonzero(stats["kind"] == "grad")[0]
+    assert stats["dead_frac"][act] == pytest.approx((out.detach() <= 0).float().mean().item())
+    assert stats["dead_units"][act] == pytest.approx(1 / 5)
+    g = out.grad
+    assert stats["std"][grad] == pytest.approx(g.std().item(), rel=1e-5)
+    assert stats["absmax"][grad] == pytest.approx(g.abs().max().item())
+    assert stats["norm"][grad] == pytest.approx(g.norm().item(), rel=1e-5)
+
+
+def test_histogram_counts_sum_to_sample_and_bins_are_fixed() -> None:
+    spec = HistSpec(min_abs=1e-3, max_abs=1e3, bins_per_decade=2, sample=1000)
+    x = torch.cat([torch.zeros(10), torch.full((5,), 1e-5), torch.full((7,), -5e4),
+                   torch.full((3,), float("inf")), torch.full((2,), float("nan")), torch.randn(4973)])
+    model = nn.Sequential(nn.Identity(), nn.Dropout(0.0))  # Identity is skipped; Dropout passes x on
+    tel = Telemetry(model, TelemetryConfig(params=False, hist=spec))
+    with tel.record(), torch.no_grad():
+        model(x)
+    stats, hist = tel.collect(0)
+    sampled = x[:: max(1, -(-x.numel() // spec.sample))]
+    assert hist["count"].sum() == (~torch.isnan(sampled)).sum().item()  # NaN is not binned
+    lo, hi = spec.bounds()
+    assert np.all(lo[:-1] <= lo[1:]) and len(lo) == spec.n_bins == 2 * 12 + 4
+    zero_bin, under_bin = spec.k + 2, spec.k + 1
+    by_bin = dict(zip(hist["bin"], hist["count"]))
+    assert by_bin.get(zero_bin, 0) == (sampled == 0).sum().item()
+    assert by_bin.get(under_bin, 0) == ((sampled != 0) & (sampled.abs() < 1e-3)).sum().item()
+    assert by_bin.get(0, 0) == (sampled < -1e3).sum().item()  # negative overflow
+    assert by_bin.get(spec.n_bins - 1, 0) == (sampled > 1e3).sum().item()  # +overflow, inf included
+    # every sampled finite value lies inside its bin's bounds
+    for b, c in by_bin.items():
+        vals = sampled[(sampled >= lo[b]) & (sampled <= hi[b])]
+        assert len(vals) >= c
+
+
+def test_update_and_grad_ratios_match_direct_computation() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    tel = Telemetry(model, TelemetryConfig(hist=None))
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with tel.record():
+        model(torch.randn(16, 30)).pow(2).mean().backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    tel.before_step()
+    opt.step()
+    tel.after_step(True)
+    stats, _ = tel.collect(0)
+    for name, p in model.named_parameters():
+        layer, pname = name.rsplit(".", 1)
+        row = lambda kind: np.flatnonzero((stats["kind"] == kind) & (stats["layer"] == layer) & (stats["param"] == pname))[0]  # noqa: E731
+        w_std = p.detach().std().item()
+        upd = (p.detach() - before[name]).std().item()
+        assert stats["std"][row("weight")] == pytest.approx(w_std, rel=1e-5)
+        assert stats["ratio"][row("update")] == pytest.approx(upd / w_std, rel=1e-4)
+        assert stats["ratio"][row("weight_grad")] == pytest.approx(grads[name].std().item() / w_std, rel=1e-4)
+        assert stats["layer_idx"][row("weight")] == int(layer)
+
+
+def test_batchnorm_running_and_batch_statistics() -> None:
+    torch.manual_seed(0)
+    bn = nn.BatchNorm2d(4)
+    model = nn.Sequential(bn)
+    tel = Telemetry(model, TelemetryConfig(params=False, hist=None))
+    x = torch.randn(8, 4, 5, 5) * 3 + 2
+    with tel.record():
+        model(x)
+    stats, _ = tel.collect(0)
+    row = lambda kind: np.flatnonzero(stats["kind"] == kind)[0]  # noqa: E731
+    batch_mean = x.mean(dim=(0, 2, 3))
+    batch_var = x.var(dim=(0, 2, 3), unbiased=True)
+    assert stats["mean"][row("bn_batch_mean")] == pytest.approx(batch_mean.mean().item(), rel=1e-4)
+    assert stats["mean"][row("bn_batch_var")] == pytest.approx(batch_var.mean().item(), rel=1e-4)
+    assert stats["mean"][row("bn_running_mean")] == pytest.approx(bn.running_mean.mean().item(), rel=1e-5)
+    assert stats["max"][row("bn_running_var")] == pytest.approx(bn.running_var.max().item(), rel=1e-5)
+
+
+def test_hooks_record_in_forward_order_then_vanish() -> None:
+    model = nn.Sequential(nn.Linear(5, 7), nn.Tanh(), nn.Linear(7, 3))
+    tel = Telemetry(model, TelemetryConfig(params=False))
+    x = torch.randn(11, 5)
+    with tel.record():
+        model(x).pow(2).mean().backward()
+    stats, _ = tel.collect(step=3)
+    assert (stats["step"] == 3).all()
+    act = stats["kind"] == "act"
+    assert list(stats["module_type"][act]) == ["Linear", "Tanh", "Linear"]
+    assert list(stats["layer_idx"][act]) == [0, 1, 2]
+    model(x).sum().backward()  # outside record(): no hooks, nothing pending
     assert tel.collect(step=4) is None
     assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_module_filter() -> None:
+    model = nn.Sequential(nn.Linear(5, 7), nn.ReLU(), nn.Linear(7, 3))
+    assert [n for n, _ in Telemetry(model, TelemetryConfig(modules=["ReLU"])).modules] == ["1"]
+    assert [n for n, _ in Telemetry(model, TelemetryConfig(modules=["2"])).modules] == ["2"]
 
 
 def test_first_nonfinite_picks_the_earliest_layer() -> None:
@@ -80,5 +185,8 @@ def test_first_nonfinite_picks_the_earliest_layer() -> None:
 
 
 def test_schedule() -> None:
-    logged = [s for s in range(100) if is_logged(s, last=99, first=5, every=20)]
-    assert logged == [0, 1, 2, 3, 4, 20, 40, 60, 80, 99]
+    sched = Schedule(total=100, first=5, every=20)
+    assert [s for s in range(100) if sched(s)] == [0, 1, 2, 3, 4, 20, 40, 60, 80, 99]
+    logsched = Schedule(total=1000, first=20, every=1000, log_points=20)
+    logged = [s for s in range(1000) if logsched(s)]
+    assert logged[:20] == list(range(20)) and 999 in logged and len(logged) < 45
