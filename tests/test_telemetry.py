@@ -7,7 +7,15 @@ import pytest
 import torch
 from torch import nn
 
-from initlab.telemetry import STATS, HistSpec, Schedule, Telemetry, TelemetryConfig, first_nonfinite, tensor_stats
+from initlab.telemetry import (
+    STATS,
+    HistSpec,
+    Schedule,
+    Telemetry,
+    TelemetryConfig,
+    first_nonfinite,
+    tensor_stats,
+)
 
 THRESH = {"tanh": 0.97, "sigmoid_low": 0.03, "sigmoid_high": 0.97}
 
@@ -125,15 +133,18 @@ def test_update_and_grad_ratios_match_direct_computation() -> None:
     opt.step()
     tel.after_step(True)
     stats, _ = tel.collect(0)
+    def row(kind: str, layer: str, pname: str) -> int:
+        mask = (stats["kind"] == kind) & (stats["layer"] == layer) & (stats["param"] == pname)
+        return int(np.flatnonzero(mask)[0])
+
     for name, p in model.named_parameters():
         layer, pname = name.rsplit(".", 1)
-        row = lambda kind: np.flatnonzero((stats["kind"] == kind) & (stats["layer"] == layer) & (stats["param"] == pname))[0]  # noqa: E731
         w_std = p.detach().std().item()
         upd = (p.detach() - before[name]).std().item()
-        assert stats["std"][row("weight")] == pytest.approx(w_std, rel=1e-5)
-        assert stats["ratio"][row("update")] == pytest.approx(upd / w_std, rel=1e-4)
-        assert stats["ratio"][row("weight_grad")] == pytest.approx(grads[name].std().item() / w_std, rel=1e-4)
-        assert stats["layer_idx"][row("weight")] == int(layer)
+        assert stats["std"][row("weight", layer, pname)] == pytest.approx(w_std, rel=1e-5)
+        assert stats["ratio"][row("update", layer, pname)] == pytest.approx(upd / w_std, rel=1e-4)
+        assert stats["ratio"][row("weight_grad", layer, pname)] == pytest.approx(grads[name].std().item() / w_std, rel=1e-4)
+        assert stats["layer_idx"][row("weight", layer, pname)] == int(layer)
 
 
 def test_batchnorm_running_and_batch_statistics() -> None:
