@@ -27,7 +27,7 @@ from initlab.init import apply_init
 from initlab.models import build_model
 from initlab.models.summary import describe
 from initlab.plots import plot_run
-from initlab.store import RunStore, read_stats, write_json
+from initlab.store import RunStore, read_hist, read_stats, write_json
 from initlab.telemetry import Schedule, Telemetry, TelemetryConfig
 from initlab.train import ProgressBar, build_optimizer, fit
 
@@ -104,6 +104,8 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "params": info.params,
         "macs": info.macs,
         "init": init_report,
+        "telemetry": {"logged_steps": store.logged_steps, "parts": store.parts,
+                      "max_buffered_steps": store.max_buffered, "flush_every": store.flush_every},
         "timings": {
             "setup_s": setup_s,
             "train_s": result.train_s,
@@ -129,7 +131,7 @@ def _plots(run_dir: Path, rows: list[dict[str, Any]], config: dict[str, Any]) ->
     import pandas as pd
 
     try:
-        plot_run(read_stats(run_dir), pd.DataFrame(rows), config, run_dir / "plots")
+        plot_run(read_stats(run_dir), pd.DataFrame(rows), config, run_dir / "plots", read_hist(run_dir))
     except Exception as exc:  # a plotting bug must not turn a finished study into a crash
         log.error("plots   failed (%s); rebuild later with `initlab-report %s`", exc, run_dir)
 

@@ -111,7 +111,154 @@ def plot_metrics(metrics: pd.DataFrame, title: str, path: Path) -> Path | None:
     return path
 
 
-def plot_run(stats: pd.DataFrame, metrics: pd.DataFrame, config: dict[str, Any], out_dir: Path) -> list[Path]:
+def _grid(n: int, width: float = 3.2, height: float = 2.4) -> tuple[plt.Figure, np.ndarray]:
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(width * cols, height * rows), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat
+
+
+def plot_hist_image(hist: pd.DataFrame, title: str, path: Path, kind: str = "act") -> Path | None:
+    """fast.ai's 'colorful dimension': per layer, the histogram (rows: bins in value order)
+    at every logged step (columns), colour = log(1 + count)."""
+    d = hist[hist["kind"] == kind]
+    if d.empty or d["step"].nunique() < 2:
+        return None
+    n_bins = int(d["bin"].max()) + 1
+    picked = _pick_layers(d)
+    fig, axes = _grid(len(picked))
+    steps = np.sort(d["step"].unique())
+    col_of = {s: i for i, s in enumerate(steps)}
+    for ax, (idx, layer) in zip(axes, picked):
+        img = np.zeros((n_bins, len(steps)))
+        rows = d[d["layer_idx"] == idx]
+        img[rows["bin"].to_numpy(), rows["step"].map(col_of).to_numpy()] = rows["count"].to_numpy()
+        used = np.flatnonzero(img.sum(1))
+        lo, hi = (used.min(), used.max() + 1) if len(used) else (0, n_bins)
+        ax.imshow(np.log1p(img[lo:hi]), aspect="auto", origin="lower", cmap="viridis",
+                  extent=(0, len(steps), lo, hi), interpolation="nearest")
+        ax.set_title(f"{idx}: {layer}", fontsize=8)
+        ax.set_xlabel("logged step #", fontsize=7)
+        ax.set_ylabel("bin (value order)", fontsize=7)
+        ax.tick_params(labelsize=6)
+    fig.suptitle(f"{title}: {kind} histograms over training")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_dead(stats: pd.DataFrame, title: str, path: Path) -> Path | None:
+    """Dead (ReLU family) or saturated (tanh, sigmoid) fraction per activation layer, and
+    the fraction of units that never fired in the batch."""
+    d = stats[(stats["kind"] == "act") & stats["dead_frac"].notna()] if "dead_frac" in stats else stats.iloc[:0]
+    if d.empty:
+        return None
+    fig, (ax_f, ax_u) = plt.subplots(1, 2, figsize=(11, 4))
+    cmap = plt.get_cmap("plasma")
+    picked = _pick_layers(d)
+    for i, (idx, layer) in enumerate(picked):
+        rows = d[d["layer_idx"] == idx].sort_values("step")
+        color = cmap(i / max(len(picked) - 1, 1))
+        ax_f.plot(rows["step"], rows["dead_frac"], color=color, marker="." if len(rows) < 3 else None,
+                  lw=1, label=f"{idx}: {layer} ({rows['module_type'].iloc[0]})")
+        ax_u.plot(rows["step"], rows["dead_units"], color=color, marker="." if len(rows) < 3 else None, lw=1)
+    ax_f.set_title("fraction of elements dead / saturated")
+    ax_u.set_title("fraction of units dead for the whole batch")
+    for ax in (ax_f, ax_u):
+        ax.set_xlabel("step")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    ax_f.legend(fontsize=6)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_grad_flow(stats: pd.DataFrame, title: str, path: Path) -> Path | None:
+    """Gradient flow: per-layer norm of dLoss/d output at a few steps."""
+    d = stats[stats["kind"] == "grad"]
+    if d.empty:
+        return None
+    steps = np.sort(d["step"].unique())
+    chosen = steps[np.unique(np.linspace(0, len(steps) - 1, min(5, len(steps))).round().astype(int))]
+    fig, ax = plt.subplots(figsize=(8, 4))
+    cmap = plt.get_cmap("cividis")
+    for i, step in enumerate(chosen):
+        rows = d[(d["step"] == step) & np.isfinite(d["norm"]) & (d["norm"] > 0)].sort_values("layer_idx")
+        ax.plot(rows["layer_idx"], rows["norm"], marker="o", ms=3, lw=1,
+                color=cmap(i / max(len(chosen) - 1, 1)), label=f"step {step}")
+    ax.set_yscale("log")
+    ax.set_xlabel("layer index (forward order)")
+    ax.set_ylabel("gradient norm (dL/d output)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.suptitle(f"{title}: gradient flow")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_update_ratio(stats: pd.DataFrame, title: str, path: Path) -> Path | None:
+    """log10(update std / weight std) per weight tensor over steps; Karpathy's 1e-3 line."""
+    d = stats[(stats["kind"] == "update") & (stats["param"] == "weight")] if "param" in stats else stats.iloc[:0]
+    d = d[np.isfinite(d["ratio"]) & (d["ratio"] > 0)]
+    if d.empty:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 4))
+    cmap = plt.get_cmap("viridis")
+    layers = sorted(d["layer"].unique(), key=lambda name: d[d["layer"] == name]["layer_idx"].iloc[0])
+    for i, layer in enumerate(layers):
+        rows = d[d["layer"] == layer].sort_values("step")
+        ax.plot(rows["step"], np.log10(rows["ratio"]), lw=1, color=cmap(i / max(len(layers) - 1, 1)),
+                marker="." if len(rows) < 3 else None, label=layer if len(layers) <= 12 else None)
+    ax.axhline(-3, color="black", ls="--", lw=1, label="1e-3")
+    ax.set_xlabel("step")
+    ax.set_ylabel("log10(update std / weight std)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2)
+    fig.suptitle(f"{title}: update:data ratio")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_hist_first_last(hist: pd.DataFrame, title: str, path: Path) -> Path | None:
+    """Activation and gradient histograms per layer at the first and the last logged step."""
+    if hist.empty:
+        return None
+    first, last = hist["step"].min(), hist["step"].max()
+    picked = _pick_layers(hist[hist["kind"] == "act"])
+    if not picked:
+        return None
+    fig, axes = _grid(len(picked))
+    for ax, (idx, layer) in zip(axes, picked):
+        for step, ls in ((first, "-"), (last, "--")):
+            for kind, color in (("act", "tab:blue"), ("grad", "tab:orange")):
+                rows = hist[(hist["step"] == step) & (hist["layer_idx"] == idx) & (hist["kind"] == kind)]
+                if rows.empty or (step == last and first == last and ls == "--"):
+                    continue
+                ax.step(rows["bin"], rows["count"] / rows["count"].sum(), where="mid", ls=ls, color=color,
+                        lw=1, label=f"{kind} @ {step}")
+        ax.set_title(f"{idx}: {layer}", fontsize=8)
+        ax.set_xlabel("bin (value order, log-spaced |x|)", fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=5)
+    fig.suptitle(f"{title}: histograms at the first and last logged step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_run(stats: pd.DataFrame, metrics: pd.DataFrame, config: dict[str, Any], out_dir: Path,
+             hist: pd.DataFrame | None = None) -> list[Path]:
     """Every figure of one run into `out_dir`; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     title = title_of(config)
@@ -119,5 +266,11 @@ def plot_run(stats: pd.DataFrame, metrics: pd.DataFrame, config: dict[str, Any],
     if not stats.empty:
         made.append(plot_step0(stats, title, out_dir / "step0_std.png"))
         made.append(plot_over_steps(stats, title, out_dir / "telemetry.png"))
+        made.append(plot_dead(stats, title, out_dir / "dead.png"))
+        made.append(plot_grad_flow(stats, title, out_dir / "grad_flow.png"))
+        made.append(plot_update_ratio(stats, title, out_dir / "update_ratio.png"))
+    if hist is not None and not hist.empty:
+        made.append(plot_hist_image(hist, title, out_dir / "act_hist_image.png"))
+        made.append(plot_hist_first_last(hist, title, out_dir / "hist_first_last.png"))
     made.append(plot_metrics(metrics, title, out_dir / "metrics.png"))
     return [p for p in made if p is not None]

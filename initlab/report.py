@@ -13,7 +13,7 @@ from initlab.store import SUMMARY_FILE, load_run
 def report_run(run_dir: Path) -> list[Path]:
     """Re-plot one run directory; training is never re-run."""
     run = load_run(run_dir)
-    return plot_run(run.stats, run.metrics, run.config, run_dir / "plots")
+    return plot_run(run.stats, run.metrics, run.config, run_dir / "plots", run.hist)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,7 +53,8 @@ class RunStore:
         self._stats: list[dict[str, np.ndarray]] = []
         self._hist: list[dict[str, np.ndarray]] = []
         self._parts = 0
-        self.max_buffered = 0  # the most logged steps ever held in memory (tests check the bound)
+        self.logged_steps = 0
+        self.max_buffered = 0  # the most logged steps ever held in memory (bounded by flush_every)
 
     def add_stats(self, collected: tuple[dict, dict | None] | None) -> None:
         """Buffer one logged step's (stats, histogram) columns; flush every `flush_every`."""
@@ -61,6 +62,7 @@ class RunStore:
             return
         stats, hist = collected
         self._stats.append(stats)
+        self.logged_steps += 1
         if hist is not None:
             self._hist.append(hist)
         self.max_buffered = max(self.max_buffered, len(self._stats))
@@ -75,6 +77,10 @@ class RunStore:
         tmp = out / f".part-{self._parts:05d}.tmp"
         pq.write_table(table, tmp)
         tmp.replace(out / f"part-{self._parts:05d}.parquet")  # atomic; readers skip dotfiles
+
+    @property
+    def parts(self) -> int:
+        return self._parts
 
     def flush(self) -> None:
         """Write what is buffered as the next part files; memory is released."""

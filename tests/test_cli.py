@@ -8,6 +8,9 @@ import pytest
 
 from tests.conftest import only_run_dir, run_cli
 
+ALL_PLOTS = sorted(["act_hist_image.png", "dead.png", "grad_flow.png", "hist_first_last.png",
+                    "metrics.png", "step0_std.png", "telemetry.png", "update_ratio.png"])
+
 
 def test_default_run_from_any_directory(tmp_path: Path) -> None:
     """`initlab` with no arguments: a real study, files and plots, status ok."""
@@ -23,8 +26,7 @@ def test_default_run_from_any_directory(tmp_path: Path) -> None:
     assert {"loss", "accuracy", "lr", "step_time"} <= set(pd.read_parquet(run_dir / "metrics.parquet").columns)
     assert (run_dir / ".hydra" / "config.yaml").exists()
     assert (run_dir / "initlab.log").exists()
-    assert sorted(p.name for p in (run_dir / "plots").glob("*.png")) == [
-        "metrics.png", "step0_std.png", "telemetry.png"]
+    assert sorted(p.name for p in (run_dir / "plots").glob("*.png")) == ALL_PLOTS
     # The lesson: activations shrink layer after layer under PyTorch's default init.
     s0 = stats[(stats.step == 0) & (stats.kind == "act") & (stats.module_type == "Conv2d")]
     assert s0.sort_values("layer_idx")["std"].is_monotonic_decreasing
@@ -40,7 +42,7 @@ def test_smoke_experiment_and_report(tmp_path: Path) -> None:
     from initlab.report import main as report_main
 
     assert report_main([str(run_dir)]) == 0
-    assert len(list((run_dir / "plots").glob("*.png"))) == 3
+    assert sorted(p.name for p in (run_dir / "plots").glob("*.png")) == ALL_PLOTS
 
 
 @pytest.mark.parametrize(

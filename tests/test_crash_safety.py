@@ -1,0 +1,65 @@
+"""What was recorded survives: SIGKILL keeps flushed parts, SIGTERM/Ctrl-C flush and say so."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+LONG = ["model=mlp", "model.depth=3", "model.width=32", "data.shape=[64]", "telemetry=full",
+        "telemetry.flush_every=5", "train.steps=1000000", "train.batch_size=16", "train.eval_every=0"]
+
+
+def _start(tmp_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-m", "initlab", *LONG], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_parts(tmp_path: Path, n: int, proc: subprocess.Popen, timeout: float = 90) -> Path:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        parts = list(tmp_path.glob("outputs/runs/*/*/stats.parquet/part-*.parquet"))
+        if len(parts) >= n:
+            return parts[0].parent.parent
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("no parquet parts appeared")
+
+
+def test_sigkill_keeps_every_flushed_part(tmp_path: Path) -> None:
+    proc = _start(tmp_path)
+    run_dir = _wait_for_parts(tmp_path, 3, proc)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    stats = pd.read_parquet(run_dir / "stats.parquet")  # no half-written part is visible
+    steps = sorted(stats["step"].unique())
+    assert steps[: 15] == list(range(15))
+    assert len(steps) % 5 == 0  # whole parts only
+    assert not pd.read_parquet(run_dir / "hist.parquet").empty
+
+
+def test_sigterm_flushes_and_reports_interrupted(tmp_path: Path) -> None:
+    proc = _start(tmp_path)
+    run_dir = _wait_for_parts(tmp_path, 2, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "interrupted"
+    metrics = pd.read_parquet(run_dir / "metrics.parquet")
+    stats = pd.read_parquet(run_dir / "stats.parquet")
+    assert stats["step"].max() >= metrics["step"].max() - 1  # the buffered tail was flushed too
+    assert summary["steps_done"] == len(metrics)
+
+
+def test_rows_in_memory_stay_under_the_flush_limit(run) -> None:
+    summary, _ = run("telemetry=full", "train.steps=23", "telemetry.flush_every=4")
+    tel = summary["telemetry"]
+    assert tel["logged_steps"] == 23 and tel["parts"] == 6
+    assert tel["max_buffered_steps"] <= 4
