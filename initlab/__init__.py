@@ -8,5 +8,6 @@ except PackageNotFoundError:  # running from a source tree that was never instal
     __version__ = "0.0.0+unknown"
 
 from initlab.store import load_run  # noqa: E402
+from initlab.sweep import load_sweep  # noqa: E402
 
-__all__ = ["__version__", "load_run"]
+__all__ = ["__version__", "load_run", "load_sweep"]

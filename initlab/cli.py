@@ -2,6 +2,7 @@
 -> init -> train (telemetry) -> parquet -> summary.json -> plots. One log line per stage."""
 
 import logging
+import os
 import platform
 import random
 import signal
@@ -22,12 +23,13 @@ import initlab
 from initlab.config import validate
 from initlab.data import load_dataset
 from initlab.devices import resolve_device
-from initlab.errors import InitlabError, Interrupted
+from initlab.errors import ConfigError, InitlabError, Interrupted
 from initlab.init import apply_init
 from initlab.models import build_model
 from initlab.models.summary import describe
 from initlab.plots import plot_run
 from initlab.store import RunStore, read_hist, read_stats, write_json
+from initlab.sweep import LAST_SWEEP
 from initlab.telemetry import Schedule, Telemetry, TelemetryConfig
 from initlab.train import ProgressBar, build_optimizer, fit
 
@@ -52,15 +54,52 @@ def _raise_interrupted(signum: int, frame: object) -> None:
     raise Interrupted(f"signal {signum}")
 
 
+def parallel_jobs() -> int:
+    """How many jobs of this sweep run at once on this machine (1 unless a parallel launcher)."""
+    try:
+        launcher = HydraConfig.get().launcher
+    except ValueError:  # no Hydra context (tests calling run_study directly)
+        return 1
+    n = launcher.get("n_jobs") if "joblib" in str(launcher.get("_target_", "")) else None
+    if n is None:
+        return 1
+    return os.cpu_count() or 1 if n < 0 else max(1, int(n))
+
+
+def configure_threads(threads: object) -> None:
+    """`auto`: torch's default alone; cores / parallel jobs under joblib, so jobs don't
+    oversubscribe the CPU."""
+    if threads == "auto":
+        jobs = parallel_jobs()
+        if jobs > 1:
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // jobs))
+    elif isinstance(threads, int) and not isinstance(threads, bool) and threads >= 1:
+        torch.set_num_threads(threads)
+    else:
+        raise ConfigError("threads", threads, "expected auto or an integer >= 1")
+
+
+def job_device(spec: object) -> torch.device:
+    """Parallel sweep jobs with device=auto spread over the visible GPUs by job number."""
+    device = resolve_device(spec)
+    if spec == "auto" and device.type == "cuda" and torch.cuda.device_count() > 1 and parallel_jobs() > 1:
+        device = torch.device("cuda", HydraConfig.get().job.num % torch.cuda.device_count())
+    return device
+
+
 def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run one study into `run_dir`; returns the summary written to summary.json."""
     t0 = time.perf_counter()
     validate(cfg)
-    device = resolve_device(cfg.device)
+    configure_threads(cfg.get("threads", "auto"))
+    device = job_device(cfg.device)
     seed_everything(cfg.seed)
     data = load_dataset(OmegaConf.to_container(cfg.data, resolve=True), device, cfg.seed)
+    if data.n_train < cfg.train.batch_size:
+        raise ConfigError("train.batch_size", cfg.train.batch_size,
+                          f"expected at most the {data.n_train} training samples of data={data.name}")
     log.info("data    %s: %d train / %d held-out, shape %s, %d classes, on %s",
-             data.name, len(data.y_train), len(data.y_val), list(data.in_shape), data.num_classes, device)
+             data.name, data.n_train, data.n_val, list(data.in_shape), data.num_classes, device)
     mcfg = OmegaConf.to_container(cfg.model, resolve=True)
     # Built and initialised on the CPU so the same seed gives the same weights on every device.
     model = build_model(mcfg["name"], mcfg, data.in_shape, data.num_classes, cfg.bn)
@@ -152,6 +191,13 @@ def app(cfg: DictConfig) -> float | None:
             return None
         print(f"initlab: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except Exception as exc:  # a bug or an environment failure (e.g. out of memory): still a verdict
+        line = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        write_json(run_dir / "summary.json", {"status": "failed", "error": line, "versions": versions()})
+        if multirun:
+            log.exception("failed  %s", line)
+            return None
+        raise
     if summary["status"] == "interrupted":
         log.warning("interrupted: files so far are in %s", run_dir)
         if not multirun:
@@ -161,6 +207,10 @@ def app(cfg: DictConfig) -> float | None:
 
 def main() -> None:
     app()
+    if LAST_SWEEP.get("failed"):  # set by the sweep callback after a multirun
+        print(f"initlab: {LAST_SWEEP['failed']} of {LAST_SWEEP['jobs']} jobs failed; see "
+              f"{LAST_SWEEP['dir'] / 'sweep.parquet'}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

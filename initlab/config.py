@@ -108,8 +108,15 @@ def validate(cfg: DictConfig) -> None:
         cfg, "data.shape", (1, 3), "expected [N] for flat inputs or [C,H,W] for images, positive integers"
     )
     check_int(cfg, "data.num_classes", 2)
-    check_int(cfg, "data.train_size", 1)
-    check_int(cfg, "data.val_size", 0)
+    for key, lo in (("data.train_size", 1), ("data.val_size", 0)):
+        v = _get(cfg, key)
+        if v is not _MISSING and v is not None and not (_is_int(v) and v >= lo):
+            raise ConfigError(key, v, f"expected null (the whole split) or an integer >= {lo}")
+    check_bool(cfg, "data.download")
+    check_bool(cfg, "data.normalize")
+    check_choice(cfg, "data.loader", ["auto", "resident", "torch"])
+    check_num(cfg, "data.memory_budget_mb", 0.0, strict=True)
+    check_int(cfg, "data.num_workers", 0)
     data_seed = _get(cfg, "data.seed")
     if data_seed is not _MISSING and data_seed is not None and not (_is_int(data_seed) and data_seed >= 0):
         raise ConfigError("data.seed", data_seed, "expected null or an integer >= 0")
@@ -129,7 +136,7 @@ def validate(cfg: DictConfig) -> None:
     check_bool(cfg, "train.stop_on_nonfinite")
     check_bool(cfg, "train.progress")
     size, bs = _get(cfg, "data.train_size"), _get(cfg, "train.batch_size")
-    if _is_int(size) and bs > size:
+    if _is_int(size) and _is_int(bs) and bs > size:
         raise ConfigError("train.batch_size", bs, f"expected at most data.train_size={size}")
     # telemetry
     check_bool(cfg, "telemetry.enabled")

@@ -1,7 +1,8 @@
 """Datasets -> batches on the run's device.
 
-A dataset lives whole on the device (it is small: the embedded synthetic set is a few
-MB) and batches are gathered with one index per step: no workers, no host copies.
+The resident path keeps a whole dataset on the device (the synthetic set is a few MB,
+MNIST 47 MB as uint8) and gathers each batch with one index: no workers, no host copies.
+torchvision datasets and the classic DataLoader path live in `initlab.vision`.
 """
 
 from collections.abc import Callable, Iterator, Mapping
@@ -16,9 +17,38 @@ from initlab.errors import InitlabError
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+def epoch_permutations(n: int, seed: int) -> Iterator[torch.Tensor]:
+    """One permutation per epoch from a CPU generator: the same seed gives the same batches
+    on every device and in every loader mode."""
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        yield torch.randperm(n, generator=g)
+
+
+@dataclass
+class Normalizer:
+    """uint8 pixels -> (x / 255 - mean) / std per channel, in torchvision's order of
+    operations (ToTensor then Normalize), so both loader modes give identical floats."""
+
+    mean: torch.Tensor  # (C,)
+    std: torch.Tensor  # (C,)
+    normalize: bool = True
+
+    def __call__(self, u8: torch.Tensor) -> torch.Tensor:
+        x = u8.float().div_(255)  # (B, C, H, W)
+        if self.normalize:
+            shape = (1, -1, 1, 1)
+            x.sub_(self.mean.to(x.device).view(shape)).div_(self.std.to(x.device).view(shape))
+        return x
+
+
 @dataclass
 class DeviceDataset:
-    """Train and held-out tensors already on the run's device."""
+    """Train and held-out tensors resident on the run's device.
+
+    Image datasets stay uint8 (a quarter of the memory) and are normalised as each batch
+    is gathered; the synthetic set is already float.
+    """
 
     name: str
     x_train: torch.Tensor
@@ -26,31 +56,42 @@ class DeviceDataset:
     x_val: torch.Tensor
     y_val: torch.Tensor
     num_classes: int
+    transform: Normalizer | None = None
 
     @property
     def in_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
-    def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
-        """Endless shuffled batches, a fresh permutation per epoch, last partial batch dropped.
+    @property
+    def device(self) -> torch.device:
+        return self.x_train.device
 
-        The permutation comes from a CPU generator so the same seed gives the same batches
-        on every device.
-        """
-        g = torch.Generator().manual_seed(seed)
+    @property
+    def n_train(self) -> int:
+        return len(self.y_train)
+
+    @property
+    def n_val(self) -> int:
+        return len(self.y_val)
+
+    def _prep(self, x: torch.Tensor) -> torch.Tensor:
+        return self.transform(x) if self.transform is not None else x
+
+    def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
+        """Endless shuffled batches, a fresh permutation per epoch, last partial batch dropped."""
         n = len(self.y_train)
-        while True:
-            perm = torch.randperm(n, generator=g).to(self.x_train.device)
+        for perm in epoch_permutations(n, seed):
+            perm = perm.to(self.x_train.device)
             for i in range(0, n - batch_size + 1, batch_size):
                 idx = perm[i : i + batch_size]
-                yield self.x_train[idx], self.y_train[idx]
+                yield self._prep(self.x_train[idx]), self.y_train[idx]
 
     def val_batches(self, batch_size: int) -> Iterator[Batch]:
         for i in range(0, len(self.y_val), batch_size):
-            yield self.x_val[i : i + batch_size], self.y_val[i : i + batch_size]
+            yield self._prep(self.x_val[i : i + batch_size]), self.y_val[i : i + batch_size]
 
 
-Loader = Callable[[Mapping[str, Any], torch.device, int], DeviceDataset]
+Loader = Callable[[Mapping[str, Any], torch.device, int], "DeviceDataset | LoaderDataset"]
 DATASETS: dict[str, Loader] = {}
 
 
@@ -100,9 +141,14 @@ def synthetic(cfg: Mapping[str, Any], device: torch.device, seed: int) -> Device
     return DeviceDataset("synthetic", x[:n_train], y[:n_train], x[n_train:], y[n_train:], classes)
 
 
-def load_dataset(cfg: Mapping[str, Any], device: torch.device, seed: int) -> DeviceDataset:
-    """Load the dataset named by `cfg['name']` onto `device`."""
+def load_dataset(cfg: Mapping[str, Any], device: torch.device, seed: int) -> "DeviceDataset | LoaderDataset":
+    """Load the dataset named by `cfg['name']` for `device`."""
     name = cfg["name"]
     if name not in DATASETS:
         raise InitlabError(f"data={name!r} is invalid: choose from {', '.join(sorted(DATASETS))}")
     return DATASETS[name](cfg, device, seed)
+
+
+# Importing the torchvision family fills the registry with mnist, fashion_mnist, cifar10, cifar100.
+from initlab import vision  # noqa: E402,F401
+from initlab.vision import LoaderDataset  # noqa: E402

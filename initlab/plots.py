@@ -274,3 +274,116 @@ def plot_run(stats: pd.DataFrame, metrics: pd.DataFrame, config: dict[str, Any],
         made.append(plot_hist_first_last(hist, title, out_dir / "hist_first_last.png"))
     made.append(plot_metrics(metrics, title, out_dir / "metrics.png"))
     return [p for p in made if p is not None]
+
+
+# -- sweeps ------------------------------------------------------------------------
+
+
+def _combo(row: pd.Series, factors: list[str]) -> str:
+    return ", ".join(f"{f}={row[f]}" for f in factors) or "all jobs"
+
+
+def _read_step0(path: str) -> pd.DataFrame:
+    import pyarrow.dataset as pads
+
+    p = Path(path) / "stats.parquet"
+    if not p.exists() or not any(p.glob("*.parquet")):
+        return pd.DataFrame()
+    flt = (pads.field("step") == 0) & pads.field("kind").isin(["act", "grad"])
+    return pads.dataset(p, format="parquet").to_table(
+        columns=["layer_idx", "kind", "std"], filter=flt).to_pandas()
+
+
+def _band(ax: plt.Axes, x: np.ndarray, ys: list[np.ndarray], label: str, color: Any, log: bool = False) -> None:
+    """Mean line, and a min-max band when there are several seeds."""
+    stack = np.vstack(ys)
+    mean = np.exp(np.nanmean(np.log(stack), 0)) if log else np.nanmean(stack, 0)
+    ax.plot(x, mean, color=color, lw=1.3, label=label + (f" (n={len(ys)})" if len(ys) > 1 else ""))
+    if len(ys) > 1:
+        ax.fill_between(x, np.nanmin(stack, 0), np.nanmax(stack, 0), color=color, alpha=0.2, lw=0)
+
+
+def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path) -> list[Path]:
+    """Comparison figures of a sweep: the grid of final losses over the swept factors,
+    per-layer step-0 std overlaid per combination, and loss curves (mean and band over seeds)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    made: list[Path] = []
+    groups = [f for f in factors if f != "seed"]
+    done = df[df["status"].isin(["ok", "diverged"])].copy()
+    if done.empty:
+        return made
+    done["combo"] = done.apply(lambda r: _combo(r, groups), axis=1)
+    cmap = plt.get_cmap("tab10")
+
+    # 1. the grid of final losses
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    if len(groups) >= 2:
+        grid = done.pivot_table(index=groups[0], columns=groups[1], values="final_loss", aggfunc="mean")
+        im = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis_r", aspect="auto")
+        ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
+        ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index])
+        ax.set_xlabel(groups[1])
+        ax.set_ylabel(groups[0])
+        values = grid.to_numpy(dtype=float)
+        mid = np.nanmean(values)
+        for (i, j), v in np.ndenumerate(values):  # dark text on the light (low-loss) cells
+            ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="k" if v < mid else "w", fontsize=9)
+        fig.colorbar(im, ax=ax, label="final loss (mean over other factors)")
+    else:
+        means = done.groupby("combo")["final_loss"].mean()
+        ax.bar(range(len(means)), means.to_numpy(), color=[cmap(i % 10) for i in range(len(means))])
+        ax.set_xticks(range(len(means)), means.index, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("final loss")
+    ax.set_title("final training loss")
+    fig.tight_layout()
+    made.append(out_dir / "grid_final_loss.png")
+    fig.savefig(made[-1], dpi=110)
+    plt.close(fig)
+
+    # 2. per-layer std at step 0, one line per combination (mean and band over seeds)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+    for ci, (combo, jobs) in enumerate(done.groupby("combo", sort=False)):
+        for ax, kind in zip(axes, ("act", "grad")):
+            curves = []
+            for path in jobs["path"]:
+                s0 = _read_step0(path)
+                s0 = s0[s0["kind"] == kind].sort_values("layer_idx")
+                if len(s0):
+                    curves.append(s0.set_index("layer_idx")["std"])
+            if curves:
+                frame = pd.concat(curves, axis=1)
+                vals = frame.to_numpy(dtype=float, copy=True).T
+                vals[~np.isfinite(vals) | (vals <= 0)] = np.nan
+                _band(ax, frame.index.to_numpy(), list(vals), combo, cmap(ci % 10), log=True)
+    for ax, kind in zip(axes, ("activation", "gradient")):
+        ax.set_yscale("log")
+        ax.set_xlabel("layer index (forward order)")
+        ax.set_ylabel(f"{kind} std at step 0")
+        ax.grid(alpha=0.3, which="both")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("per-layer statistics at init")
+    fig.tight_layout()
+    made.append(out_dir / "step0_std_overlay.png")
+    fig.savefig(made[-1], dpi=110)
+    plt.close(fig)
+
+    # 3. loss curves
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for ci, (combo, jobs) in enumerate(done.groupby("combo", sort=False)):
+        curves = []
+        for path in jobs["path"]:
+            mp = Path(path) / "metrics.parquet"
+            if mp.exists():
+                curves.append(pd.read_parquet(mp, columns=["step", "loss"]).set_index("step")["loss"])
+        if curves:
+            frame = pd.concat(curves, axis=1)
+            _band(ax, frame.index.to_numpy(), list(frame.to_numpy(dtype=float).T), combo, cmap(ci % 10))
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    made.append(out_dir / "loss_curves.png")
+    fig.savefig(made[-1], dpi=110)
+    plt.close(fig)
+    return made

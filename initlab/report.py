@@ -1,4 +1,5 @@
-"""`initlab-report RUN_DIR...`: rebuild a run's plots from its parquet files alone."""
+"""`initlab-report RUN_OR_SWEEP_DIR...`: rebuild plots (and a sweep's table) from the
+parquet files alone; training is never re-run."""
 
 import argparse
 import sys
@@ -8,6 +9,7 @@ from rich.console import Console
 
 from initlab.plots import plot_run
 from initlab.store import SUMMARY_FILE, load_run
+from initlab.sweep import build_report, is_sweep_dir
 
 
 def report_run(run_dir: Path) -> list[Path]:
@@ -16,13 +18,42 @@ def report_run(run_dir: Path) -> list[Path]:
     return plot_run(run.stats, run.metrics, run.config, run_dir / "plots", run.hist)
 
 
+def latest_run(root: Path) -> Path | None:
+    """The most recently finished single run under `root` (by its summary.json)."""
+    summaries = [p for p in root.rglob(SUMMARY_FILE)
+                 if (p.parent / "metrics.parquet").exists() and "multirun" not in p.parts]
+    return max(summaries, key=lambda p: p.stat().st_mtime).parent if summaries else None
+
+
+def latest_sweep(root: Path) -> Path | None:
+    """The most recent sweep directory under `root`/multirun."""
+    sweeps = [p.parent for p in (root / "multirun").rglob("multirun.yaml")]
+    return max(sweeps, key=lambda p: p.stat().st_mtime) if sweeps else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="initlab-report", description=__doc__)
-    parser.add_argument("paths", nargs="+", type=Path, help="run directories (holding summary.json)")
+    parser.add_argument("paths", nargs="*", type=Path, help="run directories (holding summary.json)")
+    parser.add_argument("--latest", type=Path, metavar="DIR",
+                        help="also rebuild the most recent run and sweep under DIR (e.g. outputs)")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
+    paths = list(args.paths)
+    if args.latest is not None:
+        latest = [p for p in (latest_run(args.latest), latest_sweep(args.latest)) if p is not None]
+        if not latest:
+            console.print(f"initlab-report: error: no finished run or sweep under {args.latest}", markup=False)
+            return 1
+        paths += latest
+    if not paths:
+        parser.error("give run directories or --latest DIR")
     failed = 0
-    for path in args.paths:
+    for path in paths:
+        if is_sweep_dir(path):
+            table, plots = build_report(path)
+            for p in [table, *plots]:
+                console.print(f"wrote {p}", markup=False)
+            continue
         if not (path / SUMMARY_FILE).exists() and not (path / "metrics.parquet").exists():
             console.print(f"initlab-report: error: {path} is not an initlab run directory "
                           f"(no {SUMMARY_FILE} or metrics.parquet)", markup=False)

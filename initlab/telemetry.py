@@ -29,6 +29,7 @@ from torch import nn
 STATS = ("mean", "std", "min", "max", "zero_frac", "dead_frac", "dead_units", "nonfinite", "numel")
 KINDS = ("act", "grad", "weight", "weight_grad", "update",
          "bn_running_mean", "bn_running_var", "bn_batch_mean", "bn_batch_var")
+PARAM_KINDS = ("weight", "weight_grad", "update")
 _SKIP = (nn.Flatten, nn.Unflatten, nn.Identity)
 RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
                nn.SiLU, nn.Mish, nn.Softplus)
@@ -40,10 +41,10 @@ NAN = float("nan")
 class HistSpec:
     """Fixed symmetric log-spaced bins, identical for every step, layer, run and device.
 
-    Layout, in value order: [-inf, -max_abs) overflow, K negative bins, (-min_abs, min_abs)
-    underflow (non-zero), exactly zero, K positive bins, [max_abs, inf] overflow. NaNs are
-    not binned (they are counted in `nonfinite`). A strided sample of at most `sample`
-    elements per tensor is binned.
+    Layout, in value order (2K+5 bins): overflow below -max_abs (-inf included), K negative
+    log bins, negative underflow (-min_abs, 0), exactly zero, positive underflow (0, min_abs),
+    K positive log bins, overflow from max_abs (inf included). NaNs are not binned (they are
+    counted in `nonfinite`). A strided sample of at most `sample` elements per tensor is binned.
     """
 
     min_abs: float = 1e-6
@@ -57,17 +58,16 @@ class HistSpec:
 
     @property
     def n_bins(self) -> int:
-        return 2 * self.k + 4
+        return 2 * self.k + 5
 
     def edges(self) -> np.ndarray:
         return np.logspace(math.log10(self.min_abs), math.log10(self.max_abs), self.k + 1)
 
     def bounds(self) -> tuple[np.ndarray, np.ndarray]:
         """(lo, hi) of every bin in the layout, for the long-format table."""
-        e, k = self.edges(), self.k
-        lo = np.concatenate([[-np.inf], -e[::-1][:-1], [-e[0], 0.0], e[:-1], [e[-1]]])
-        hi = np.concatenate([[-e[-1]], -e[::-1][1:], [e[0], 0.0], e[1:], [np.inf]])
-        assert len(lo) == len(hi) == 2 * k + 4
+        e = self.edges()
+        lo = np.concatenate([[-np.inf], -e[::-1][:-1], [-e[0], 0.0, 0.0], e[:-1], [e[-1]]])
+        hi = np.concatenate([[-e[-1]], -e[::-1][1:], [0.0, 0.0, e[0]], e[1:], [np.inf]])
         return lo, hi
 
     def as_dict(self) -> dict[str, Any]:
@@ -75,71 +75,210 @@ class HistSpec:
                 "bins_per_decade": self.bins_per_decade, "sample": self.sample, "n_bins": self.n_bins}
 
 
-def _histogram(x: torch.Tensor, spec: HistSpec, edges: torch.Tensor) -> torch.Tensor:
-    """Counts per bin of a strided sample of x (NaN excluded), float64[n_bins]."""
-    flat = x.reshape(-1)
-    stride = max(1, -(-flat.numel() // spec.sample))
-    s = flat[::stride]
-    k = spec.k
-    # bucketize: 0 below min_abs, 1..k inside, k+1 at or above max_abs
-    b = torch.bucketize(s.abs(), edges, right=True)
-    pos = k + 3 + (b - 1).clamp(0, k)  # positive side: k+3 .. 2k+3 (overflow)
-    neg = k - (b - 1).clamp(0, k)  # negative side: k .. 0 (overflow)
-    code = torch.where(s > 0, pos, neg)
-    code = torch.where(b == 0, torch.full_like(code, k + 1), code)  # underflow, either sign
-    code = torch.where(s == 0, torch.full_like(code, k + 2), code)
-    code = code[~torch.isnan(s)]
-    return torch.bincount(code, minlength=spec.n_bins).to(torch.float64)
+def _hist_codes(samples: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Signed bin code of each value: 0 for zero, +-1 underflow, +-(2..k+1) the log bins,
+    +-(k+2) overflow (inf included), NaN stays NaN (and histc then ignores it)."""
+    b = torch.bucketize(samples.abs(), edges, right=True)  # 0 under, 1..k inside, k+1 over
+    code = torch.sign(samples) * (b + 1)
+    return code.masked_fill_(torch.isnan(samples), NAN)  # torch.sign(nan) is 0, not nan
 
 
-def _dead_mask(x: torch.Tensor, module: nn.Module, thresholds: Mapping[str, float]) -> torch.Tensor | None:
-    """Elements in the activation's dead (ReLU family: <= 0) or saturated region."""
+@dataclass(frozen=True)
+class DeadRegion:
+    """Where an activation is dead or saturated, as |x - center| > half_width, or x <= 0."""
+
+    relu: bool
+    center: float = 0.0
+    half_width: float = 0.0
+    nonneg: bool = False  # outputs are never negative (plain ReLU): cheaper counts
+
+
+def dead_region(module: nn.Module | None, thresholds: Mapping[str, float]) -> DeadRegion | None:
     if isinstance(module, RELU_FAMILY):
-        return x <= 0
+        return DeadRegion(relu=True, nonneg=isinstance(module, (nn.ReLU, nn.ReLU6)))
     if isinstance(module, nn.Tanh):
-        return x.abs() > thresholds["tanh"]
+        return DeadRegion(False, 0.0, thresholds["tanh"])
     if isinstance(module, nn.Sigmoid):
-        return (x < thresholds["sigmoid_low"]) | (x > thresholds["sigmoid_high"])
+        lo, hi = thresholds["sigmoid_low"], thresholds["sigmoid_high"]
+        return DeadRegion(False, (lo + hi) / 2, (hi - lo) / 2)
     return None
 
 
-def tensor_stats(x: torch.Tensor, dead: torch.Tensor | None = None) -> torch.Tensor:
-    """mean, std, min, max, zero_frac, dead_frac, dead_units, nonfinite, numel: float64[9].
+def group_stats(xs: Sequence[torch.Tensor], deads: Sequence[DeadRegion | None],
+                sync_free: bool | None = None, scratch: "Scratch | None" = None,
+                counts: bool = True) -> torch.Tensor:
+    """Statistics of same-shaped tensors, reduced together: float64[len(xs), len(STATS)].
 
-    Queued on x's device without a sync (on CPU, where reading a scalar is free, the
-    non-finite count runs only when min/max show one). The variance is taken of x scaled
-    by 1/max|x| and centred, so values near float32's limit (the 100-layer N(0,1) net
-    reaches 1e37) give a finite std instead of an overflowed square.
+    Columns: mean, std, min, max, zero_frac, dead_frac, dead_units, nonfinite, numel.
+    Every statistic uses every element. The tensors are stacked into rows and reduced
+    along the row with kernels that are fast on CPU (amax/amin, sums of sign(x) for the
+    counts, row norms for the variance). Rows whose |x| nears float32's limits are scaled
+    by 1/max|x| and centred, so the 100-layer N(0,1) net's 1e37 activations get a finite
+    std instead of an overflowed square. On CPU, where reading a scalar costs no device
+    sync, rare branches (non-finite values, scaling, cancellation) are decided by reading
+    scalars and temporaries go to reused `scratch` buffers (fresh multi-MB allocations
+    cost page faults); elsewhere (`sync_free`) every branch is an always-on tensor op.
+    `counts=False` (parameter tensors) skips the zero and dead counts.
     """
-    x = x.detach()
-    if not x.is_floating_point() or x.dtype in (torch.float16, torch.bfloat16):
-        x = x.float()
-    n = x.numel()
+    x0 = xs[0]
+    if sync_free is None:
+        sync_free = x0.device.type != "cpu"
+    shape = x0.shape
+    rows = [x.detach().reshape(-1) for x in xs]
+    if len(rows) == 1:
+        X = rows[0][None]
+    elif scratch is not None and not sync_free:
+        X = torch.stack(rows, out=scratch.get(len(rows) * rows[0].numel(), rows[0].dtype, "stack").view(len(rows), -1))
+    else:
+        X = torch.stack(rows)
+    if not X.is_floating_point() or X.dtype in (torch.float16, torch.bfloat16):
+        X = X.float()
+    L, n = X.shape
     f64 = torch.float64
-    lo, hi = torch.aminmax(x)
-    absmax = torch.maximum(lo.abs(), hi.abs())
-    ok = torch.isfinite(absmax) & (absmax > 0)
-    scale = torch.where(ok, absmax, torch.ones_like(absmax)).to(f64)
-    y = x.reshape(-1) * (1.0 / scale).to(x.dtype)
-    mean_y = y.sum(dtype=f64) / n
-    y.sub_(mean_y.to(x.dtype))
-    var_y = torch.dot(y, y).to(f64) / max(n - 1, 1)
-    zeros = n - torch.count_nonzero(x)
-    if x.device.type == "cpu" and math.isfinite(lo.item()) and math.isfinite(hi.item()):
-        nonfinite = torch.zeros((), dtype=torch.int64)
-    else:
-        nonfinite = torch.count_nonzero(x * 0)  # inf*0 and nan*0 are NaN, finite*0 is 0
-    if dead is None:
-        dead_frac = dead_units = torch.tensor(NAN, dtype=f64, device=x.device)
-    else:
-        dead_frac = dead.sum().to(f64) / n
-        # A unit (channel, dim 1) is dead when every element of it in the batch is.
-        per_unit = dead.reshape(dead.shape[0], dead.shape[1], -1) if dead.dim() > 1 else dead[None, :, None]
-        dead_units = per_unit.all(dim=2).all(dim=0).to(f64).mean()
-    return torch.stack([
-        mean_y * scale, var_y.sqrt() * scale, lo.to(f64), hi.to(f64), zeros.to(f64) / n,
-        dead_frac, dead_units, nonfinite.to(f64), torch.tensor(float(n), dtype=f64, device=x.device),
-    ])
+    hi, lo = X.amax(dim=1), X.amin(dim=1)
+    count_dtype = f64 if n >= 2**24 else None  # sums of +-1 are exact in float32 below 2**24
+    if sync_free:  # scale by 1/max|x| and centre: exact for any magnitude, no branch
+        absmax = torch.maximum(-lo, hi)
+        scale = torch.where(torch.isfinite(absmax) & (absmax > 0), absmax, torch.ones_like(absmax))
+        Y = X / scale[:, None]
+        mean_y = Y.sum(dim=1) / n
+        var_y = torch.linalg.vector_norm(Y - mean_y[:, None], dim=1).square() / max(n - 1, 1)
+        mean, var = mean_y.to(f64) * scale.to(f64), var_y.to(f64) * scale.to(f64).square()
+        nonzero = (X != 0).sum(dim=1).to(f64)
+        pos_minus_neg = ((X > 0).sum(dim=1) - (X < 0).sum(dim=1)).to(f64)
+        nonfinite = torch.count_nonzero(X * 0, dim=1).to(f64)  # inf*0, nan*0 are NaN; 0 else
+    else:  # uncentred sums and sign counts, no temporaries; rare rows redone exactly below
+        s = X.sum(dim=1).to(f64)
+        mean = s / n
+        var = (torch.linalg.vector_norm(X, dim=1).to(f64).square() - s * mean) / max(n - 1, 1)
+        nonfinite = torch.zeros(L, dtype=f64, device=X.device)
+        if counts:
+            S = torch.sign(X, out=scratch.get(X.numel(), X.dtype, "sign").view_as(X)) if scratch else torch.sign(X)
+            pos_minus_neg = S.sum(dim=1, dtype=count_dtype).to(f64)
+            nonzero = S.abs_().sum(dim=1, dtype=count_dtype).to(f64)
+        else:
+            pos_minus_neg = nonzero = torch.full((L,), NAN, dtype=f64, device=X.device)
+    dead_frac = torch.full((L,), NAN, dtype=f64, device=X.device)
+    dead_units = dead_frac.clone()
+    units = (shape[0], shape[1], -1) if len(shape) > 1 else (1, shape[0], 1)
+    for region in {d for d in deads if d is not None}:
+        sel = [i for i, d in enumerate(deads) if d == region]
+        idx = torch.tensor(sel, device=X.device)
+        U = (X if len(sel) == L else X.index_select(0, idx)).view(len(sel), *units)  # (rows, batch, units, rest)
+        if region.relu:  # x <= 0 is dead; a unit is dead when its max over the batch is
+            positive = (nonzero[idx] + pos_minus_neg[idx]) / 2
+            dead_frac[idx] = (n - positive) / n
+            dead_units[idx] = (U.amax(dim=(1, 3)) <= 0).to(f64).mean(dim=1)
+        else:  # |x - center| > half_width is saturated
+            dist = (U - region.center).abs_() if region.center else U.abs()
+            above = torch.sign(dist - region.half_width).sum(dim=(1, 2, 3), dtype=count_dtype).to(f64)
+            dead_frac[idx] = (above + n) / (2 * n)
+            dead_units[idx] = (dist.amin(dim=(1, 3)) > region.half_width).to(f64).mean(dim=1)
+    out = torch.stack([
+        mean, var.clamp_min(0).sqrt(), lo.to(f64), hi.to(f64), (n - nonzero) / n, dead_frac,
+        dead_units, nonfinite, torch.full((L,), float(n), dtype=f64, device=X.device),
+    ], dim=1)
+    if not sync_free:
+        # Redo exactly the rows the fast path cannot serve: non-finite values (sign(nan) is 0),
+        # magnitudes whose squares leave float32's range, and means that swamp the variance.
+        absmax = torch.maximum(-lo, hi).to(f64)
+        bad = ~(torch.isfinite(absmax) & (absmax < 1e18) & (absmax > 1e-18)) | (var <= 1e-2 * mean.square())
+        for i in torch.nonzero(bad).flatten().tolist():
+            out[i] = group_stats([xs[i]], [deads[i]], sync_free=True, counts=counts)[0]
+    return out
+
+
+def tensor_stats(x: torch.Tensor, dead: DeadRegion | None = None, sync_free: bool | None = None) -> torch.Tensor:
+    """group_stats of a single tensor: float64[len(STATS)]."""
+    return group_stats([x], [dead], sync_free)[0]
+
+
+EAGER = 4096  # CPU act/grad tensors from this size are reduced in the hook, while cache-hot
+
+
+class Scratch:
+    """Reusable CPU buffers: a fresh multi-MB temporary per tensor costs page faults."""
+
+    def __init__(self) -> None:
+        self._bufs: dict[tuple[int, torch.dtype, str], torch.Tensor] = {}
+
+    def get(self, n: int, dtype: torch.dtype, role: str = "") -> torch.Tensor:
+        buf = self._bufs.get((n, dtype, role))
+        if buf is None:
+            buf = self._bufs[(n, dtype, role)] = torch.empty(n, dtype=dtype)
+        return buf
+
+
+def hist_codes_of_rows(X: torch.Tensor, spec: "HistSpec", edges: torch.Tensor) -> torch.Tensor:
+    """Signed bin codes of a fixed strided sample of each row: (rows, m)."""
+    stride = max(1, -(-X.shape[1] // spec.sample))
+    return _hist_codes(X[:, ::stride].float(), edges)
+
+
+def eager_cpu_row(x: torch.Tensor, dead: DeadRegion | None, scratch: "Scratch") -> list[float]:
+    """The statistics of one CPU tensor while it is still in cache: about ten ops, raw sums
+    read back as host numbers (free on CPU) and finished in Python. Rare cases (non-finite
+    values, magnitudes whose squares leave float32, a mean that swamps the variance) take
+    the exact path."""
+    flat = x.detach().reshape(-1)
+    if flat.dtype != torch.float32:
+        flat = flat.float()
+    n = flat.numel()
+    lo, hi = torch.aminmax(flat)
+    sign = torch.sign(flat, out=scratch.get(n, torch.float32, "sign"))
+    parts = [lo, hi, flat.sum(), torch.dot(flat, flat)]
+    nonneg = isinstance(dead, DeadRegion) and dead.relu and dead.nonneg
+    if dead is not None and dead.relu:
+        # ReLU's output has no negatives: sum(sign) already counts the positives
+        pm = sign.sum()
+        parts += [pm, pm if nonneg else sign.abs().sum()]
+        units = x.detach().reshape(x.shape[0], x.shape[1], -1) if x.dim() > 1 else flat.reshape(1, -1, 1)
+        parts.append((units.amax(dim=(0, 2)) <= 0).sum().float())
+    else:  # only the zeros are needed: |sign| sums to the non-zero count
+        parts += [lo, sign.abs_().sum()]
+    vals = torch.stack(parts).tolist()
+    lo_v, hi_v, s, sq, pm, nz = vals[:6]  # pm (positives minus negatives) is only read for ReLU
+    absmax = max(-lo_v, hi_v)
+    mean = s / n
+    var = (sq - s * mean) / max(n - 1, 1)
+    if not (math.isfinite(absmax) and 1e-18 < absmax < 1e18 and math.isfinite(var) and var > 1e-2 * mean * mean):
+        return group_stats([x], [dead], sync_free=True).tolist()[0]
+    dead_frac = dead_units = NAN
+    if dead is not None and dead.relu:
+        dead_frac = (n - (nz + pm) / 2) / n
+        dead_units = vals[6] / (x.shape[1] if x.dim() > 1 else n)
+    elif dead is not None:  # tanh/sigmoid: |x - center| > half_width
+        dist = torch.sub(flat, dead.center, out=scratch.get(n, torch.float32, "dist")).abs_()
+        units = dist.view(x.shape[0], x.shape[1], -1) if x.dim() > 1 else dist.view(1, -1, 1)
+        sat_units = (units.amin(dim=(0, 2)) > dead.half_width).float().mean()
+        above = torch.sign(dist.sub_(dead.half_width)).sum()
+        above_v, dead_units = torch.stack([above, sat_units]).tolist()
+        dead_frac = (above_v + n) / (2 * n)
+    return [mean, math.sqrt(max(var, 0.0)), lo_v, hi_v, (n - nz) / n, dead_frac, dead_units, 0.0, float(n)]
+
+
+def param_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """mean, std and non-finite count of many parameter tensors from one multi-tensor norm
+    (torch._foreach_norm) and one sum per tensor. Rows are exact (centred) where the
+    uncentred formula would cancel; min, max and zero counts are not recorded (NaN)."""
+    ts = [t.detach() for t in tensors]
+    f64 = torch.float64
+    norms = torch.stack(torch._foreach_norm(ts)).to(f64)
+    sums = torch.stack([t.sum() for t in ts]).to(f64)
+    numel = torch.tensor([t.numel() for t in ts], dtype=f64, device=norms.device)
+    mean = sums / numel
+    var = (norms.square() - sums * mean) / (numel - 1).clamp_min(1)
+    nan = torch.full_like(mean, NAN)
+    # non-finite values make the norm or sum non-finite: -1 flags "present, not counted"
+    nonfinite = torch.where(torch.isfinite(norms) & torch.isfinite(sums), 0.0, -1.0).to(f64)
+    out = torch.stack([mean, var.clamp_min(0).sqrt(), nan, nan, nan, nan, nan, nonfinite, numel], dim=1)
+    if ts[0].device.type == "cpu":  # reading scalars is free here: make the rare rows exact
+        for i in torch.nonzero(nonfinite < 0).flatten().tolist():
+            out[i, 7] = (~torch.isfinite(ts[i])).sum().double()
+        for i in torch.nonzero(~(var > 1e-2 * mean.square()) & (nonfinite == 0)).flatten().tolist():
+            t = ts[i].reshape(-1).double()  # a large mean swamps the variance (BN weights): centre
+            out[i, 1] = (t - t.mean()).norm() / max(t.numel() - 1, 1) ** 0.5
+    return out
 
 
 @dataclass(frozen=True)
@@ -181,22 +320,42 @@ class TelemetryConfig:
                    thresholds=dict(cfg.get("dead", {}) or {}), modules=list(cfg.get("modules", []) or []))
 
 
+@dataclass
+class _Pending:
+    """A tensor waiting for collect(): statistics are computed for all of them at once."""
+
+    slot: Slot
+    kind: str
+    param: str
+    tensor: torch.Tensor | None  # None once `row` holds its statistics
+    dead: DeadRegion | None = None
+    hist: bool = False
+    row: torch.Tensor | None = None  # statistics computed eagerly (large CPU tensors)
+    sample: torch.Tensor | None = None  # its histogram sample, when the tensor is not kept
+
+
 class Telemetry:
-    """Records per-layer statistics on logged steps; `collect()` returns them as columns."""
+    """Records per-layer statistics on logged steps; `collect()` returns them as columns.
+
+    Hooks only keep references to the step's tensors (activations are mostly kept alive
+    by autograd anyway; gradients and the update snapshot are the extra memory of a
+    logged step). collect() groups same-shaped tensors and reduces each group at once.
+    """
 
     def __init__(self, model: nn.Module, config: TelemetryConfig | None = None) -> None:
         self.cfg = config or TelemetryConfig()
         self.thresholds = {"tanh": 0.97, "sigmoid_low": 0.03, "sigmoid_high": 0.97, **(self.cfg.thresholds or {})}
         self.model = model
         self.modules = tracked_modules(model, self.cfg.modules)
-        self.params = [(mod_name, pname, p) for mod_name, m in model.named_modules()
+        self.params = [(mod_name, type(m).__name__, pname, p) for mod_name, m in model.named_modules()
                        for pname, p in m.named_parameters(recurse=False) if p.requires_grad]
         self._order: dict[tuple[str, int], int] = {}  # (name, call #) -> layer_idx
         self._calls: dict[str, int] = {}
-        self._rows: list[tuple[Slot, str, str, torch.Tensor, torch.Tensor | None]] = []
+        self._pending: list[_Pending] = []
         self._bn_prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._before_step: list[torch.Tensor] | None = None
         self._edges: dict[torch.device, torch.Tensor] = {}
+        self._scratch = Scratch()
 
     # -- activations and gradients -------------------------------------------------
     def _slot(self, name: str, module: nn.Module) -> Slot:
@@ -208,28 +367,34 @@ class Telemetry:
         layer = name if call == 0 else f"{name}#{call}"  # a module used twice in one forward
         return Slot(layer, type(module).__name__, self._order[key])
 
-    def _hist(self, x: torch.Tensor) -> torch.Tensor | None:
-        spec = self.cfg.hist
-        if spec is None:
-            return None
-        if x.device not in self._edges:
-            self._edges[x.device] = torch.tensor(spec.edges(), dtype=torch.float32, device=x.device)
-        return _histogram(x.detach().float(), spec, self._edges[x.device])
+    def _sample(self, t: torch.Tensor) -> torch.Tensor:
+        flat = t.reshape(-1)
+        return flat[:: max(1, -(-flat.numel() // self.cfg.hist.sample))]
 
-    def _add(self, slot: Slot, kind: str, x: torch.Tensor, module: nn.Module | None) -> None:
-        dead = _dead_mask(x.detach(), module, self.thresholds) if module is not None else None
-        self._rows.append((slot, kind, "", tensor_stats(x, dead), self._hist(x)))
+    def _add(self, p: _Pending) -> None:
+        """Large CPU tensors are reduced right away: keeping every activation gradient
+        alive until collect() makes backward allocate afresh (page faults), which costs
+        more than the statistics. Small ones wait, to be reduced in groups."""
+        t = p.tensor
+        if t.device.type == "cpu" and t.numel() >= EAGER and p.kind not in PARAM_KINDS:
+            p.row = eager_cpu_row(t, p.dead, self._scratch)
+            if p.hist:
+                p.sample = self._sample(t).float().clone()
+            p.tensor = None
+        self._pending.append(p)
 
     def _forward_hook(self, name: str):
+        want_hist = self.cfg.hist is not None
+
         def hook(module: nn.Module, args: tuple, out: object) -> None:
             if not isinstance(out, torch.Tensor):
                 return
             slot = self._slot(name, module)
-            self._add(slot, "act", out, module)
+            self._add(_Pending(slot, "act", "", out.detach(), dead_region(module, self.thresholds), want_hist))
             if self.cfg.bn and isinstance(module, _BN) and name in self._bn_prev:
                 self._bn_rows(slot, module, *self._bn_prev.pop(name))
             if out.requires_grad:
-                out.register_hook(lambda g: self._add(slot, "grad", g, None))
+                out.register_hook(lambda g: self._add(_Pending(slot, "grad", "", g.detach(), None, want_hist)))
 
         return hook
 
@@ -243,13 +408,13 @@ class Telemetry:
     def _bn_rows(self, slot: Slot, bn: nn.Module, prev_mean: torch.Tensor, prev_var: torch.Tensor) -> None:
         """Running buffers, and the batch statistics recovered from how they moved:
         new = (1 - m) * old + m * batch  =>  batch = (new - (1 - m) * old) / m."""
-        rm, rv = bn.running_mean.detach(), bn.running_var.detach()
-        self._rows.append((slot, "bn_running_mean", "", tensor_stats(rm), None))
-        self._rows.append((slot, "bn_running_var", "", tensor_stats(rv), None))
+        rm, rv = bn.running_mean.detach().clone(), bn.running_var.detach().clone()
+        vectors = {"bn_running_mean": rm, "bn_running_var": rv}
         m = bn.momentum
         if m:  # momentum=None (cumulative average) has no fixed inverse
-            self._rows.append((slot, "bn_batch_mean", "", tensor_stats((rm - (1 - m) * prev_mean) / m), None))
-            self._rows.append((slot, "bn_batch_var", "", tensor_stats((rv - (1 - m) * prev_var) / m), None))
+            vectors["bn_batch_mean"] = (rm - (1 - m) * prev_mean) / m
+            vectors["bn_batch_var"] = (rv - (1 - m) * prev_var) / m
+        self._pending += [_Pending(slot, kind, "", v) for kind, v in vectors.items()]
 
     @contextmanager
     def record(self) -> Iterator[None]:
@@ -267,62 +432,100 @@ class Telemetry:
             self._bn_prev.clear()
 
     # -- parameters, their gradients and the optimizer's update ---------------------
-    def _param_slot(self, module_name: str, p: torch.Tensor) -> Slot:
-        idx = self._order.get((module_name, 0), -1)
-        module = self.model.get_submodule(module_name)
-        return Slot(module_name, type(module).__name__, idx)
+    def _param_rows(self, kind: str, tensors: list[torch.Tensor | None]) -> None:
+        for (mod, mtype, pname, _), t in zip(self.params, tensors):
+            if t is not None:
+                slot = Slot(mod, mtype, self._order.get((mod, 0), -1))
+                self._add(_Pending(slot, kind, pname, t.detach()))
 
     def before_step(self) -> None:
         """After backward, before optimizer.step(): gradients, and a snapshot for the update."""
         if not self.cfg.params:
             return
-        for mod, pname, p in self.params:
-            if p.grad is not None:
-                self._rows.append((self._param_slot(mod, p), "weight_grad", pname, tensor_stats(p.grad), None))
-        self._before_step = [p.detach().clone() for _, _, p in self.params]
+        self._param_rows("weight_grad", [p.grad for *_, p in self.params])
+        self._before_step = [p.detach().clone() for *_, p in self.params]
 
     def after_step(self, stepped: bool) -> None:
         """After optimizer.step() (or in its place on a probe): the weights, and the update
         each parameter received when there was a step."""
         if not self.cfg.params:
             return
-        old = self._before_step if stepped and self._before_step is not None else [None] * len(self.params)
-        for (mod, pname, p), before in zip(self.params, old):
-            slot = self._param_slot(mod, p)
-            self._rows.append((slot, "weight", pname, tensor_stats(p.detach()), None))
-            if before is not None:
-                self._rows.append((slot, "update", pname, tensor_stats(p.detach() - before), None))
+        weights = [p.detach() for *_, p in self.params]
+        self._param_rows("weight", weights)
+        if stepped and self._before_step is not None:
+            torch._foreach_sub_(self._before_step, weights)  # in place: before - after = -update
+            torch._foreach_neg_(self._before_step)
+            self._param_rows("update", self._before_step)
         self._before_step = None
 
     # -- the one transfer ------------------------------------------------------------
+    def _compute(self, pending: list[_Pending]) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
+        """(stats in row order, rows with histograms, their counts): groups of same-shaped
+        tensors reduced together, every histogram binned by one histc."""
+        groups: dict[tuple, list[int]] = {}
+        eager = [i for i, p in enumerate(pending) if p.row is not None]
+        params = [i for i, p in enumerate(pending) if p.row is None and p.kind in PARAM_KINDS]
+        for i, p in enumerate(pending):
+            if p.row is None and p.kind not in PARAM_KINDS:
+                groups.setdefault((tuple(p.tensor.shape), p.tensor.dtype, p.tensor.device), []).append(i)
+        blocks, order = [], []
+        if eager:
+            blocks.append(torch.tensor([pending[i].row for i in eager], dtype=torch.float64))
+            order += eager
+        if params:
+            blocks.append(param_rows([pending[i].tensor for i in params]))
+            order += params
+        for rows in groups.values():
+            blocks.append(group_stats([pending[i].tensor for i in rows], [pending[i].dead for i in rows],
+                                      scratch=self._scratch))
+            order += rows
+        device = next((b.device for b in blocks if b.device.type != "cpu"), blocks[0].device)
+        stats = torch.cat([b.to(device) for b in blocks])[torch.as_tensor(np.argsort(order), device=device)]
+        hist_rows = [i for i, p in enumerate(pending) if p.hist]
+        spec = self.cfg.hist
+        if spec is None or not hist_rows:
+            return stats, [], None
+        samples = [pending[i].sample if pending[i].sample is not None else self._sample(pending[i].tensor).float()
+                   for i in hist_rows]
+        device = samples[0].device
+        if device not in self._edges:
+            self._edges[device] = torch.tensor(spec.edges(), dtype=torch.float32, device=device)
+        lengths = torch.tensor([t.numel() for t in samples], device=device)
+        codes = _hist_codes(torch.cat(samples), self._edges[device])
+        offsets = torch.arange(len(samples), device=device, dtype=torch.float32) * spec.n_bins + spec.k + 2
+        codes += torch.repeat_interleave(offsets, lengths)
+        total = len(samples) * spec.n_bins
+        return stats, hist_rows, torch.histc(codes, bins=total, min=-0.5, max=total - 0.5).to(torch.float64)
+
     def collect(self, step: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None] | None:
         """(stats columns, histogram columns) of the step: one concatenation, one copy."""
-        if not self._rows:
+        if not self._pending:
             return None
-        rows, self._rows = self._rows, []
+        pending, self._pending = self._pending, []
         self._before_step = None
-        hist_idx = [i for i, r in enumerate(rows) if r[4] is not None]
-        flat = torch.cat([r[3] for r in rows] + [rows[i][4] for i in hist_idx])
-        values = flat.cpu().numpy()  # the step's single device -> host transfer
-        n, k = len(rows), len(STATS)
+        stats_t, hist_rows, counts = self._compute(pending)
+        blocks = [stats_t.reshape(-1)] + ([counts.to(stats_t.device)] if counts is not None else [])
+        values = torch.cat(blocks).cpu().numpy()  # the step's single device -> host transfer
+        n, k = len(pending), len(STATS)
         stats = values[: n * k].reshape(n, k)
         cols: dict[str, np.ndarray] = {
             "step": np.full(n, step, dtype=np.int64),
-            "layer": np.array([r[0].layer for r in rows], dtype=object),
-            "layer_idx": np.array([r[0].layer_idx for r in rows], dtype=np.int32),
-            "module_type": np.array([r[0].module_type for r in rows], dtype=object),
-            "kind": np.array([r[1] for r in rows], dtype=object),
-            "param": np.array([r[2] for r in rows], dtype=object),
+            "layer": np.array([p.slot.layer for p in pending], dtype=object),
+            "layer_idx": np.array([p.slot.layer_idx for p in pending], dtype=np.int32),
+            "module_type": np.array([p.slot.module_type for p in pending], dtype=object),
+            "kind": np.array([p.kind for p in pending], dtype=object),
+            "param": np.array([p.param for p in pending], dtype=object),
         }
         for i, stat in enumerate(STATS):
             cols[stat] = stats[:, i].astype(np.int64) if stat in ("nonfinite", "numel") else stats[:, i]
         with np.errstate(all="ignore"):
             cols["absmax"] = np.maximum(np.abs(cols["min"]), np.abs(cols["max"]))
             # sum of squares from mean and unbiased variance: no extra pass on the device
-            nn_ = cols["numel"].astype(np.float64)
-            cols["norm"] = np.sqrt((nn_ - 1) * cols["std"] ** 2 + nn_ * cols["mean"] ** 2)
+            numel = cols["numel"].astype(np.float64)
+            cols["norm"] = np.sqrt((numel - 1) * cols["std"] ** 2 + numel * cols["mean"] ** 2)
             cols["ratio"] = self._ratios(cols)
-        return cols, self._hist_columns(rows, hist_idx, values[n * k:], step)
+        hist = self._hist_columns(cols, hist_rows, values[n * k:], step) if counts is not None else None
+        return cols, hist
 
     @staticmethod
     def _ratios(cols: dict[str, np.ndarray]) -> np.ndarray:
@@ -336,20 +539,19 @@ class Telemetry:
             ratio[i] = cols["std"][i] / w_std if w_std > 0 else np.nan
         return ratio
 
-    def _hist_columns(self, rows, hist_idx: list[int], counts: np.ndarray, step: int) -> dict[str, np.ndarray] | None:
+    def _hist_columns(self, cols: dict[str, np.ndarray], hist_rows: list[int], counts: np.ndarray,
+                      step: int) -> dict[str, np.ndarray]:
         spec = self.cfg.hist
-        if spec is None or not hist_idx:
-            return None
-        counts = counts.reshape(len(hist_idx), spec.n_bins)
+        counts = counts.reshape(len(hist_rows), spec.n_bins)
         lo, hi = spec.bounds()
         r, b = np.nonzero(counts)  # long format: non-empty bins only
-        meta = [rows[i] for i in hist_idx]
+        rows = np.asarray(hist_rows)[r]
         return {
             "step": np.full(len(r), step, dtype=np.int64),
-            "layer": np.array([meta[i][0].layer for i in r], dtype=object),
-            "layer_idx": np.array([meta[i][0].layer_idx for i in r], dtype=np.int32),
-            "module_type": np.array([meta[i][0].module_type for i in r], dtype=object),
-            "kind": np.array([meta[i][1] for i in r], dtype=object),
+            "layer": cols["layer"][rows],
+            "layer_idx": cols["layer_idx"][rows],
+            "module_type": cols["module_type"][rows],
+            "kind": cols["kind"][rows],
             "bin": b.astype(np.int16),
             "lo": lo[b],
             "hi": hi[b],

@@ -84,14 +84,14 @@ def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int) -> tuple[fl
     """Held-out loss and accuracy (eval mode, restored after)."""
     was_training = model.training
     model.eval()
-    total = torch.zeros(2, device=data.x_val.device, dtype=torch.float64)
+    total = torch.zeros(2, device=data.device, dtype=torch.float64)
     for x, y in data.val_batches(batch_size):
         logits = model(x)
         total[0] += F.cross_entropy(logits, y, reduction="sum")
         total[1] += (logits.argmax(1) == y).sum()
     model.train(was_training)
     loss_sum, correct = total.tolist()
-    n = len(data.y_val)
+    n = data.n_val
     return loss_sum / n, correct / n
 
 
@@ -119,7 +119,7 @@ def fit(
     eval_every, stop_on_nonfinite = int(train_cfg["eval_every"]), bool(train_cfg["stop_on_nonfinite"])
     n_iter = max(steps, 1)
     last = n_iter - 1
-    device = data.x_train.device
+    device = data.device
     batches: Iterator = data.train_batches(bs, seed)
     result = FitResult()
     model.train()
@@ -161,13 +161,13 @@ def fit(
                 result.rows.append(row)
                 raise Diverged(step, loss_v) from None
             store.add_stats(collected)
-            if eval_every and (step + 1) % eval_every == 0 and step < last and len(data.y_val):
+            if eval_every and (step + 1) % eval_every == 0 and step < last and data.n_val:
                 row["val_loss"], row["val_accuracy"] = evaluate(model, data, bs)
             result.rows.append(row)
             result.steps_done = step + 1 if steps > 0 else 0
             for cb in callbacks:
                 cb.on_step_end(step, row)
-        if len(data.y_val):
+        if data.n_val:
             result.rows[-1]["val_loss"], result.rows[-1]["val_accuracy"] = evaluate(model, data, bs)
     except Diverged as d:
         result.status = "diverged"

@@ -20,13 +20,17 @@ from initlab.telemetry import (
 THRESH = {"tanh": 0.97, "sigmoid_low": 0.03, "sigmoid_high": 0.97}
 
 
-def _stats(x: torch.Tensor, dead: torch.Tensor | None = None) -> dict[str, float]:
-    return dict(zip(STATS, tensor_stats(x, dead).tolist()))
+def _stats(x: torch.Tensor, sync_free: bool = False) -> dict[str, float]:
+    return dict(zip(STATS, tensor_stats(x, sync_free=sync_free).tolist()))
 
 
-def test_stats_match_torch() -> None:
+BOTH_PATHS = pytest.mark.parametrize("sync_free", [False, True], ids=["cpu-path", "queued-path"])
+
+
+@BOTH_PATHS
+def test_stats_match_torch(sync_free: bool) -> None:
     x = torch.randn(64, 32, generator=torch.Generator().manual_seed(1)).clamp_min(0)
-    s = _stats(x)
+    s = _stats(x, sync_free)
     assert s["mean"] == pytest.approx(x.mean().item(), rel=1e-5)
     assert s["std"] == pytest.approx(x.std().item(), rel=1e-5)
     assert s["min"] == x.min().item() and s["max"] == x.max().item()
@@ -35,18 +39,20 @@ def test_stats_match_torch() -> None:
     assert math.isnan(s["dead_frac"])  # not an activation: no dead region
 
 
-def test_huge_finite_values_keep_a_finite_std() -> None:
+@BOTH_PATHS
+def test_huge_finite_values_keep_a_finite_std(sync_free: bool) -> None:
     # Float32 squares overflow above ~1.8e19; the 100-layer lesson reaches 1e37.
     x = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 1e36
-    s = _stats(x)
+    s = _stats(x, sync_free)
     ref = x.double().std().item()
     assert math.isfinite(s["std"]) and s["std"] == pytest.approx(ref, rel=1e-4)
     assert s["mean"] == pytest.approx(x.double().mean().item(), rel=1e-3, abs=ref * 1e-4)
 
 
-def test_nonfinite_values_are_counted_and_propagate() -> None:
+@BOTH_PATHS
+def test_nonfinite_values_are_counted_and_propagate(sync_free: bool) -> None:
     x = torch.tensor([1.0, float("inf"), float("nan"), 0.0, -float("inf")])
-    s = _stats(x)
+    s = _stats(x, sync_free)
     assert s["nonfinite"] == 3
     assert s["zero_frac"] == pytest.approx(0.2)
     assert not math.isfinite(s["std"]) and not math.isfinite(s["mean"])
@@ -107,17 +113,20 @@ def test_histogram_counts_sum_to_sample_and_bins_are_fixed() -> None:
     sampled = x[:: max(1, -(-x.numel() // spec.sample))]
     assert hist["count"].sum() == (~torch.isnan(sampled)).sum().item()  # NaN is not binned
     lo, hi = spec.bounds()
-    assert np.all(lo[:-1] <= lo[1:]) and len(lo) == spec.n_bins == 2 * 12 + 4
-    zero_bin, under_bin = spec.k + 2, spec.k + 1
+    assert np.all(lo[:-1] <= lo[1:]) and np.all(lo <= hi) and len(lo) == spec.n_bins == 2 * 12 + 5
+    zero_bin = spec.k + 2
     by_bin = dict(zip(hist["bin"], hist["count"]))
     assert by_bin.get(zero_bin, 0) == (sampled == 0).sum().item()
-    assert by_bin.get(under_bin, 0) == ((sampled != 0) & (sampled.abs() < 1e-3)).sum().item()
+    assert by_bin.get(zero_bin + 1, 0) == ((sampled > 0) & (sampled < 1e-3)).sum().item()
+    assert by_bin.get(zero_bin - 1, 0) == ((sampled < 0) & (sampled > -1e-3)).sum().item()
     assert by_bin.get(0, 0) == (sampled < -1e3).sum().item()  # negative overflow
     assert by_bin.get(spec.n_bins - 1, 0) == (sampled > 1e3).sum().item()  # +overflow, inf included
-    # every sampled finite value lies inside its bin's bounds
+    # each bin holds exactly the sampled values within its bounds
     for b, c in by_bin.items():
-        vals = sampled[(sampled >= lo[b]) & (sampled <= hi[b])]
-        assert len(vals) >= c
+        if b not in (zero_bin - 1, zero_bin, zero_bin + 1):
+            inside = (sampled.abs() >= min(abs(lo[b]), abs(hi[b]))) & (sampled.abs() < max(abs(lo[b]), abs(hi[b])))
+            same_sign = sampled > 0 if hi[b] > 0 else sampled < 0
+            assert (inside & same_sign).sum().item() == c or b in (0, spec.n_bins - 1)
 
 
 def test_update_and_grad_ratios_match_direct_computation() -> None:
@@ -201,3 +210,55 @@ def test_schedule() -> None:
     logsched = Schedule(total=1000, first=20, every=1000, log_points=20)
     logged = [s for s in range(1000) if logsched(s)]
     assert logged[:20] == list(range(20)) and 999 in logged and len(logged) < 45
+
+
+@pytest.mark.parametrize("module", [nn.ReLU(), nn.LeakyReLU(), nn.Tanh(), nn.Sigmoid(), None])
+def test_cpu_queued_and_segment_paths_agree(module) -> None:
+    from initlab.telemetry import dead_region, group_stats
+
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 6, 3, 3, generator=g) * 4
+    x = module(x) if module is not None else x
+    dead = dead_region(module, THRESH)
+    cpu = tensor_stats(x, dead, sync_free=False)
+    queued = tensor_stats(x, dead, sync_free=True)
+    torch.testing.assert_close(cpu, queued, rtol=1e-5, atol=1e-7, equal_nan=True)
+    # reduced together with other tensors of its shape, each row equals its own statistics
+    y = torch.randn(16, 6, 3, 3, generator=g)
+    grouped = group_stats([y, x, y * 0], [None, dead, None])
+    torch.testing.assert_close(grouped[1], cpu, rtol=1e-5, atol=1e-7, equal_nan=True)
+    torch.testing.assert_close(grouped[0], tensor_stats(y), rtol=1e-5, atol=1e-7, equal_nan=True)
+    assert grouped[2, 4] == 1.0 and grouped[2, 1] == 0.0  # all zeros: zero_frac 1, std 0
+
+
+def test_large_and_small_tensors_in_one_step_match_torch() -> None:
+    """Larger CPU tensors are reduced in the hook, small ones grouped at collect(): both exact."""
+    from initlab.telemetry import EAGER as BIG
+
+    torch.manual_seed(0)
+    width = BIG // 64 + 7  # activations of (64, width) are above the eager threshold
+    model = nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, 4), nn.Tanh())
+    tel = Telemetry(model, TelemetryConfig(thresholds=THRESH))
+    outs: list[torch.Tensor] = []
+
+    def keep(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        out.retain_grad()
+        outs.append(out)
+
+    hooks = [m.register_forward_hook(keep) for m in model]
+    with tel.record():
+        model(torch.randn(64, 8)).sum().backward()
+    for h in hooks:
+        h.remove()
+    stats, _ = tel.collect(0)
+    assert outs[0].numel() >= BIG > outs[2].numel()
+    for idx, out in enumerate(outs):
+        for kind, ref in (("act", out.detach()), ("grad", out.grad)):
+            i = np.flatnonzero((stats["kind"] == kind) & (stats["layer_idx"] == idx))
+            assert len(i) == 1, (kind, idx)
+            assert stats["std"][i[0]] == pytest.approx(ref.std().item(), rel=1e-4)
+            assert stats["mean"][i[0]] == pytest.approx(ref.mean().item(), rel=1e-4, abs=1e-6)
+            assert stats["zero_frac"][i[0]] == pytest.approx((ref == 0).float().mean().item())
+    relu_row = np.flatnonzero((stats["kind"] == "act") & (stats["layer_idx"] == 1))[0]
+    assert stats["dead_frac"][relu_row] == pytest.approx((outs[1] <= 0).float().mean().item())
+    assert len(stats["kind"]) == len(set(zip(stats["kind"], stats["layer"], stats["param"])))  # no duplicates

@@ -1,0 +1,141 @@
+"""Sweeps: one row per job and comparison plots, built when a multirun ends (a Hydra
+callback) or on demand by `initlab-report SWEEP_DIR`."""
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.dataset as ds
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+
+from initlab.store import STATS_DIR, SUMMARY_FILE
+
+log = logging.getLogger("initlab")
+SWEEP_FILE = "sweep.parquet"
+WEIGHTED = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+LAST_SWEEP: dict[str, Any] = {}  # filled by the callback; `initlab` reads it for its exit code
+
+
+def is_sweep_dir(path: Path) -> bool:
+    return (path / "multirun.yaml").exists() or any(path.glob("*/.hydra/overrides.yaml"))
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """Every job directory (holding .hydra/overrides.yaml) under a sweep, in job order."""
+    dirs = [p.parent.parent for p in sweep_dir.rglob(".hydra/overrides.yaml")]
+    return sorted(dirs, key=lambda d: (len(d.parts), int(d.name) if d.name.isdigit() else 0, d.name))
+
+
+def overrides(job_dir: Path) -> dict[str, Any]:
+    """A job's command-line overrides as typed values ('bn=true' -> {'bn': True}), read with
+    Hydra's own override parser (it writes 'cuda:7' as 'cuda\\:7')."""
+    items = yaml.safe_load((job_dir / ".hydra" / "overrides.yaml").read_text()) or []
+    parsed = OverridesParser.create().parse_overrides(items)
+    return {o.key_or_group: o.value() for o in parsed if not o.is_delete()}
+
+
+def _layer_summaries(job_dir: Path) -> dict[str, float]:
+    """Step-0 activation std of the first and last weighted layer, and the ratio of their
+    gradient stds, read with a filter so only a few rows leave the disk."""
+    path = job_dir / STATS_DIR
+    if not path.exists() or not any(path.glob("*.parquet")):
+        return {}
+    cols = ["step", "layer_idx", "module_type", "kind", "std"]
+    table = ds.dataset(path, format="parquet").to_table(
+        columns=cols, filter=(ds.field("step") == 0) & ds.field("kind").isin(["act", "grad"]))
+    d = table.to_pandas()
+    d = d[d["module_type"].isin(WEIGHTED)].sort_values("layer_idx")
+    act, grad = d[d["kind"] == "act"], d[d["kind"] == "grad"]
+    out: dict[str, float] = {}
+    if len(act):
+        out["act_std_first"], out["act_std_last"] = float(act["std"].iloc[0]), float(act["std"].iloc[-1])
+    if len(grad) and grad["std"].iloc[-1] > 0:
+        out["grad_std_ratio_first_last"] = float(grad["std"].iloc[0] / grad["std"].iloc[-1])
+    return out
+
+
+def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
+    summary_path = job_dir / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"status": "missing"}
+    final = summary.get("final") or {}
+    diverged = summary.get("diverged") or {}
+    row: dict[str, Any] = {
+        "job": job_dir.name, "path": str(job_dir.relative_to(sweep_dir)), "status": summary.get("status"),
+        "error": summary.get("error"),
+        "final_loss": final.get("loss"), "final_accuracy": final.get("accuracy"),
+        "val_loss": final.get("val_loss"), "val_accuracy": final.get("val_accuracy"),
+        "diverged_step": diverged.get("step"), "diverged_layer": diverged.get("layer"),
+    }
+    for key, value in overrides(job_dir).items():
+        row[key] = value
+    row.update(_layer_summaries(job_dir))
+    return row
+
+
+def sweep_table(sweep_dir: Path) -> pd.DataFrame:
+    rows = [job_row(d, sweep_dir) for d in job_dirs(sweep_dir)]
+    df = pd.DataFrame(rows)
+    for col in ("final_loss", "final_accuracy", "val_loss", "val_accuracy"):
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce")  # "nan" strings from summary.json
+    return df
+
+
+def swept_factors(df: pd.DataFrame, known: set[str] | None = None) -> list[str]:
+    """Override columns that take more than one value, in the order they were given."""
+    fixed = {"job", "path", "status", "error", "final_loss", "final_accuracy", "val_loss", "val_accuracy",
+             "diverged_step", "diverged_layer", "act_std_first", "act_std_last", "grad_std_ratio_first_last"}
+    return [c for c in df.columns if c not in fixed and df[c].astype(str).nunique() > 1]
+
+
+def build_report(sweep_dir: Path) -> tuple[Path, list[Path]]:
+    """sweep.parquet and the comparison plots for a sweep directory."""
+    from initlab.plots import plot_sweep  # plots stay out of the Hydra callback's import cost
+
+    df = sweep_table(sweep_dir)
+    table_path = sweep_dir / SWEEP_FILE
+    df.to_parquet(table_path, index=False)
+    plots = plot_sweep(df.assign(path=[str(sweep_dir / p) for p in df["path"]]), swept_factors(df),
+                       sweep_dir / "plots")
+    return table_path, plots
+
+
+def load_sweep(path: str | Path, stats: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+    """The sweep table (built if missing); with stats=True also every job's stats with the
+    override columns attached, ready for one groupby."""
+    sweep_dir = Path(path)
+    table_path = sweep_dir / SWEEP_FILE
+    table = pd.read_parquet(table_path) if table_path.exists() else sweep_table(sweep_dir)
+    if not stats:
+        return table
+    factors = [c for c in swept_factors(table) if c in table]
+    frames = []
+    for _, job in table.iterrows():
+        p = sweep_dir / job["path"] / STATS_DIR  # job paths are relative to the sweep
+        if p.exists() and any(p.glob("*.parquet")):
+            s = pd.read_parquet(p)
+            for f in ["job", *factors]:
+                s[f] = job[f]
+            frames.append(s)
+    return table, (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
+
+
+class SweepReport(Callback):
+    """Hydra callback: build the sweep report when a multirun ends, and remember how
+    many jobs failed so `initlab -m` can exit non-zero."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            table_path, _ = build_report(sweep_dir)
+            df = pd.read_parquet(table_path)
+            failed = int((~df["status"].isin(["ok", "diverged"])).sum())  # diverged is a result
+            LAST_SWEEP.update(dir=sweep_dir, jobs=len(df), failed=failed)
+            log.info("sweep   %d jobs, %d failed -> %s", len(df), failed, table_path)
+        except Exception as exc:  # a report bug must not hide the jobs' own results
+            log.error("sweep   report failed (%s); rebuild with `initlab-report %s`", exc, sweep_dir)

@@ -1,0 +1,115 @@
+"""Real datasets through torchvision's own loaders, on tiny files in its formats."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from initlab.data import DeviceDataset, load_dataset
+from initlab.errors import InitlabError
+from initlab.fabricate import write_cifar10, write_mnist
+from initlab.store import load_run
+from initlab.vision import LoaderDataset
+from tests.conftest import compose_cfg, run_cli
+
+
+def _cfg(name: str, root: Path, *extra: str) -> dict:
+    cfg = compose_cfg([f"data={name}", f"data.root={root}", "data.download=false", *extra])
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg.data, resolve=True)
+
+
+@pytest.fixture
+def cifar_checksums(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """CIFAR-10 fixture files; torchvision's integrity check runs against their real md5s."""
+    md5 = write_cifar10(tmp_path)
+    cls = torchvision.datasets.CIFAR10
+    monkeypatch.setattr(cls, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(cls, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5["batches.meta"]})
+    return tmp_path
+
+
+def test_cifar_integrity_check_is_real(tmp_path: Path) -> None:
+    write_cifar10(tmp_path)  # torchvision's published md5s do not match fabricated files
+    with pytest.raises(InitlabError, match="no dataset files under"):
+        load_dataset(_cfg("cifar10", tmp_path), torch.device("cpu"), 0)
+
+
+@pytest.mark.parametrize("name,folder,model", [("mnist", "MNIST", "lenet"), ("fashion_mnist", "FashionMNIST", "conv4")])
+def test_mnist_family_trains_with_validation(run, tmp_path: Path, name: str, folder: str, model: str) -> None:
+    write_mnist(tmp_path, folder)
+    summary, run_dir = run(f"data={name}", f"data.root={tmp_path}", "data.download=false", f"model={model}",
+                           "train.steps=6", "train.eval_every=2", "train.batch_size=32",
+                           "data.train_size=null", "data.val_size=null")
+    assert summary["status"] == "ok"
+    metrics = load_run(run_dir).metrics
+    assert metrics["val_loss"].notna().sum() == 3  # steps 1, 3 and the final evaluation
+    assert summary["final"]["val_accuracy"] is not None
+    stats = json.loads((tmp_path / "initlab-stats" / f"{name}.json").read_text())
+    assert stats["n"] == 300 and len(stats["mean"]) == 1
+
+
+def test_cifar10_trains_through_the_real_loader(run, cifar_checksums: Path) -> None:
+    summary, _ = run("data=cifar10", f"data.root={cifar_checksums}", "data.download=false", "model=resnet",
+                     "model.width=4", "model.blocks=[1,1,1,1]", "train.steps=3", "train.batch_size=16",
+                     "data.train_size=null", "data.val_size=null")
+    assert summary["status"] == "ok"
+
+
+def test_normalisation_uses_training_split_statistics(tmp_path: Path) -> None:
+    write_mnist(tmp_path)
+    data = load_dataset(_cfg("mnist", tmp_path), torch.device("cpu"), 0)
+    assert isinstance(data, DeviceDataset) and data.x_train.dtype == torch.uint8
+    x = data.transform(data.x_train).double()
+    assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-3
+    plain = load_dataset(_cfg("mnist", tmp_path, "data.normalize=false"), torch.device("cpu"), 0)
+    assert 0 <= plain.transform(plain.x_train).min() and plain.transform(plain.x_train).max() <= 1
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resident_and_torch_loaders_give_identical_batches(tmp_path: Path, workers: int) -> None:
+    write_mnist(tmp_path)
+    resident = load_dataset(_cfg("mnist", tmp_path, "data.loader=resident"), torch.device("cpu"), 0)
+    classic = load_dataset(_cfg("mnist", tmp_path, "data.loader=torch", f"data.num_workers={workers}"),
+                           torch.device("cpu"), 0)
+    assert isinstance(classic, LoaderDataset)
+    a, b = resident.train_batches(64, seed=7), classic.train_batches(64, seed=7)
+    for _ in range(6):  # past the first epoch boundary (300 // 64 = 4 batches per epoch)
+        (xa, ya), (xb, yb) = next(a), next(b)
+        assert torch.equal(ya, yb) and torch.equal(xa, xb)
+    va, vb = next(resident.val_batches(50)), next(classic.val_batches(50))
+    assert torch.equal(va[0], vb[0]) and torch.equal(va[1], vb[1])
+
+
+def test_missing_data_offline_is_one_line(tmp_path: Path) -> None:
+    with pytest.raises(InitlabError) as err:
+        load_dataset(_cfg("cifar10", tmp_path), torch.device("cpu"), 0)
+    msg = str(err.value)
+    assert "data=cifar10: no dataset files under" in msg and str(tmp_path / "cifar-10-batches-py") in msg
+    assert "data.download=true" in msg and "\n" not in msg
+
+
+def test_download_impossible_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import urllib.error
+
+    def offline(self) -> None:  # what torchvision's download does with no network
+        raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
+    with pytest.raises(InitlabError) as err:
+        load_dataset(_cfg("mnist", tmp_path, "data.download=true"), torch.device("cpu"), 0)
+    msg = str(err.value)
+    assert msg.startswith(f"data=mnist: not found under {tmp_path / 'MNIST' / 'raw'} and the download failed")
+    assert "URLError" in msg and "train-images-idx3-ubyte" in msg and "\n" not in msg
+
+
+def test_missing_data_cli_exits_before_building_a_model(tmp_path: Path) -> None:
+    proc = run_cli(["data=mnist", f"data.root={tmp_path / 'nowhere'}", "data.download=false"], cwd=tmp_path)
+    assert proc.returncode == 2
+    lines = [x for x in proc.stderr.splitlines() if x.startswith("initlab: error:")]
+    assert len(lines) == 1 and "data=mnist: no dataset files under" in lines[0]
+    assert "Traceback" not in proc.stderr and "params" not in proc.stderr  # no model table printed
