@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra import compose, initialize_config_module
 from torch import nn
 
 from benchmarks.common import median, random_dataset, write_table
@@ -31,6 +32,8 @@ CASES = {
     "ResNet-18 bs64 3x32x32": ("resnet", {"width": 64, "blocks": [2, 2, 2, 2]}, (3, 32, 32), 64),
 }
 TRAIN = {"batch_size": 0, "eval_every": 0, "stop_on_nonfinite": True}
+with initialize_config_module(config_module="initlab.conf", version_base="1.3"):
+    DEFAULT_SCHEDULE = compose(config_name="config").telemetry  # the shipped telemetry=default
 
 
 class NaiveTelemetry:
@@ -99,7 +102,7 @@ def bench_case(label: str, device: torch.device, rounds: int, steps: int, long_s
     store.flush()
     # The shipped default schedule over a long run, chunked and alternated with off chunks.
     d = {"off": 0.0, "default": 0.0}
-    sched = Schedule(long_steps, first=20, every=100, log_points=20)
+    sched = Schedule(long_steps, DEFAULT_SCHEDULE.first, DEFAULT_SCHEDULE.every, DEFAULT_SCHEDULE.log_points)
     logged = sum(sched(s) for s in range(long_steps))
     chunk = max(1, long_steps // 4)
     for start in range(0, long_steps, chunk):

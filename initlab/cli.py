@@ -5,6 +5,7 @@ import logging
 import os
 import platform
 import random
+import resource
 import signal
 import sys
 import time
@@ -18,11 +19,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from rich.console import Console
+from rich.table import Table
 
 import initlab
 from initlab.config import validate
 from initlab.data import load_dataset
 from initlab.devices import resolve_device
+from initlab.diagnose import diagnose
 from initlab.errors import ConfigError, InitlabError, Interrupted
 from initlab.init import apply_init
 from initlab.models import build_model
@@ -150,11 +153,15 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
             "train_s": result.train_s,
             "step_time_median_s": float(np.median(step_times)) if step_times else None,
             "total_s": time.perf_counter() - t0,
+            "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # process peak so far
         },
         "versions": versions(),
     }
+    summary["flags"] = diagnose(read_stats(run_dir), summary, OmegaConf.to_container(cfg.diagnose))
     store.write_summary(summary)
-    _plots(run_dir, rows, meta["config"])
+    _flag_table(summary["flags"])
+    if cfg.get("plots", True):
+        _plots(run_dir, rows, meta["config"])
     if result.status == "diverged":
         d = result.diverged
         log.warning("done    status=diverged: non-finite loss at step %d; first non-finite layer: %s",
@@ -163,6 +170,19 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info("done    status=%s loss=%.4g accuracy=%.3f -> %s", result.status,
                  final.get("loss", float("nan")), final.get("accuracy") or 0.0, run_dir)
     return summary
+
+
+def _flag_table(flags: list[dict[str, Any]]) -> None:
+    """What went wrong, said at the end of the run where the user is looking."""
+    if not flags:
+        log.info("diagnose no flags: activations and gradients keep their scale, no dead layers")
+        return
+    table = Table(title="diagnosis", title_justify="left")
+    table.add_column("flag", style="bold yellow")
+    table.add_column("what it means")
+    for f in flags:
+        table.add_row(f["flag"], f["detail"])
+    Console(stderr=True).print(table)
 
 
 def _plots(run_dir: Path, rows: list[dict[str, Any]], config: dict[str, Any]) -> None:

@@ -79,6 +79,7 @@ def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on the first value that cannot work."""
     check_int(cfg, "seed", 0, "expected an integer >= 0")
     check_bool(cfg, "bn")
+    check_bool(cfg, "plots")
     # model
     check_int(cfg, "model.depth", 1)
     check_int(cfg, "model.width", 1)
@@ -100,6 +101,7 @@ def validate(cfg: DictConfig) -> None:
     check_choice(cfg, "init.distribution", ["uniform", "normal"])
     check_choice(cfg, "init.mode", ["fan_in", "fan_out"])
     check_num(cfg, "init.std", 0.0, strict=False)
+    check_bool(cfg, "init.zero_last_bn")
     gain = _get(cfg, "init.gain")
     if gain is not _MISSING and gain != "auto" and not (_is_num(gain) and gain > 0):
         raise ConfigError("init.gain", gain, "expected a number > 0 or `auto`")

@@ -132,6 +132,33 @@ def normal_init(model: nn.Module, cfg: Mapping[str, Any], act: ActInfo) -> list[
     return _per_weighted(model, apply)
 
 
+@register("orthogonal")
+def orthogonal_init(model: nn.Module, cfg: Mapping[str, Any], act: ActInfo) -> list[InitRecord]:
+    """Saxe et al.: a (semi-)orthogonal weight matrix times the gain; biases zero."""
+    gain = _gain(cfg, act)
+
+    def apply(w: torch.Tensor) -> str:
+        nn.init.orthogonal_(w, gain=gain)
+        return f"orthogonal_(gain={gain:.4g})"
+
+    return _per_weighted(model, apply)
+
+
+def zero_last_bn(model: nn.Module) -> list[InitRecord]:
+    """Zero the γ of the last BatchNorm on each residual branch (Goyal et al.; timm's
+    zero_init_last): every block starts as its shortcut."""
+    records = []
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            branch = getattr(m, "branch", None)
+            norms = [(n, b) for n, b in branch.named_modules() if isinstance(b, NORMS)] if branch is not None else []
+            if norms:
+                sub, bn = norms[-1]
+                nn.init.zeros_(bn.weight)
+                records.append(_record(f"{name}.branch.{sub}", bn, "weight=0 (last BN of the residual branch)"))
+    return records
+
+
 def apply_init(model: nn.Module, cfg: Mapping[str, Any], act: str, slope: float = 0.01) -> list[InitRecord]:
     """Initialise `model` in place with scheme `cfg['name']`; return what was touched."""
     name = cfg["name"]
@@ -140,5 +167,11 @@ def apply_init(model: nn.Module, cfg: Mapping[str, Any], act: str, slope: float 
     records = SCHEMES[name](model, cfg, ActInfo(act, slope))
     if not records:
         raise InitlabError(f"init={name} touched no parameter of this model: nothing to initialise")
+    if cfg.get("zero_last_bn", False):
+        zeroed = zero_last_bn(model)
+        if not zeroed:
+            raise InitlabError("init.zero_last_bn=true needs residual blocks with BatchNorm "
+                               "(model=resnet bn=true, block=basic)")
+        records += zeroed
     return records
 

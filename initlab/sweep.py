@@ -70,7 +70,11 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
         "final_loss": final.get("loss"), "final_accuracy": final.get("accuracy"),
         "val_loss": final.get("val_loss"), "val_accuracy": final.get("val_accuracy"),
         "diverged_step": diverged.get("step"), "diverged_layer": diverged.get("layer"),
+        "max_rss_mb": (summary.get("timings") or {}).get("max_rss_mb"),
+        "flags": ",".join(f["flag"] for f in summary.get("flags") or []),
     }
+    for f in summary.get("flags") or []:
+        row[f"flag_{f['flag']}"] = True
     for key, value in overrides(job_dir).items():
         row[key] = value
     row.update(_layer_summaries(job_dir))
@@ -80,6 +84,8 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
 def sweep_table(sweep_dir: Path) -> pd.DataFrame:
     rows = [job_row(d, sweep_dir) for d in job_dirs(sweep_dir)]
     df = pd.DataFrame(rows)
+    for col in [c for c in df.columns if c.startswith("flag_")]:
+        df[col] = df[col].fillna(False).astype(bool)
     for col in ("final_loss", "final_accuracy", "val_loss", "val_accuracy"):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce")  # "nan" strings from summary.json
@@ -89,8 +95,9 @@ def sweep_table(sweep_dir: Path) -> pd.DataFrame:
 def swept_factors(df: pd.DataFrame, known: set[str] | None = None) -> list[str]:
     """Override columns that take more than one value, in the order they were given."""
     fixed = {"job", "path", "status", "error", "final_loss", "final_accuracy", "val_loss", "val_accuracy",
-             "diverged_step", "diverged_layer", "act_std_first", "act_std_last", "grad_std_ratio_first_last"}
-    return [c for c in df.columns if c not in fixed and df[c].astype(str).nunique() > 1]
+             "diverged_step", "diverged_layer", "act_std_first", "act_std_last", "grad_std_ratio_first_last",
+             "max_rss_mb", "flags"}
+    return [c for c in df.columns if c not in fixed and not c.startswith("flag_") and df[c].astype(str).nunique() > 1]
 
 
 def build_report(sweep_dir: Path) -> tuple[Path, list[Path]]:

@@ -85,5 +85,30 @@ def test_scheme_touching_nothing_is_an_error() -> None:
 
 
 def test_unknown_scheme_lists_choices() -> None:
-    with pytest.raises(InitlabError, match="choose from default, kaiming, normal, xavier"):
+    with pytest.raises(InitlabError, match="choose from default, kaiming, normal, orthogonal, xavier"):
         apply_init(_mlp(), {"name": "magic"}, "relu")
+
+
+@pytest.mark.parametrize("gain,act", [(1.0, "relu"), ("auto", "tanh")])
+def test_orthogonal(gain: object, act: str) -> None:
+    model = build_model("mlp", {**MLP, "width": 64, "act": act}, (64,), 10, False)
+    apply_init(model, {"name": "orthogonal", "gain": gain}, act)
+    g = 5 / 3 if gain == "auto" else 1.0
+    w = model.layers[2].weight.detach()  # 64 x 64 hidden layer
+    torch.testing.assert_close(w @ w.T, g**2 * torch.eye(64), atol=1e-4, rtol=0)
+    assert torch.count_nonzero(model.layers[2].bias) == 0
+
+
+def test_zero_last_bn_makes_every_block_its_shortcut() -> None:
+    torch.manual_seed(0)
+    model = build_model("resnet", {"width": 8, "blocks": [1, 1, 1, 1]}, (3, 32, 32), 10, True)
+    report = apply_init(model, {"name": "kaiming", "zero_last_bn": True}, "relu")
+    zeroed = [r for r in report if "last BN" in r["init"]]
+    assert len(zeroed) == 4  # one per block
+    block = model.stages[1][0]
+    assert torch.all(block.branch[-1].weight == 0)
+    model.eval()
+    x = torch.randn(2, 8, 16, 16)
+    torch.testing.assert_close(block(x), torch.relu(block.shortcut(x)))
+    with pytest.raises(InitlabError, match="needs residual blocks with BatchNorm"):
+        apply_init(_mlp(), {"name": "kaiming", "zero_last_bn": True}, "relu")

@@ -14,7 +14,7 @@ from initlab.models import build_model
 from initlab.store import load_run
 
 MODELS = sorted(MODEL_REGISTRY)
-INITS = ["default", "xavier", "kaiming", "normal"]
+INITS = ["default", "xavier", "kaiming", "normal", "orthogonal"]
 
 
 @pytest.mark.parametrize("bn", [False, True])

@@ -1,0 +1,65 @@
+"""Diagnosis: named flags from a run's statistics, with thresholds from `diagnose` config.
+
+Flags are plain dicts (`flag`, `detail`, numbers) so they go into summary.json, a rich
+table at the end of a run, and columns of sweep.parquet alike. Reads DataFrames only.
+"""
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+WEIGHTED = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+DEFAULTS = {
+    "vanishing_ratio": 0.1,     # last/first weighted-layer std below this at step 0
+    "exploding_ratio": 10.0,    # ... above this
+    "dead_frac": 0.9,           # an activation layer with more dead/saturated elements
+    "update_ratio_low": 1e-5,   # median update:data ratio of weights below this
+    "update_ratio_high": 1e-1,  # ... above this
+}
+
+
+def diagnose(stats: pd.DataFrame, summary: Mapping[str, Any], thresholds: Mapping[str, float] | None = None) -> list[dict]:
+    """Every flag that fires for a run, in a stable order."""
+    t = {**DEFAULTS, **(thresholds or {})}
+    flags: list[dict] = []
+    if summary.get("status") == "diverged" and summary.get("diverged"):
+        d = summary["diverged"]
+        flags.append({"flag": "diverged", "detail": f"non-finite loss at step {d['step']}; first non-finite "
+                      f"layer {d.get('layer')}", "step": d["step"], "layer": d.get("layer")})
+    if stats.empty:
+        return flags
+    s0 = stats[(stats["step"] == stats["step"].min()) & stats["module_type"].isin(WEIGHTED)]
+    for kind, name in (("act", "activations"), ("grad", "gradients")):
+        d = s0[s0["kind"] == kind].sort_values("layer_idx")
+        d = d[np.isfinite(d["std"])]
+        if len(d) < 2 or d["std"].iloc[0] <= 0:
+            continue
+        ratio = float(d["std"].iloc[-1] / d["std"].iloc[0])
+        if kind == "grad":
+            ratio = 1 / ratio if ratio > 0 else np.inf  # gradients flow backwards: first/last
+        if ratio < t["vanishing_ratio"]:
+            flags.append({"flag": f"vanishing_{kind}", "detail": f"{name} std shrinks {1 / ratio:.3g}x "
+                          "from the input side to the output side at init" if kind == "act" else
+                          f"{name} std shrinks {1 / ratio:.3g}x from the loss back to the first layer at init",
+                          "ratio": ratio})
+        elif ratio > t["exploding_ratio"]:
+            flags.append({"flag": f"exploding_{kind}", "detail": f"{name} std grows {ratio:.3g}x across the "
+                          "network at init", "ratio": ratio})
+    if "dead_frac" in stats:
+        last = stats[(stats["step"] == stats["step"].max()) & (stats["kind"] == "act")]
+        dead = last[last["dead_frac"] > t["dead_frac"]]
+        if len(dead):
+            flags.append({"flag": "dead_layers", "detail": f"{len(dead)} activation layer(s) over "
+                          f"{t['dead_frac']:.0%} dead/saturated at step {int(last['step'].max())}: "
+                          + ", ".join(dead["layer"].head(5)), "layers": dead["layer"].tolist()})
+    upd = stats[(stats["kind"] == "update") & (stats.get("param", "") == "weight")] if "param" in stats else stats.iloc[:0]
+    upd = upd[np.isfinite(upd["ratio"]) & (upd["ratio"] > 0)]
+    if len(upd):
+        med = float(upd["ratio"].median())
+        if med < t["update_ratio_low"] or med > t["update_ratio_high"]:
+            flags.append({"flag": "update_ratio", "detail": f"median update:data ratio {med:.2g} is outside "
+                          f"[{t['update_ratio_low']:g}, {t['update_ratio_high']:g}] (about 1e-3 is healthy)",
+                          "ratio": med})
+    return flags
