@@ -1,17 +1,27 @@
-"""Per-layer statistics gathered on the device with one transfer per logged step.
+"""Per-layer statistics of a training step, with one device->host transfer per logged step.
 
-On a logged step, forward hooks on every tracked leaf module compute statistics of its
-output (`act`) and a tensor hook does the same for dLoss/d output (`grad`); parameter
-tensors, their gradients and the optimizer's update are summarised around the step, and
-each BatchNorm's running and batch statistics are read off its buffers. All of it stays
-on the device as small tensors until `collect()` concatenates them and makes the step's
-single device->host copy. Hooks exist only inside `record()`: unlogged steps run bare.
+On a logged step, forward hooks on every tracked leaf module take the statistics of its
+output (`act`) and a tensor hook those of dLoss/d output (`grad`); parameters, their
+gradients and the optimizer's update are summarised around the step; each BatchNorm's
+running and batch statistics are read off its buffers. Hooks exist only inside
+`record()`, so unlogged steps run the bare model. `collect()` returns the step's rows as
+columns.
 
-The kernels are chosen for cost: mean and variance come from a sum and a dot product of
-the centred, max-scaled tensor (about 15x cheaper on CPU than torch.var_mean's Welford
-pass, and immune to float32 overflow of squares), histograms bucket a fixed strided
-sample of each tensor, and batch statistics of BN are recovered from the change of its
-running buffers instead of a pass over its input.
+Where the work happens depends on what is cheap on the device:
+- CUDA/MPS: every statistic is a queued tensor op (no per-layer sync); tensors are
+  grouped by shape and reduced together in `collect()`, then one concatenation and one
+  copy to the host.
+- CPU, where reading a scalar costs no sync: tensors from EAGER elements up are reduced
+  inside the hook while still in cache (keeping every gradient alive until the end of
+  the step makes backward allocate afresh, which costs more than the statistics); small
+  ones are grouped as on CUDA.
+Kernels are chosen for cost: counts come from sums of sign(x) (boolean reductions are
+~15x slower on CPU), the variance from a sum and a dot product (torch.var_mean's Welford
+pass is ~10x slower on CPU) with exact centred/scaled fall-back rows for the rare cases
+(non-finite values, |x| near float32's limits, a mean that swamps the variance),
+parameters from one torch._foreach_norm per kind, histograms of every tensor from one
+histc over fixed-size samples, and BN batch statistics from how the running buffers
+moved.
 """
 
 import math
@@ -105,8 +115,7 @@ def dead_region(module: nn.Module | None, thresholds: Mapping[str, float]) -> De
 
 
 def group_stats(xs: Sequence[torch.Tensor], deads: Sequence[DeadRegion | None],
-                sync_free: bool | None = None, scratch: "Scratch | None" = None,
-                counts: bool = True) -> torch.Tensor:
+                sync_free: bool | None = None, scratch: "Scratch | None" = None) -> torch.Tensor:
     """Statistics of same-shaped tensors, reduced together: float64[len(xs), len(STATS)].
 
     Columns: mean, std, min, max, zero_frac, dead_frac, dead_units, nonfinite, numel.
@@ -118,7 +127,6 @@ def group_stats(xs: Sequence[torch.Tensor], deads: Sequence[DeadRegion | None],
     sync, rare branches (non-finite values, scaling, cancellation) are decided by reading
     scalars and temporaries go to reused `scratch` buffers (fresh multi-MB allocations
     cost page faults); elsewhere (`sync_free`) every branch is an always-on tensor op.
-    `counts=False` (parameter tensors) skips the zero and dead counts.
     """
     x0 = xs[0]
     if sync_free is None:
@@ -152,12 +160,9 @@ def group_stats(xs: Sequence[torch.Tensor], deads: Sequence[DeadRegion | None],
         mean = s / n
         var = (torch.linalg.vector_norm(X, dim=1).to(f64).square() - s * mean) / max(n - 1, 1)
         nonfinite = torch.zeros(L, dtype=f64, device=X.device)
-        if counts:
-            S = torch.sign(X, out=scratch.get(X.numel(), X.dtype, "sign").view_as(X)) if scratch else torch.sign(X)
-            pos_minus_neg = S.sum(dim=1, dtype=count_dtype).to(f64)
-            nonzero = S.abs_().sum(dim=1, dtype=count_dtype).to(f64)
-        else:
-            pos_minus_neg = nonzero = torch.full((L,), NAN, dtype=f64, device=X.device)
+        S = torch.sign(X, out=scratch.get(X.numel(), X.dtype, "sign").view_as(X)) if scratch else torch.sign(X)
+        pos_minus_neg = S.sum(dim=1, dtype=count_dtype).to(f64)
+        nonzero = S.abs_().sum(dim=1, dtype=count_dtype).to(f64)
     dead_frac = torch.full((L,), NAN, dtype=f64, device=X.device)
     dead_units = dead_frac.clone()
     units = (shape[0], shape[1], -1) if len(shape) > 1 else (1, shape[0], 1)
@@ -184,7 +189,7 @@ def group_stats(xs: Sequence[torch.Tensor], deads: Sequence[DeadRegion | None],
         absmax = torch.maximum(-lo, hi).to(f64)
         bad = ~(torch.isfinite(absmax) & (absmax < 1e18) & (absmax > 1e-18)) | (var <= 1e-2 * mean.square())
         for i in torch.nonzero(bad).flatten().tolist():
-            out[i] = group_stats([xs[i]], [deads[i]], sync_free=True, counts=counts)[0]
+            out[i] = group_stats([xs[i]], [deads[i]], sync_free=True)[0]
     return out
 
 
@@ -207,12 +212,6 @@ class Scratch:
         if buf is None:
             buf = self._bufs[(n, dtype, role)] = torch.empty(n, dtype=dtype)
         return buf
-
-
-def hist_codes_of_rows(X: torch.Tensor, spec: "HistSpec", edges: torch.Tensor) -> torch.Tensor:
-    """Signed bin codes of a fixed strided sample of each row: (rows, m)."""
-    stride = max(1, -(-X.shape[1] // spec.sample))
-    return _hist_codes(X[:, ::stride].float(), edges)
 
 
 def eager_cpu_row(x: torch.Tensor, dead: DeadRegion | None, scratch: "Scratch") -> list[float]:
