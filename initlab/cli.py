@@ -132,7 +132,6 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     finally:
         store.flush()  # whatever happens, what was recorded reaches the disk
     rows = result.rows
-    store.write_metrics(rows)
     final = {k: rows[-1].get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy")} if rows else {}
     step_times = [r["step_time"] for r in rows]
     summary = {

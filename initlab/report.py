@@ -5,17 +5,34 @@ import argparse
 import sys
 from pathlib import Path
 
+import pandas as pd
 from rich.console import Console
 
 from initlab.plots import plot_run
-from initlab.store import SUMMARY_FILE, load_run
+from initlab.store import SUMMARY_FILE, load_run, write_json
 from initlab.sweep import build_report, is_sweep_dir
 
 
+def rebuilt_summary(metrics: pd.DataFrame) -> dict:
+    """For a run that ended without writing summary.json (killed): what its parts say."""
+    last = metrics.iloc[-1].to_dict() if len(metrics) else {}
+    return {
+        "status": "incomplete",
+        "note": "rebuilt by initlab-report from the flushed parquet parts: the run ended "
+                "without writing its summary (killed?)",
+        "steps_done": int(last["step"]) + 1 if last else 0,
+        "final": {k: last.get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
+    }
+
+
 def report_run(run_dir: Path) -> list[Path]:
-    """Re-plot one run directory; training is never re-run."""
+    """Re-plot one run directory (and rebuild a missing summary.json); training is never re-run."""
     run = load_run(run_dir)
-    return plot_run(run.stats, run.metrics, run.config, run_dir / "plots", run.hist)
+    made = []
+    if not run.summary:
+        write_json(run_dir / SUMMARY_FILE, rebuilt_summary(run.metrics))
+        made.append(run_dir / SUMMARY_FILE)
+    return made + plot_run(run.stats, run.metrics, run.config, run_dir / "plots", run.hist)
 
 
 def latest_run(root: Path) -> Path | None:

@@ -1,8 +1,9 @@
 """Parquet writing and reading for a run directory.
 
-stats.parquet is a folder of part files, one written every `flush_every` logged steps,
-so a killed run keeps everything up to its last flush and memory stays bounded.
-pandas.read_parquet reads the folder as one table. Every file carries the run's
+stats.parquet, hist.parquet and metrics.parquet are folders of part files, written every
+`flush_every` logged steps (and every METRICS_ROWS steps for metrics), so a killed run
+keeps everything up to its last flush and memory stays bounded. pandas.read_parquet
+reads each folder as one table. Every file carries the run's
 resolved config and versions in its schema metadata under the key `initlab`.
 """
 
@@ -21,6 +22,7 @@ META_KEY = b"initlab"
 STATS_DIR = "stats.parquet"
 HIST_DIR = "hist.parquet"
 METRICS_FILE = "metrics.parquet"
+METRICS_ROWS = 1000  # metric rows held in memory before a part is written, telemetry or not
 SUMMARY_FILE = "summary.json"
 
 
@@ -52,7 +54,9 @@ class RunStore:
         self._meta = {META_KEY: json.dumps(_jsonable(metadata)).encode()}
         self._stats: list[dict[str, np.ndarray]] = []
         self._hist: list[dict[str, np.ndarray]] = []
+        self._metrics: list[dict[str, Any]] = []
         self._parts = 0
+        self._metric_parts = 0
         self.logged_steps = 0
         self.max_buffered = 0  # the most logged steps ever held in memory (bounded by flush_every)
 
@@ -69,14 +73,29 @@ class RunStore:
         if len(self._stats) >= self.flush_every:
             self.flush()
 
-    def _write_part(self, folder: str, buffer: list[dict[str, np.ndarray]]) -> None:
-        merged = {k: np.concatenate([b[k] for b in buffer]) for k in buffer[0]}
-        table = pa.table(merged).replace_schema_metadata(self._meta)
+    def add_metrics(self, row: dict[str, Any]) -> None:
+        """One step's metrics; written with the next flush (or every METRICS_ROWS rows)."""
+        self._metrics.append(row)
+        if len(self._metrics) >= METRICS_ROWS:
+            self._flush_metrics()
+
+    def _write_table(self, folder: str, table: pa.Table, index: int) -> None:
         out = self.run_dir / folder
         out.mkdir(parents=True, exist_ok=True)
-        tmp = out / f".part-{self._parts:05d}.tmp"
-        pq.write_table(table, tmp)
-        tmp.replace(out / f"part-{self._parts:05d}.parquet")  # atomic; readers skip dotfiles
+        tmp = out / f".part-{index:05d}.tmp"
+        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **self._meta}), tmp)
+        tmp.replace(out / f"part-{index:05d}.parquet")  # atomic; readers skip dotfiles
+
+    def _write_part(self, folder: str, buffer: list[dict[str, np.ndarray]]) -> None:
+        merged = {k: np.concatenate([b[k] for b in buffer]) for k in buffer[0]}
+        self._write_table(folder, pa.table(merged), self._parts)
+
+    def _flush_metrics(self) -> None:
+        if self._metrics:
+            table = pa.Table.from_pandas(pd.DataFrame(self._metrics), preserve_index=False)
+            self._write_table(METRICS_FILE, table, self._metric_parts)
+            self._metric_parts += 1
+            self._metrics = []
 
     @property
     def parts(self) -> int:
@@ -84,6 +103,7 @@ class RunStore:
 
     def flush(self) -> None:
         """Write what is buffered as the next part files; memory is released."""
+        self._flush_metrics()
         if not self._stats:
             return
         self._write_part(STATS_DIR, self._stats)
@@ -91,12 +111,6 @@ class RunStore:
             self._write_part(HIST_DIR, self._hist)
         self._parts += 1
         self._stats, self._hist = [], []
-
-    def write_metrics(self, rows: list[dict[str, Any]]) -> None:
-        df = pd.DataFrame(rows)
-        table = pa.Table.from_pandas(df, preserve_index=False)
-        meta = {**(table.schema.metadata or {}), **self._meta}
-        pq.write_table(table.replace_schema_metadata(meta), self.run_dir / METRICS_FILE)
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.run_dir / SUMMARY_FILE, summary)
@@ -132,9 +146,16 @@ def read_hist(run_dir: Path) -> pd.DataFrame:
     return df.sort_values(["step", "kind", "layer_idx", "bin"], ignore_index=True) if len(df) else df
 
 
+def read_metrics(run_dir: Path) -> pd.DataFrame:
+    """metrics.parquet (a folder of parts) as one table, by step."""
+    df = _read_parts(Path(run_dir) / METRICS_FILE)
+    return df.sort_values("step", ignore_index=True) if len(df) else df
+
+
 def read_metadata(run_dir: Path) -> dict[str, Any]:
     """The config and versions stored in the run's parquet metadata."""
-    candidates = [Path(run_dir) / METRICS_FILE, *sorted((Path(run_dir) / STATS_DIR).glob("*.parquet"))]
+    candidates = [*sorted((Path(run_dir) / METRICS_FILE).glob("*.parquet")),
+                  *sorted((Path(run_dir) / STATS_DIR).glob("*.parquet"))]
     for f in candidates:
         if f.exists():
             meta = pq.read_schema(f).metadata or {}
@@ -148,8 +169,7 @@ def load_run(path: str | Path) -> RunData:
     run_dir = Path(path)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"no run directory at {run_dir}")
-    metrics_path = run_dir / METRICS_FILE
-    metrics = pd.read_parquet(metrics_path) if metrics_path.exists() else pd.DataFrame()
+    metrics = read_metrics(run_dir)
     summary_path = run_dir / SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     meta = read_metadata(run_dir)

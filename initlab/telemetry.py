@@ -375,6 +375,8 @@ class Telemetry:
         alive until collect() makes backward allocate afresh (page faults), which costs
         more than the statistics. Small ones wait, to be reduced in groups."""
         t = p.tensor
+        if t.device.type == "mps":  # MPS has no float64: take these statistics on the CPU
+            t = p.tensor = t.cpu()
         if t.device.type == "cpu" and t.numel() >= EAGER and p.kind not in PARAM_KINDS:
             p.row = eager_cpu_row(t, p.dead, self._scratch)
             if p.hist:

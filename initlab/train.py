@@ -147,7 +147,8 @@ def fit(
             collected = telemetry.collect(step) if logged else None
             synchronize(device)
             row = {"step": step, "loss": loss_v, "accuracy": acc_v,
-                   "lr": optimizer.param_groups[0]["lr"], "step_time": time.perf_counter() - t0}
+                   "lr": optimizer.param_groups[0]["lr"], "step_time": time.perf_counter() - t0,
+                   "val_loss": math.nan, "val_accuracy": math.nan}  # fixed columns: parts share a schema
             if not finite and stop_on_nonfinite:
                 if collected is None and telemetry is not None:
                     # The step was not scheduled: look again (weights unchanged) to find the layer.
@@ -157,18 +158,18 @@ def fit(
                     telemetry.before_step()
                     telemetry.after_step(False)
                     collected = telemetry.collect(step)
-                store.add_stats(collected)
                 result.rows.append(row)
+                store.add_metrics(row)  # before the stats: a flush then covers the whole step
+                store.add_stats(collected)
                 raise Diverged(step, loss_v) from None
-            store.add_stats(collected)
-            if eval_every and (step + 1) % eval_every == 0 and step < last and data.n_val:
+            if data.n_val and ((eval_every and (step + 1) % eval_every == 0) or step == last):
                 row["val_loss"], row["val_accuracy"] = evaluate(model, data, bs)
             result.rows.append(row)
+            store.add_metrics(row)  # before the stats: a flush then covers the whole step
+            store.add_stats(collected)
             result.steps_done = step + 1 if steps > 0 else 0
             for cb in callbacks:
                 cb.on_step_end(step, row)
-        if data.n_val:
-            result.rows[-1]["val_loss"], result.rows[-1]["val_accuracy"] = evaluate(model, data, bs)
     except Diverged as d:
         result.status = "diverged"
         where = first_nonfinite(collected[0] if collected else None)

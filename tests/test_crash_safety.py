@@ -42,6 +42,15 @@ def test_sigkill_keeps_every_flushed_part(tmp_path: Path) -> None:
     assert steps[: 15] == list(range(15))
     assert len(steps) % 5 == 0  # whole parts only
     assert not pd.read_parquet(run_dir / "hist.parquet").empty
+    metrics = pd.read_parquet(run_dir / "metrics.parquet")  # flushed with the stats
+    assert list(metrics.sort_values("step")["step"][: len(steps)]) == steps
+    # initlab-report rebuilds the plots and a summary marked incomplete from the parts alone
+    from initlab.report import main as report_main
+
+    assert report_main([str(run_dir)]) == 0
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "incomplete" and summary["steps_done"] >= len(steps)
+    assert (run_dir / "plots" / "step0_std.png").exists()
 
 
 def test_sigterm_flushes_and_reports_interrupted(tmp_path: Path) -> None:
