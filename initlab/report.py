@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.latest is not None:
         latest = [p for p in (latest_run(args.latest), latest_sweep(args.latest)) if p is not None]
         if not latest:
-            console.print(f"initlab-report: error: no finished run or sweep under {args.latest}", markup=False)
+            print(f"initlab-report: error: no finished run or sweep under {args.latest}", file=sys.stderr)
             return 1
         paths += latest
     if not paths:
@@ -72,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                 console.print(f"wrote {p}", markup=False)
             continue
         if not (path / SUMMARY_FILE).exists() and not (path / "metrics.parquet").exists():
-            console.print(f"initlab-report: error: {path} is not an initlab run directory "
-                          f"(no {SUMMARY_FILE} or metrics.parquet)", markup=False)
+            print(f"initlab-report: error: {path} is not an initlab run directory "
+                  f"(no {SUMMARY_FILE} or metrics.parquet)", file=sys.stderr)
             failed += 1
             continue
         for p in report_run(path):
