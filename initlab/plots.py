@@ -13,6 +13,16 @@ import pandas as pd  # noqa: E402
 MAX_LINES = 10
 
 
+def _save(fig: plt.Figure, path: Path, title: str | None = None, dpi: int = 110) -> Path:
+    """Title, tight layout, write, close: every figure ends the same way."""
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
 def title_of(config: dict[str, Any]) -> str:
     """'conv4 · init=default · bn=false' from a run's config."""
     model = config.get("model", {}).get("name", "?")
@@ -47,11 +57,7 @@ def plot_step0(stats: pd.DataFrame, title: str, path: Path) -> Path | None:
             ax.text(bad, 0.95, f" non-finite from layer {bad}", color="red",
                     transform=ax.get_xaxis_transform(), va="top", fontsize=8)
         ax.grid(alpha=0.3, which="both")
-    fig.suptitle(f"{title}: statistics at step 0")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, f"{title}: statistics at step 0", dpi=110)
 
 
 def _pick_layers(d: pd.DataFrame) -> list[tuple[int, str]]:
@@ -78,11 +84,7 @@ def plot_over_steps(stats: pd.DataFrame, title: str, path: Path) -> Path | None:
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=6, loc="best")
-    fig.suptitle(f"{title}: activations over training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, f"{title}: activations over training", dpi=110)
 
 
 def plot_metrics(metrics: pd.DataFrame, title: str, path: Path) -> Path | None:
@@ -104,11 +106,7 @@ def plot_metrics(metrics: pd.DataFrame, title: str, path: Path) -> Path | None:
         ax.set_title(name)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title, dpi=110)
 
 
 def _grid(n: int, width: float = 3.2, height: float = 2.4) -> tuple[plt.Figure, np.ndarray]:
@@ -143,11 +141,7 @@ def plot_hist_image(hist: pd.DataFrame, title: str, path: Path, kind: str = "act
         ax.set_xlabel("logged step #", fontsize=7)
         ax.set_ylabel("bin (value order)", fontsize=7)
         ax.tick_params(labelsize=6)
-    fig.suptitle(f"{title}: {kind} histograms over training")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, f"{title}: {kind} histograms over training", dpi=100)
 
 
 def plot_dead(stats: pd.DataFrame, title: str, path: Path) -> Path | None:
@@ -172,11 +166,7 @@ def plot_dead(stats: pd.DataFrame, title: str, path: Path) -> Path | None:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     ax_f.legend(fontsize=6)
-    fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, title, dpi=110)
 
 
 def plot_grad_flow(stats: pd.DataFrame, title: str, path: Path) -> Path | None:
@@ -197,11 +187,7 @@ def plot_grad_flow(stats: pd.DataFrame, title: str, path: Path) -> Path | None:
     ax.set_ylabel("gradient norm (dL/d output)")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    fig.suptitle(f"{title}: gradient flow")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, f"{title}: gradient flow", dpi=110)
 
 
 def plot_update_ratio(stats: pd.DataFrame, title: str, path: Path) -> Path | None:
@@ -222,11 +208,7 @@ def plot_update_ratio(stats: pd.DataFrame, title: str, path: Path) -> Path | Non
     ax.set_ylabel("log10(update std / weight std)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=6, ncol=2)
-    fig.suptitle(f"{title}: update:data ratio")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save(fig, path, f"{title}: update:data ratio", dpi=110)
 
 
 def plot_hist_first_last(hist: pd.DataFrame, title: str, path: Path) -> Path | None:
@@ -250,11 +232,7 @@ def plot_hist_first_last(hist: pd.DataFrame, title: str, path: Path) -> Path | N
         ax.set_xlabel("bin (value order, log-spaced |x|)", fontsize=7)
         ax.tick_params(labelsize=6)
         ax.legend(fontsize=5)
-    fig.suptitle(f"{title}: histograms at the first and last logged step")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return _save(fig, path, f"{title}: histograms at the first and last logged step", dpi=100)
 
 
 def plot_run(stats: pd.DataFrame, metrics: pd.DataFrame, config: dict[str, Any], out_dir: Path,
@@ -335,10 +313,7 @@ def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path) -> list[Path
         ax.set_xticks(range(len(means)), means.index, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("final loss")
     ax.set_title("final training loss")
-    fig.tight_layout()
-    made.append(out_dir / "grid_final_loss.png")
-    fig.savefig(made[-1], dpi=110)
-    plt.close(fig)
+    made.append(_save(fig, out_dir / "grid_final_loss.png"))
 
     # 2. per-layer std at step 0, one line per combination (mean and band over seeds)
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
@@ -361,11 +336,7 @@ def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path) -> list[Path
         ax.set_ylabel(f"{kind} std at step 0")
         ax.grid(alpha=0.3, which="both")
     axes[0].legend(fontsize=7)
-    fig.suptitle("per-layer statistics at init")
-    fig.tight_layout()
-    made.append(out_dir / "step0_std_overlay.png")
-    fig.savefig(made[-1], dpi=110)
-    plt.close(fig)
+    made.append(_save(fig, out_dir / "step0_std_overlay.png", "per-layer statistics at init"))
 
     # 3. loss curves
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -382,8 +353,5 @@ def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path) -> list[Path
     ax.set_ylabel("training loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    made.append(out_dir / "loss_curves.png")
-    fig.savefig(made[-1], dpi=110)
-    plt.close(fig)
+    made.append(_save(fig, out_dir / "loss_curves.png"))
     return made
