@@ -31,9 +31,10 @@ from initlab.init import apply_init
 from initlab.models import build_model
 from initlab.models.summary import describe
 from initlab.plots import plot_run
-from initlab.store import RunStore, read_hist, read_stats, write_json
+from initlab.store import THEORY_FILE, RunStore, read_hist, read_stats, write_json
 from initlab.sweep import LAST_SWEEP
 from initlab.telemetry import Schedule, Telemetry, TelemetryConfig
+from initlab.theory import layer_specs, predict
 from initlab.train import ProgressBar, build_optimizer, fit
 
 log = logging.getLogger("initlab")
@@ -109,6 +110,7 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     init_report = apply_init(model, OmegaConf.to_container(cfg.init, resolve=True),
                              mcfg.get("act", "relu"), float(mcfg.get("act_slope", 0.01)))
     info = describe(model, data.in_shape)
+    specs = layer_specs(model, data.in_shape)  # the theory overlay reads the weights as initialised
     model.to(device)
     Console(stderr=True).print(info.table(f"{mcfg['name']} (bn={str(cfg.bn).lower()})"))
     log.info("init    %s touched %d modules, e.g. %s: %s", cfg.init.name, len(init_report),
@@ -131,6 +133,7 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         result = fit(model, data, optimizer, cfg.train, telemetry, schedule, store, cfg.seed, callbacks)
     finally:
         store.flush()  # whatever happens, what was recorded reaches the disk
+    _theory(run_dir, specs, data, cfg)
     rows = result.rows
     final = {k: rows[-1].get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy")} if rows else {}
     step_times = [r["step_time"] for r in rows]
@@ -169,6 +172,18 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         log.info("done    status=%s loss=%.4g accuracy=%.3f -> %s", result.status,
                  final.get("loss", float("nan")), final.get("accuracy") or 0.0, run_dir)
     return summary
+
+
+def _theory(run_dir: Path, specs: dict | None, data: Any, cfg: DictConfig) -> None:
+    """theory.parquet: predicted step-0 std per layer beside the measured one."""
+    stats = read_stats(run_dir)
+    if stats.empty:
+        return
+    x, _ = next(iter(data.train_batches(cfg.train.batch_size, cfg.seed)))  # step 0's batch
+    x = x.detach().double()
+    theory = predict(specs, stats[stats["step"] == 0], float(x.mean()), float((x * x).mean()))
+    if len(theory):
+        theory.assign(step=0).to_parquet(run_dir / THEORY_FILE, index=False)
 
 
 def _flag_table(flags: list[dict[str, Any]]) -> None:

@@ -46,7 +46,12 @@ def plot_step0(stats: pd.DataFrame, title: str, path: Path) -> Path | None:
     for ax, kind, label in zip(axes, ("act", "grad"), ("activation std", "gradient std (dL/d output)")):
         d = s0[s0["kind"] == kind].sort_values("layer_idx")
         finite = d[np.isfinite(d["std"]) & (d["std"] > 0)]
-        ax.plot(finite["layer_idx"], finite["std"], marker="o", ms=3, lw=1.2)
+        ax.plot(finite["layer_idx"], finite["std"], marker="o", ms=3, lw=1.2, label="measured")
+        if "theory_std" in d and d["theory_std"].notna().any():
+            t = d[np.isfinite(d["theory_std"]) & (d["theory_std"] > 0)]
+            ax.plot(t["layer_idx"], t["theory_std"], ls="--", color="black", lw=1, marker="x", ms=3,
+                    label="theory (mean field, actual weights)")
+            ax.legend(fontsize=7)
         ax.set_yscale("log")
         ax.set_xlabel("layer index (forward order)")
         ax.set_ylabel(label)

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 META_KEY = b"initlab"
 STATS_DIR = "stats.parquet"
 HIST_DIR = "hist.parquet"
+THEORY_FILE = "theory.parquet"
 METRICS_FILE = "metrics.parquet"
 METRICS_ROWS = 1000  # metric rows held in memory before a part is written, telemetry or not
 SUMMARY_FILE = "summary.json"
@@ -135,9 +136,16 @@ def _read_parts(path: Path) -> pd.DataFrame:
 
 
 def read_stats(run_dir: Path) -> pd.DataFrame:
-    """stats.parquet as one table, rows by step, kind and forward order."""
+    """stats.parquet as one table, rows by step, kind and forward order; step-0 act/grad
+    rows carry `theory_std` (the predicted std) where theory.parquet has it."""
     df = _read_parts(Path(run_dir) / STATS_DIR)
-    return df.sort_values(["step", "kind", "layer_idx", "param"], ignore_index=True) if len(df) else df
+    if df.empty:
+        return df
+    theory_path = Path(run_dir) / THEORY_FILE
+    if theory_path.exists():
+        theory = pd.read_parquet(theory_path, columns=["step", "layer_idx", "kind", "theory_std"])
+        df = df.merge(theory, on=["step", "layer_idx", "kind"], how="left")
+    return df.sort_values(["step", "kind", "layer_idx", "param"], ignore_index=True)
 
 
 def read_hist(run_dir: Path) -> pd.DataFrame:
