@@ -176,6 +176,8 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
 
 def _theory(run_dir: Path, specs: dict | None, data: Any, cfg: DictConfig) -> None:
     """theory.parquet: predicted step-0 std per layer beside the measured one."""
+    if specs is None:  # residual nets: no prediction, no need for a batch
+        return
     stats = read_stats(run_dir)
     if stats.empty:
         return

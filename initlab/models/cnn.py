@@ -176,17 +176,20 @@ def build_lenet(req: ModelRequest) -> nn.Module:
     return LeNet(req)
 
 
+def _require_variant(name: str, req: ModelRequest, classic_min_hw: int) -> None:
+    """The small layout takes any image; the classic one needs its downsampling's minimum."""
+    require_image(name, req.in_shape, 1)
+    if _variant(req) == "classic":
+        require_image(f"{name} (variant=classic)", req.in_shape, classic_min_hw)
+
+
 @register("alexnet")
 def build_alexnet(req: ModelRequest) -> nn.Module:
-    require_image("alexnet", req.in_shape, 1)
-    if _variant(req) == "classic":
-        require_image("alexnet (variant=classic)", req.in_shape, 63)
+    _require_variant("alexnet", req, 63)
     return AlexNet(req)
 
 
 @register("vgg")
 def build_vgg(req: ModelRequest) -> nn.Module:
-    require_image("vgg", req.in_shape, 1)
-    if _variant(req) == "classic":
-        require_image("vgg (variant=classic)", req.in_shape, 32)
+    _require_variant("vgg", req, 32)
     return VGG(req)
