@@ -31,7 +31,16 @@ from initlab.init import apply_init
 from initlab.models import build_model
 from initlab.models.summary import describe
 from initlab.plots import plot_run
-from initlab.store import THEORY_FILE, RunStore, read_hist, read_stats, write_json
+from initlab.probe import headline, probe_seeds
+from initlab.store import (
+    PROBE_FILE,
+    THEORY_FILE,
+    RunStore,
+    read_hist,
+    read_probe,
+    read_stats,
+    write_json,
+)
 from initlab.sweep import LAST_SWEEP
 from initlab.telemetry import Schedule, Telemetry, TelemetryConfig
 from initlab.theory import layer_specs, predict
@@ -91,6 +100,11 @@ def job_device(spec: object) -> torch.device:
     return device
 
 
+def first_batch(data: Any, cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """Step 0's batch: what the probe, LSUV and the theory overlay look at."""
+    return next(iter(data.train_batches(cfg.train.batch_size, cfg.seed)))
+
+
 def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run one study into `run_dir`; returns the summary written to summary.json."""
     t0 = time.perf_counter()
@@ -105,10 +119,18 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     log.info("data    %s: %d train / %d held-out, shape %s, %d classes, on %s",
              data.name, data.n_train, data.n_val, list(data.in_shape), data.num_classes, device)
     mcfg = OmegaConf.to_container(cfg.model, resolve=True)
-    # Built and initialised on the CPU so the same seed gives the same weights on every device.
-    model = build_model(mcfg["name"], mcfg, data.in_shape, data.num_classes, cfg.bn)
-    init_report = apply_init(model, OmegaConf.to_container(cfg.init, resolve=True),
-                             mcfg.get("act", "relu"), float(mcfg.get("act_slope", 0.01)))
+    icfg = OmegaConf.to_container(cfg.init, resolve=True)
+
+    def make_model(seed: int) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+        """Seeded, built and initialised on the CPU: the same seed gives the same weights on
+        every device, whatever the data loading drew before."""
+        seed_everything(seed)
+        model = build_model(mcfg["name"], mcfg, data.in_shape, data.num_classes, cfg.bn)
+        report = apply_init(model, icfg, mcfg.get("act", "relu"), float(mcfg.get("act_slope", 0.01)),
+                            batch=lambda: first_batch(data, cfg)[0].cpu())
+        return model, report
+
+    model, init_report = make_model(cfg.seed)
     info = describe(model, data.in_shape)
     specs = layer_specs(model, data.in_shape)  # the theory overlay reads the weights as initialised
     model.to(device)
@@ -134,6 +156,7 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     finally:
         store.flush()  # whatever happens, what was recorded reaches the disk
     _theory(run_dir, specs, data, cfg)
+    probe = _probe(run_dir, cfg, data, lambda s: make_model(s)[0], tel_cfg, device) if cfg.probe.seeds > 1 else None
     rows = result.rows
     final = {k: rows[-1].get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy")} if rows else {}
     step_times = [r["step_time"] for r in rows]
@@ -144,6 +167,8 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         "final": final,
         "diverged": result.diverged,
         "device": str(device),
+        "data": {"name": data.name, "n_train": data.n_train, "n_val": data.n_val, "shape": list(data.in_shape),
+                 "classes": data.num_classes},
         "model": {"name": mcfg["name"], "params": info.params, "macs": info.macs},
         "params": info.params,
         "macs": info.macs,
@@ -159,6 +184,8 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         },
         "versions": versions(),
     }
+    if probe is not None:
+        summary["probe"] = probe
     summary["flags"] = diagnose(read_stats(run_dir), summary, OmegaConf.to_container(cfg.diagnose))
     store.write_summary(summary)
     _flag_table(summary["flags"])
@@ -181,11 +208,25 @@ def _theory(run_dir: Path, specs: dict | None, data: Any, cfg: DictConfig) -> No
     stats = read_stats(run_dir)
     if stats.empty:
         return
-    x, _ = next(iter(data.train_batches(cfg.train.batch_size, cfg.seed)))  # step 0's batch
-    x = x.detach().double()
+    x = first_batch(data, cfg)[0].detach().double()
     theory = predict(specs, stats[stats["step"] == 0], float(x.mean()), float((x * x).mean()))
     if len(theory):
         theory.assign(step=0).to_parquet(run_dir / THEORY_FILE, index=False)
+
+
+def _probe(run_dir: Path, cfg: DictConfig, data: Any, make_model: Any, tel_cfg: TelemetryConfig,
+           device: torch.device) -> dict[str, Any]:
+    """probe.seeds=N: step 0 again for seeds seed..seed+N-1, same batch -> probe.parquet."""
+    seeds = range(cfg.seed, cfg.seed + cfg.probe.seeds)
+    t0 = time.perf_counter()
+    per_seed = probe_seeds(make_model, first_batch(data, cfg), seeds, tel_cfg, device)
+    per_seed.to_parquet(run_dir / PROBE_FILE, index=False)
+    out = headline(per_seed)
+    act = out.get("act_std_last_over_first")
+    log.info("probe   %d seeds in %.1f s%s", len(seeds), time.perf_counter() - t0,
+             f": activation std last/first layer {act['mean']:.3g} (sd {act['sd']:.2g}, "
+             f"{act['min']:.3g}..{act['max']:.3g})" if act else "")
+    return out
 
 
 def _flag_table(flags: list[dict[str, Any]]) -> None:
@@ -206,7 +247,8 @@ def _plots(run_dir: Path, rows: list[dict[str, Any]], config: dict[str, Any]) ->
     import pandas as pd
 
     try:
-        plot_run(read_stats(run_dir), pd.DataFrame(rows), config, run_dir / "plots", read_hist(run_dir))
+        plot_run(read_stats(run_dir), pd.DataFrame(rows), config, run_dir / "plots", read_hist(run_dir),
+                 read_probe(run_dir))
     except Exception as exc:  # a plotting bug must not turn a finished study into a crash
         log.error("plots   failed (%s); rebuild later with `initlab-report %s`", exc, run_dir)
 

@@ -85,6 +85,10 @@ def validate(cfg: DictConfig) -> None:
     check_int(cfg, "model.width", 1)
     check_choice(cfg, "model.act", ACTIVATIONS)
     check_num(cfg, "model.act_slope", 0.0, strict=False)
+    check_num(cfg, "model.act_sub", float("-inf"), strict=False)
+    maxv = _get(cfg, "model.act_maxv")
+    if maxv is not _MISSING and maxv is not None and not _is_num(maxv):
+        raise ConfigError("model.act_maxv", maxv, "expected null (no clip) or a number")
     check_choice(cfg, "model.bn_position", ["before_act", "after_act"])
     check_int_list(cfg, "model.channels", (3,), "expected three positive integers, e.g. [8,16,32]")
     check_int_list(cfg, "model.blocks", (1, 2, 3, 4, 5, 6),
@@ -102,6 +106,8 @@ def validate(cfg: DictConfig) -> None:
     check_choice(cfg, "init.mode", ["fan_in", "fan_out"])
     check_num(cfg, "init.std", 0.0, strict=False)
     check_bool(cfg, "init.zero_last_bn")
+    check_num(cfg, "init.tol", 0.0, strict=True)
+    check_int(cfg, "init.max_iter", 0)
     gain = _get(cfg, "init.gain")
     if gain is not _MISSING and gain != "auto" and not (_is_num(gain) and gain > 0):
         raise ConfigError("init.gain", gain, "expected a number > 0 or `auto`")
@@ -115,6 +121,9 @@ def validate(cfg: DictConfig) -> None:
         if v is not _MISSING and v is not None and not (_is_int(v) and v >= lo):
             raise ConfigError(key, v, f"expected null (the whole split) or an integer >= {lo}")
     check_bool(cfg, "data.download")
+    fallback = _get(cfg, "data.fallback")
+    if fallback is not _MISSING and fallback not in (None, "synthetic"):
+        raise ConfigError("data.fallback", fallback, "expected null or synthetic")
     check_bool(cfg, "data.normalize")
     check_choice(cfg, "data.loader", ["auto", "resident", "torch"])
     check_num(cfg, "data.memory_budget_mb", 0.0, strict=True)
@@ -132,6 +141,7 @@ def validate(cfg: DictConfig) -> None:
     ):
         raise ConfigError("optim.betas", betas, "expected two numbers in [0, 1), e.g. [0.9,0.999]")
     # train
+    check_int(cfg, "probe.seeds", 1)
     check_int(cfg, "train.steps", 0)
     check_int(cfg, "train.batch_size", 1)
     check_int(cfg, "train.eval_every", 0)

@@ -5,6 +5,7 @@ MNIST 47 MB as uint8) and gathers each batch with one index: no workers, no host
 torchvision datasets and the classic DataLoader path live in `initlab.vision`.
 """
 
+import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,9 @@ import torch
 from torch import nn
 
 from initlab.errors import InitlabError
+
+log = logging.getLogger("initlab")
+SYNTHETIC_DEFAULTS = {"train_size": 4096, "val_size": 1024}  # conf/data/synthetic.yaml's sizes
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -142,13 +146,28 @@ def synthetic(cfg: Mapping[str, Any], device: torch.device, seed: int) -> Device
 
 
 def load_dataset(cfg: Mapping[str, Any], device: torch.device, seed: int) -> "DeviceDataset | LoaderDataset":
-    """Load the dataset named by `cfg['name']` for `device`."""
+    """Load the dataset named by `cfg['name']` for `device`. With `fallback: synthetic`, a
+    torchvision dataset whose files are missing becomes synthetic data of its shape and
+    class count (said in the log and in the dataset's name), so a study runs anywhere."""
     name = cfg["name"]
     if name not in DATASETS:
         raise InitlabError(f"data={name!r} is invalid: choose from {', '.join(sorted(DATASETS))}")
-    return DATASETS[name](cfg, device, seed)
+    try:
+        return DATASETS[name](cfg, device, seed)
+    except MissingData as exc:
+        if cfg.get("fallback") != "synthetic":
+            raise
+        spec = SPECS[name]
+        log.warning("data    %s; data.fallback=synthetic: using synthetic data of shape %s instead",
+                    exc, list(spec.shape))
+        n_train = cfg.get("train_size") or SYNTHETIC_DEFAULTS["train_size"]
+        n_val = cfg.get("val_size") if cfg.get("val_size") is not None else SYNTHETIC_DEFAULTS["val_size"]
+        data = synthetic({"shape": list(spec.shape), "num_classes": spec.num_classes, "train_size": n_train,
+                          "val_size": n_val}, device, seed)
+        data.name = f"synthetic (fallback for {name})"
+        return data
 
 
 # Importing the torchvision family fills the registry with mnist, fashion_mnist, cifar10, cifar100.
 from initlab import vision  # noqa: E402,F401
-from initlab.vision import LoaderDataset  # noqa: E402
+from initlab.vision import SPECS, LoaderDataset, MissingData  # noqa: E402

@@ -12,12 +12,29 @@ import pandas as pd
 
 WEIGHTED = ("Linear", "Conv1d", "Conv2d", "Conv3d")
 DEFAULTS = {
-    "vanishing_ratio": 0.1,     # last/first weighted-layer std below this at step 0
+    "vanishing_ratio": 0.1,     # weighted-layer std ratio across the net below this at step 0
     "exploding_ratio": 10.0,    # ... above this
     "dead_frac": 0.9,           # an activation layer with more dead/saturated elements
     "update_ratio_low": 1e-5,   # median update:data ratio of weights below this
     "update_ratio_high": 1e-1,  # ... above this
 }
+
+
+def depth_ratio(step0: pd.DataFrame, kind: str) -> float:
+    """How the std of the weighted layers' outputs changes across the net at one step:
+    activations last/first, gradients first/last (they flow backwards). For gradients the
+    classifier is left out once there are three weighted layers: with a fan-out of a few
+    classes, its backward factor fan_out * Var(W) is tiny under any fan-in init. Layers
+    whose std is exactly zero were zeroed on purpose (Fixup) and are left out too. NaN
+    without two such layers."""
+    d = step0[(step0["kind"] == kind) & step0["module_type"].isin(WEIGHTED)].sort_values("layer_idx")
+    if kind == "grad" and len(d) >= 3:
+        d = d.iloc[:-1]
+    d = d[np.isfinite(d["std"]) & (d["std"] > 0)]
+    if len(d) < 2:
+        return float("nan")
+    ratio = float(d["std"].iloc[-1] / d["std"].iloc[0])
+    return 1 / ratio if kind == "grad" else ratio
 
 
 def diagnose(stats: pd.DataFrame, summary: Mapping[str, Any], thresholds: Mapping[str, float] | None = None) -> list[dict]:
@@ -30,19 +47,15 @@ def diagnose(stats: pd.DataFrame, summary: Mapping[str, Any], thresholds: Mappin
                       f"layer {d.get('layer')}", "step": d["step"], "layer": d.get("layer")})
     if stats.empty:
         return flags
-    s0 = stats[(stats["step"] == stats["step"].min()) & stats["module_type"].isin(WEIGHTED)]
+    s0 = stats[stats["step"] == stats["step"].min()]
     for kind, name in (("act", "activations"), ("grad", "gradients")):
-        d = s0[s0["kind"] == kind].sort_values("layer_idx")
-        d = d[np.isfinite(d["std"])]
-        if len(d) < 2 or d["std"].iloc[0] <= 0:
+        ratio = depth_ratio(s0, kind)
+        if np.isnan(ratio):
             continue
-        ratio = float(d["std"].iloc[-1] / d["std"].iloc[0])
-        if kind == "grad":
-            ratio = 1 / ratio if ratio > 0 else np.inf  # gradients flow backwards: first/last
         if ratio < t["vanishing_ratio"]:
             flags.append({"flag": f"vanishing_{kind}", "detail": f"{name} std shrinks {1 / ratio:.3g}x "
                           "from the input side to the output side at init" if kind == "act" else
-                          f"{name} std shrinks {1 / ratio:.3g}x from the loss back to the first layer at init",
+                          f"{name} std shrinks {1 / ratio:.3g}x from the last hidden layer back to the first at init",
                           "ratio": ratio})
         elif ratio > t["exploding_ratio"]:
             flags.append({"flag": f"exploding_{kind}", "detail": f"{name} std grows {ratio:.3g}x across the "

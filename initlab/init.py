@@ -1,9 +1,12 @@
 """Registry of init schemes, applied per module by type.
 
 Every scheme returns a report, one entry per module it touched, so a run says exactly
-what was initialised and how; a scheme that touches nothing is an error.
+what was initialised and how; a scheme that touches nothing is an error. Data-dependent
+schemes (LSUV) read a batch through the context; residual schemes (Fixup, SkipInit) add
+the scalar parameters their papers define to each residual branch.
 """
 
+import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -11,28 +14,37 @@ import torch
 from torch import nn
 
 from initlab.errors import InitlabError
+from initlab.models.blocks import Bias, GeneralRelu, Scale
 
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
 
 InitRecord = dict[str, Any]
-Scheme = Callable[[nn.Module, Mapping[str, Any], "ActInfo"], list[InitRecord]]
+Scheme = Callable[[nn.Module, Mapping[str, Any], "InitContext"], list[InitRecord]]
 SCHEMES: dict[str, Scheme] = {}
 
 # torch.nn.init.calculate_gain knows no GELU; ReLU's gain is the usual stand-in.
-_GAIN_NAME = {"relu": "relu", "leaky_relu": "leaky_relu", "tanh": "tanh",
+# GeneralRelu is a shifted leaky ReLU: its gain is leaky_relu's with a = leak.
+_GAIN_NAME = {"relu": "relu", "leaky_relu": "leaky_relu", "general_relu": "leaky_relu", "tanh": "tanh",
               "sigmoid": "sigmoid", "gelu": "relu", "linear": "linear"}
 
 
-class ActInfo:
-    """The model's nonlinearity, as the gain formulas want it."""
+class InitContext:
+    """What a scheme may need beyond the model: its nonlinearity, as the gain formulas want
+    it, and (for data-dependent schemes) a batch of inputs, fetched only when asked for."""
 
-    def __init__(self, act: str, slope: float = 0.01) -> None:
+    def __init__(self, act: str, slope: float = 0.01, batch: Callable[[], torch.Tensor] | None = None) -> None:
         self.act, self.slope = act, slope
         self.gain_name = _GAIN_NAME[act]
+        self._batch = batch
 
     def gain(self) -> float:
         return nn.init.calculate_gain(self.gain_name, self.slope if self.gain_name == "leaky_relu" else None)
+
+    def batch(self) -> torch.Tensor:
+        if self._batch is None:
+            raise InitlabError("this init scheme needs a batch of data, and none was given")
+        return self._batch()
 
 
 def register(name: str) -> Callable[[Scheme], Scheme]:
@@ -76,7 +88,7 @@ def _per_weighted(model: nn.Module, fn: Callable[[torch.Tensor], str]) -> list[I
 
 
 @register("default")
-def default_init(model: nn.Module, cfg: Mapping[str, Any], act: ActInfo) -> list[InitRecord]:
+def default_init(model: nn.Module, cfg: Mapping[str, Any], act: InitContext) -> list[InitRecord]:
     """Each layer's own reset_parameters(): kaiming_uniform_(a=sqrt(5)) for Linear/Conv."""
     records = []
     for name, m in model.named_modules():
@@ -87,13 +99,13 @@ def default_init(model: nn.Module, cfg: Mapping[str, Any], act: ActInfo) -> list
     return records
 
 
-def _gain(cfg: Mapping[str, Any], act: ActInfo) -> float:
+def _gain(cfg: Mapping[str, Any], act: InitContext) -> float:
     g = cfg.get("gain", 1.0)
     return act.gain() if g == "auto" else float(g)
 
 
 @register("xavier")
-def xavier_init(model: nn.Module, cfg: Mapping[str, Any], act: ActInfo) -> list[InitRecord]:
+def xavier_init(model: nn.Module, cfg: Mapping[str, Any], act: InitContext) -> list[InitRecord]:
     """Glorot & Bengio: Var(W) = gain^2 * 2 / (fan_in + fan_out)."""
     dist, gain = cfg.get("distribution", "uniform"), _gain(cfg, act)
     fn = nn.init.xavier_uniform_ if dist == "uniform" else nn.init.xavier_normal_
@@ -106,7 +118,7 @@ def xavier_init(model: nn.Module, cfg: Mapping[str, Any], act: ActInfo) -> list[
 
 
 @register("kaiming")
-def kaiming_init(model: nn.Module, cfg: Mapping[str, Any], act: ActInfo) -> list[InitRecord]:
+def kaiming_init(model: nn.Module, cfg: Mapping[str, Any], act: InitContext) -> list[InitRecord]:
     """He et al.: Var(W) = gain^2 / fan, gain from the model's activation."""
     dist, mode = cfg.get("distribution", "normal"), cfg.get("mode", "fan_in")
     fn = nn.init.kaiming_uniform_ if dist == "uniform" else nn.init.kaiming_normal_
@@ -121,7 +133,7 @@ def kaiming_init(model: nn.Module, cfg: Mapping[str, Any], act: ActInfo) -> list
 
 
 @register("normal")
-def normal_init(model: nn.Module, cfg: Mapping[str, Any], act: ActInfo) -> list[InitRecord]:
+def normal_init(model: nn.Module, cfg: Mapping[str, Any], act: InitContext) -> list[InitRecord]:
     """Plain N(0, std^2)."""
     std = float(cfg.get("std", 0.01))
 
@@ -133,7 +145,7 @@ def normal_init(model: nn.Module, cfg: Mapping[str, Any], act: ActInfo) -> list[
 
 
 @register("orthogonal")
-def orthogonal_init(model: nn.Module, cfg: Mapping[str, Any], act: ActInfo) -> list[InitRecord]:
+def orthogonal_init(model: nn.Module, cfg: Mapping[str, Any], act: InitContext) -> list[InitRecord]:
     """Saxe et al.: a (semi-)orthogonal weight matrix times the gain; biases zero."""
     gain = _gain(cfg, act)
 
@@ -142,6 +154,156 @@ def orthogonal_init(model: nn.Module, cfg: Mapping[str, Any], act: ActInfo) -> l
         return f"orthogonal_(gain={gain:.4g})"
 
     return _per_weighted(model, apply)
+
+
+class _Reached(Exception):
+    """Raised by a hook to end a forward pass once the layer of interest has run."""
+
+
+def _output_var(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> float:
+    """Variance of `layer`'s output on `x`, running the model only up to that layer."""
+    seen: list[float] = []
+
+    def hook(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
+        seen.append(float(out.detach().double().var()))
+        raise _Reached
+
+    handle = layer.register_forward_hook(hook)
+    try:
+        model(x)
+    except _Reached:
+        pass
+    finally:
+        handle.remove()
+    if not seen:
+        raise InitlabError(f"init=lsuv: layer {type(layer).__name__} did not run in the forward pass")
+    return seen[0]
+
+
+@register("lsuv")
+def lsuv_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> list[InitRecord]:
+    """Mishkin & Matas (2016), layer-sequential unit variance: orthonormal weights, then, in
+    forward order, divide each layer's weights by the std of its output on a batch until
+    |Var - 1| < tol (at most max_iter times). Reports the iterations and variance per layer.
+    Measured in training mode (BatchNorm on batch statistics, as at step 0) with dropout off."""
+    tol, max_iter = float(cfg.get("tol", 0.1)), int(cfg.get("max_iter", 10))
+    records = orthogonal_init(model, {"gain": 1.0}, ctx)
+    by_name = {r["module"]: r for r in records}
+    x = ctx.batch()
+    # The forwards below run in training mode (batch statistics, as at step 0) but must not
+    # move BatchNorm's running averages: keep the buffers and put them back.
+    buffers = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "num_batches" in k}
+    was_training = model.training
+    model.train()
+    for m in model.modules():  # a fresh dropout mask per forward would make the variance a moving target
+        if isinstance(m, nn.modules.dropout._DropoutNd):
+            m.eval()
+    try:
+        with torch.no_grad():
+            for name, m in model.named_modules():
+                if not isinstance(m, WEIGHTED):
+                    continue
+                var, iters = _output_var(model, m, x), 0
+                while abs(var - 1) >= tol and iters < max_iter and math.isfinite(var) and var > 0:
+                    m.weight.div_(math.sqrt(var))
+                    var, iters = _output_var(model, m, x), iters + 1
+                rec = by_name[name]
+                rec["init"] = f"orthogonal_(gain=1) + LSUV: output var {var:.3f} after {iters} rescale(s)"
+                rec.update(weight_std=float(m.weight.std()), lsuv_iters=iters, lsuv_var=var,
+                           lsuv_converged=abs(var - 1) < tol)
+    finally:
+        model.load_state_dict(buffers, strict=False)
+        model.train(was_training)
+    return records
+
+
+def _residual_blocks(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(getattr(m, "branch", None), nn.Sequential)]
+
+
+def _require_residual(model: nn.Module, scheme: str, allow_bn: bool) -> list[tuple[str, nn.Module]]:
+    blocks = _residual_blocks(model)
+    if not blocks:
+        raise InitlabError(f"init={scheme} needs a residual network (model=resnet)")
+    if not allow_bn and any(isinstance(m, NORMS) for m in model.modules()):
+        raise InitlabError(f"init={scheme} is for residual networks without normalisation: set bn=false")
+    return blocks
+
+
+def _he(w: torch.Tensor, ctx: InitContext, mode: str, scale: float = 1.0) -> str:
+    a = ctx.slope if ctx.gain_name == "leaky_relu" else 0.0
+    nonlin = ctx.gain_name
+    nn.init.kaiming_normal_(w, a=a, mode=mode, nonlinearity=nonlin)
+    w.mul_(scale)
+    return f"kaiming_normal_(mode={mode}, nonlinearity={nonlin})" + (f" x {scale:.4g}" if scale != 1 else "")
+
+
+@register("fixup")
+def fixup_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> list[InitRecord]:
+    """Zhang, Dauphin & Ma (2019) for residual nets without normalisation: the last layer of
+    each residual branch and the classifier start at zero; the branch's other layers are He
+    initialised and scaled by L^(-1/(2m-2)) (L branches, m layers each); every branch gets a
+    scalar bias before each conv and activation, and a scalar multiplier (1) then a scalar
+    bias at its end."""
+    blocks = _require_residual(model, "fixup", allow_bn=False)
+    mode = cfg.get("mode", "fan_in")
+    records: list[InitRecord] = []
+    with torch.no_grad():
+        in_branch = set()
+        for bname, block in blocks:
+            convs = [(n, m) for n, m in block.branch.named_children() if isinstance(m, WEIGHTED)]
+            m_layers = len(convs)
+            scale = len(blocks) ** (-1 / (2 * m_layers - 2)) if m_layers > 1 else 1.0
+            for i, (n, m) in enumerate(convs):
+                in_branch.add(id(m))
+                if i == m_layers - 1:
+                    nn.init.zeros_(m.weight)
+                    how = "zeros (last layer of the residual branch)"
+                else:
+                    how = _he(m.weight, ctx, mode, scale)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+                records.append(_record(f"{bname}.branch.{n}", m, how))
+            children: list[nn.Module] = []
+            for child in block.branch.children():
+                if isinstance(child, WEIGHTED) or _is_act(child):
+                    children.append(Bias())
+                children.append(child)
+                if child is convs[-1][1]:
+                    children += [Scale(1.0), Bias()]
+            block.branch = nn.Sequential(*children)
+            records.append({"module": f"{bname}.branch", "type": "Sequential", "init": "scalar biases 0, "
+                            "multiplier 1 (Fixup)", "weight_std": None})
+        weighted = [(n, m) for n, m in model.named_modules() if isinstance(m, WEIGHTED) and id(m) not in in_branch]
+        for i, (n, m) in enumerate(weighted):
+            if i == len(weighted) - 1:  # the classifier
+                nn.init.zeros_(m.weight)
+                how = "zeros (classifier)"
+            else:
+                how = _he(m.weight, ctx, mode)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+            records.append(_record(n, m, how))
+    return records
+
+
+@register("skipinit")
+def skipinit_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> list[InitRecord]:
+    """De & Smith (2020): He init, and a learnable scalar alpha = 0 at the end of every
+    residual branch, so each block starts as its shortcut (meant for nets without BN)."""
+    blocks = _require_residual(model, "skipinit", allow_bn=True)
+    mode = cfg.get("mode", "fan_in")
+    records = _per_weighted(model, lambda w: _he(w, ctx, mode))
+    with torch.no_grad():
+        for bname, block in blocks:
+            block.branch = nn.Sequential(*block.branch.children(), Scale(0.0))
+            records.append({"module": f"{bname}.branch", "type": "Sequential",
+                            "init": "alpha = 0 multiplies the branch (SkipInit)", "weight_std": None})
+    return records
+
+
+def _is_act(m: nn.Module) -> bool:
+    return isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, GeneralRelu))
 
 
 def zero_last_bn(model: nn.Module) -> list[InitRecord]:
@@ -159,12 +321,14 @@ def zero_last_bn(model: nn.Module) -> list[InitRecord]:
     return records
 
 
-def apply_init(model: nn.Module, cfg: Mapping[str, Any], act: str, slope: float = 0.01) -> list[InitRecord]:
-    """Initialise `model` in place with scheme `cfg['name']`; return what was touched."""
+def apply_init(model: nn.Module, cfg: Mapping[str, Any], act: str, slope: float = 0.01,
+               batch: Callable[[], torch.Tensor] | None = None) -> list[InitRecord]:
+    """Initialise `model` in place with scheme `cfg['name']`; return what was touched.
+    `batch` returns inputs on the model's device, for data-dependent schemes."""
     name = cfg["name"]
     if name not in SCHEMES:
         raise InitlabError(f"init={name!r} is invalid: choose from {', '.join(sorted(SCHEMES))}")
-    records = SCHEMES[name](model, cfg, ActInfo(act, slope))
+    records = SCHEMES[name](model, cfg, InitContext(act, slope, batch))
     if not records:
         raise InitlabError(f"init={name} touched no parameter of this model: nothing to initialise")
     if cfg.get("zero_last_bn", False):

@@ -65,6 +65,40 @@ def plot_step0(stats: pd.DataFrame, title: str, path: Path) -> Path | None:
     return _save(fig, path, f"{title}: statistics at step 0", dpi=110)
 
 
+def probe_spread(per_seed: pd.DataFrame) -> pd.DataFrame:
+    """Per layer and kind (act, grad) of a probe: mean, sd, min and max of the std over seeds."""
+    d = per_seed[per_seed["kind"].isin(["act", "grad"])]
+    return (d.groupby(["kind", "layer_idx", "layer", "module_type"], sort=True)["std"]
+            .agg(std_mean="mean", std_sd="std", std_min="min", std_max="max", seeds="count")
+            .reset_index())
+
+
+def plot_probe(per_seed: pd.DataFrame, theory: pd.DataFrame | None, title: str, path: Path) -> Path | None:
+    """probe.seeds=N: per-layer std at init, mean over the seeds with the min-max band,
+    beside the theory's prediction for the run's own draw."""
+    if per_seed.empty:
+        return None
+    band = probe_spread(per_seed)
+    n = int(per_seed["seed"].nunique())
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharex=True)
+    for ax, kind, label in zip(axes, ("act", "grad"), ("activation std", "gradient std (dL/d output)")):
+        d = band[(band["kind"] == kind) & np.isfinite(band["std_mean"]) & (band["std_mean"] > 0)]
+        ax.plot(d["layer_idx"], d["std_mean"], marker="o", ms=3, lw=1.2, label=f"mean over {n} seeds")
+        ax.fill_between(d["layer_idx"], d["std_min"], d["std_max"], alpha=0.25, lw=0, label="min-max over seeds")
+        if theory is not None and not theory.empty:
+            t = theory[(theory["kind"] == kind) & np.isfinite(theory["theory_std"]) & (theory["theory_std"] > 0)]
+            t = t.sort_values("layer_idx")
+            ax.plot(t["layer_idx"], t["theory_std"], ls="--", color="black", lw=1, marker="x", ms=3,
+                    label="theory (seed of the run)")
+        ax.set_yscale("log")
+        ax.set_xlabel("layer index (forward order)")
+        ax.set_ylabel(label)
+        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    return _save(fig, path, f"{title}: step 0 over {n} seeds")
+
+
 def _pick_layers(d: pd.DataFrame) -> list[tuple[int, str]]:
     layers = d[["layer_idx", "layer"]].drop_duplicates().sort_values("layer_idx")
     keep = np.unique(np.linspace(0, len(layers) - 1, min(MAX_LINES, len(layers))).round().astype(int))
@@ -241,7 +275,7 @@ def plot_hist_first_last(hist: pd.DataFrame, title: str, path: Path) -> Path | N
 
 
 def plot_run(stats: pd.DataFrame, metrics: pd.DataFrame, config: dict[str, Any], out_dir: Path,
-             hist: pd.DataFrame | None = None) -> list[Path]:
+             hist: pd.DataFrame | None = None, probe: pd.DataFrame | None = None) -> list[Path]:
     """Every figure of one run into `out_dir`; returns the files written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     title = title_of(config)
@@ -255,6 +289,11 @@ def plot_run(stats: pd.DataFrame, metrics: pd.DataFrame, config: dict[str, Any],
     if hist is not None and not hist.empty:
         made.append(plot_hist_image(hist, title, out_dir / "act_hist_image.png"))
         made.append(plot_hist_first_last(hist, title, out_dir / "hist_first_last.png"))
+    if probe is not None and not probe.empty:
+        theory = None
+        if "theory_std" in stats:
+            theory = stats[(stats["step"] == 0) & stats["theory_std"].notna()][["layer_idx", "kind", "theory_std"]]
+        made.append(plot_probe(probe, theory, title, out_dir / "probe.png"))
     made.append(plot_metrics(metrics, title, out_dir / "metrics.png"))
     return [p for p in made if p is not None]
 
@@ -343,7 +382,9 @@ def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path) -> list[Path
     axes[0].legend(fontsize=7)
     made.append(_save(fig, out_dir / "step0_std_overlay.png", "per-layer statistics at init"))
 
-    # 3. loss curves
+    # 3. loss curves (not for probes: one step is no curve)
+    if df.get("steps_done") is not None and not (df["steps_done"].fillna(0) > 1).any():
+        return made
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for ci, (combo, jobs) in enumerate(done.groupby("combo", sort=False)):
         curves = []

@@ -32,7 +32,7 @@ def report_run(run_dir: Path) -> list[Path]:
     if not run.summary:
         write_json(run_dir / SUMMARY_FILE, rebuilt_summary(run.metrics))
         made.append(run_dir / SUMMARY_FILE)
-    return made + plot_run(run.stats, run.metrics, run.config, run_dir / "plots", run.hist)
+    return made + plot_run(run.stats, run.metrics, run.config, run_dir / "plots", run.hist, run.probe)
 
 
 def latest_run(root: Path) -> Path | None:

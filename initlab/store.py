@@ -22,6 +22,7 @@ META_KEY = b"initlab"
 STATS_DIR = "stats.parquet"
 HIST_DIR = "hist.parquet"
 THEORY_FILE = "theory.parquet"
+PROBE_FILE = "probe.parquet"
 METRICS_FILE = "metrics.parquet"
 METRICS_ROWS = 1000  # metric rows held in memory before a part is written, telemetry or not
 SUMMARY_FILE = "summary.json"
@@ -127,6 +128,7 @@ class RunData:
     metrics: pd.DataFrame
     summary: dict[str, Any]
     config: dict[str, Any]
+    probe: pd.DataFrame  # probe.seeds > 1: step-0 statistics of every seed (empty otherwise)
 
 
 def _read_parts(path: Path) -> pd.DataFrame:
@@ -160,6 +162,12 @@ def read_metrics(run_dir: Path) -> pd.DataFrame:
     return df.sort_values("step", ignore_index=True) if len(df) else df
 
 
+def read_probe(run_dir: Path) -> pd.DataFrame:
+    """probe.parquet: step-0 statistics of each seed of the probe (empty without one)."""
+    path = Path(run_dir) / PROBE_FILE
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+
 def read_metadata(run_dir: Path) -> dict[str, Any]:
     """The config and versions stored in the run's parquet metadata."""
     candidates = [*sorted((Path(run_dir) / METRICS_FILE).glob("*.parquet")),
@@ -181,4 +189,5 @@ def load_run(path: str | Path) -> RunData:
     summary_path = run_dir / SUMMARY_FILE
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     meta = read_metadata(run_dir)
-    return RunData(run_dir, read_stats(run_dir), read_hist(run_dir), metrics, summary, meta.get("config", {}))
+    return RunData(run_dir, read_stats(run_dir), read_hist(run_dir), metrics, summary, meta.get("config", {}),
+                   read_probe(run_dir))

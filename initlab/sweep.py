@@ -13,6 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from initlab.diagnose import depth_ratio
 from initlab.store import STATS_DIR, SUMMARY_FILE
 
 log = logging.getLogger("initlab")
@@ -40,8 +41,8 @@ def overrides(job_dir: Path) -> dict[str, Any]:
 
 
 def _layer_summaries(job_dir: Path) -> dict[str, float]:
-    """Step-0 activation std of the first and last weighted layer, and the ratio of their
-    gradient stds, read with a filter so only a few rows leave the disk."""
+    """Step-0 activation std of the first and last weighted layer, and the depth ratios the
+    diagnosis reads (hidden layers), read with a filter so only a few rows leave the disk."""
     path = job_dir / STATS_DIR
     if not path.exists() or not any(path.glob("*.parquet")):
         return {}
@@ -50,12 +51,11 @@ def _layer_summaries(job_dir: Path) -> dict[str, float]:
         columns=cols, filter=(ds.field("step") == 0) & ds.field("kind").isin(["act", "grad"]))
     d = table.to_pandas()
     d = d[d["module_type"].isin(WEIGHTED)].sort_values("layer_idx")
-    act, grad = d[d["kind"] == "act"], d[d["kind"] == "grad"]
+    act = d[d["kind"] == "act"]
     out: dict[str, float] = {}
     if len(act):
         out["act_std_first"], out["act_std_last"] = float(act["std"].iloc[0]), float(act["std"].iloc[-1])
-    if len(grad) and grad["std"].iloc[-1] > 0:
-        out["grad_std_ratio_first_last"] = float(grad["std"].iloc[0] / grad["std"].iloc[-1])
+    out["act_std_ratio"], out["grad_std_ratio_first_last"] = depth_ratio(d, "act"), depth_ratio(d, "grad")
     return out
 
 
@@ -66,7 +66,7 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     diverged = summary.get("diverged") or {}
     row: dict[str, Any] = {
         "job": job_dir.name, "path": str(job_dir.relative_to(sweep_dir)), "status": summary.get("status"),
-        "error": summary.get("error"),
+        "error": summary.get("error"), "steps_done": summary.get("steps_done"),
         "final_loss": final.get("loss"), "final_accuracy": final.get("accuracy"),
         "val_loss": final.get("val_loss"), "val_accuracy": final.get("val_accuracy"),
         "diverged_step": diverged.get("step"), "diverged_layer": diverged.get("layer"),
@@ -94,9 +94,9 @@ def sweep_table(sweep_dir: Path) -> pd.DataFrame:
 
 def swept_factors(df: pd.DataFrame, known: set[str] | None = None) -> list[str]:
     """Override columns that take more than one value, in the order they were given."""
-    fixed = {"job", "path", "status", "error", "final_loss", "final_accuracy", "val_loss", "val_accuracy",
-             "diverged_step", "diverged_layer", "act_std_first", "act_std_last", "grad_std_ratio_first_last",
-             "max_rss_mb", "flags"}
+    fixed = {"job", "path", "status", "error", "steps_done", "final_loss", "final_accuracy", "val_loss", "val_accuracy",
+             "diverged_step", "diverged_layer", "act_std_first", "act_std_last", "act_std_ratio",
+             "grad_std_ratio_first_last", "max_rss_mb", "flags"}
     return [c for c in df.columns if c not in fixed and not c.startswith("flag_") and df[c].astype(str).nunique() > 1]
 
 

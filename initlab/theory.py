@@ -22,6 +22,8 @@ import pandas as pd
 import torch
 from torch import nn
 
+from initlab.models.blocks import GeneralRelu
+
 _X, _W = np.polynomial.hermite.hermgauss(96)
 _W = _W / math.sqrt(math.pi)
 
@@ -49,6 +51,10 @@ def activation_fns(module: nn.Module) -> tuple[Callable, Callable] | None:
         return np.tanh, (lambda h: 1 - np.tanh(h) ** 2)
     if isinstance(module, nn.Sigmoid):
         return _sigmoid, (lambda h: _sigmoid(h) * (1 - _sigmoid(h)))
+    if isinstance(module, GeneralRelu):
+        leak, sub, top = module.leak, module.sub, module.maxv if module.maxv is not None else np.inf
+        return ((lambda h: np.minimum(np.where(h > 0, h, leak * h) - sub, top)),
+                (lambda h: np.where(np.where(h > 0, h, leak * h) - sub >= top, 0.0, np.where(h > 0, 1.0, leak))))
     if isinstance(module, nn.GELU):
         return (lambda h: h * _erf_cdf(h)), (lambda h: _erf_cdf(h) + h * _phi(h))
     return None

@@ -95,7 +95,7 @@ def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int) -> tuple[fl
     return loss_sum / n, correct / n
 
 
-def _forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     logits = model(x)  # (B, classes)
     loss = F.cross_entropy(logits, y)
     loss.backward()
@@ -134,7 +134,7 @@ def fit(
             t0 = time.perf_counter()
             optimizer.zero_grad(set_to_none=True)
             with telemetry.record() if logged else nullcontext():
-                loss, acc = _forward_backward(model, x, y)
+                loss, acc = forward_backward(model, x, y)
             loss_v, acc_v = torch.stack([loss, acc]).tolist()  # the step's one sync for metrics
             finite = math.isfinite(loss_v)
             stepping = steps > 0 and (finite or not stop_on_nonfinite)
@@ -154,7 +154,7 @@ def fit(
                     # The step was not scheduled: look again (weights unchanged) to find the layer.
                     optimizer.zero_grad(set_to_none=True)
                     with telemetry.record():
-                        _forward_backward(model, x, y)
+                        forward_backward(model, x, y)
                     telemetry.before_step()
                     telemetry.after_step(False)
                     collected = telemetry.collect(step)

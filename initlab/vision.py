@@ -25,11 +25,17 @@ from initlab.data import Batch, DeviceDataset, Normalizer, epoch_permutations, r
 from initlab.errors import InitlabError
 
 
+class MissingData(InitlabError):
+    """The dataset's files are not on disk (and could not be downloaded)."""
+
+
 @dataclass(frozen=True)
 class VisionSpec:
     cls: type
     folder: str  # where torchvision looks under root
     files: str  # what a user must put there by hand
+    shape: tuple[int, int, int] = (1, 28, 28)  # one image, for data.fallback=synthetic
+    num_classes: int = 10
 
 
 SPECS = {
@@ -39,9 +45,10 @@ SPECS = {
     "fashion_mnist": VisionSpec(datasets.FashionMNIST, "FashionMNIST/raw",
                                 "the four Fashion-MNIST IDX files (train-/t10k- images and labels)"),
     "cifar10": VisionSpec(datasets.CIFAR10, "cifar-10-batches-py",
-                          "the extracted cifar-10-python.tar.gz (data_batch_1..5, test_batch, batches.meta)"),
+                          "the extracted cifar-10-python.tar.gz (data_batch_1..5, test_batch, batches.meta)",
+                          (3, 32, 32)),
     "cifar100": VisionSpec(datasets.CIFAR100, "cifar-100-python",
-                           "the extracted cifar-100-python.tar.gz (train, test, meta)"),
+                           "the extracted cifar-100-python.tar.gz (train, test, meta)", (3, 32, 32), 100),
 }
 
 
@@ -62,7 +69,7 @@ def open_split(name: str, root: Path, train: bool, download: bool, transform: An
     except RuntimeError:
         pass  # torchvision's "Dataset not found or corrupted"
     if not download:
-        raise InitlabError(
+        raise MissingData(
             f"data={name}: no dataset files under {where}; set data.download=true to fetch them, "
             f"or put {spec.files} there (data.root or $INITLAB_DATA chooses the directory)")
     try:
@@ -70,7 +77,7 @@ def open_split(name: str, root: Path, train: bool, download: bool, transform: An
     except Exception as exc:  # offline: URLError, timeouts, HTTP errors, bad archives
         text = str(exc).splitlines()[0].strip().rstrip(":") if str(exc).strip() else ""
         reason = f"{type(exc).__name__}: {text[:120]}" if text else type(exc).__name__
-        raise InitlabError(
+        raise MissingData(
             f"data={name}: not found under {where} and the download failed ({reason}); "
             f"put {spec.files} there, or run with network access") from None
 

@@ -113,3 +113,25 @@ def test_missing_data_cli_exits_before_building_a_model(tmp_path: Path) -> None:
     lines = [x for x in proc.stderr.splitlines() if x.startswith("initlab: error:")]
     assert len(lines) == 1 and "data=mnist: no dataset files under" in lines[0]
     assert "Traceback" not in proc.stderr and "params" not in proc.stderr  # no model table printed
+
+
+@pytest.mark.parametrize("name, shape, classes", [("fashion_mnist", [1, 28, 28], 10), ("cifar100", [3, 32, 32], 100)])
+def test_fallback_synthetic_stands_in_for_missing_files(run, tmp_path: Path, name: str, shape: list,
+                                                         classes: int) -> None:
+    summary, _ = run(f"data={name}", f"data.root={tmp_path / 'empty'}", "data.download=false",
+                     "data.fallback=synthetic", "model=mlp", "data.train_size=64", "data.val_size=16")
+    assert summary["status"] == "ok"
+    assert summary["data"] == {"name": f"synthetic (fallback for {name})", "n_train": 64, "n_val": 16,
+                               "shape": shape, "classes": classes}
+
+
+def test_fallback_uses_the_real_files_when_present(run, tmp_path: Path) -> None:
+    write_mnist(tmp_path, "FashionMNIST", n_train=64, n_test=16)
+    summary, _ = run("data=fashion_mnist", f"data.root={tmp_path}", "data.download=false",
+                     "data.fallback=synthetic", "model=mlp")
+    assert summary["data"]["name"] == "fashion_mnist"
+
+
+def test_fallback_only_takes_synthetic(run, tmp_path: Path) -> None:
+    with pytest.raises(InitlabError, match="data.fallback"):
+        run("data=mnist", f"data.root={tmp_path}", "data.fallback=cifar10")

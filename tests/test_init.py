@@ -85,7 +85,7 @@ def test_scheme_touching_nothing_is_an_error() -> None:
 
 
 def test_unknown_scheme_lists_choices() -> None:
-    with pytest.raises(InitlabError, match="choose from default, kaiming, normal, orthogonal, xavier"):
+    with pytest.raises(InitlabError, match="choose from default, fixup, kaiming, lsuv, normal, orthogonal, skipinit, xavier"):
         apply_init(_mlp(), {"name": "magic"}, "relu")
 
 

@@ -21,7 +21,9 @@ class ModelRequest:
 
     @property
     def act_layer(self) -> Callable[[], nn.Module] | None:
-        return act_factory(self.cfg.get("act", "relu"), float(self.cfg.get("act_slope", 0.01)))
+        maxv = self.cfg.get("act_maxv")
+        return act_factory(self.cfg.get("act", "relu"), float(self.cfg.get("act_slope", 0.01)),
+                           float(self.cfg.get("act_sub", 0.4)), None if maxv is None else float(maxv))
 
     def norm_layer(self, dim: int) -> Callable[[int], nn.Module] | None:
         if not self.bn:

@@ -3,20 +3,61 @@
 from collections.abc import Callable
 from functools import partial
 
+import torch
 from torch import nn
 
 ModuleFactory = Callable[..., nn.Module]
 
-ACTIVATIONS = ("relu", "leaky_relu", "tanh", "sigmoid", "gelu", "linear")
+ACTIVATIONS = ("relu", "leaky_relu", "general_relu", "tanh", "sigmoid", "gelu", "linear")
+
+
+class GeneralRelu(nn.Module):
+    """fast.ai's GeneralRelu: leaky_relu(x, leak) - sub, clipped at maxv. Subtracting `sub`
+    pulls the mean of a (leaky) ReLU's output back towards zero."""
+
+    def __init__(self, leak: float = 0.1, sub: float = 0.4, maxv: float | None = None) -> None:
+        super().__init__()
+        self.leak, self.sub, self.maxv = leak, sub, maxv
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = nn.functional.leaky_relu(x, self.leak) - self.sub
+        return x.clamp_max(self.maxv) if self.maxv is not None else x
+
+    def extra_repr(self) -> str:
+        return f"leak={self.leak}, sub={self.sub}, maxv={self.maxv}"
+
+
+class Scale(nn.Module):
+    """A learnable scalar multiplier (Fixup's branch multiplier, SkipInit's alpha)."""
+
+    def __init__(self, init: float = 1.0) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((1,), float(init)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.scale
+
+
+class Bias(nn.Module):
+    """A learnable scalar bias (Fixup's scalar biases before convs and activations)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.bias
 BN_POSITIONS = ("before_act", "after_act")
 
 
-def act_factory(name: str, slope: float = 0.01) -> Callable[[], nn.Module] | None:
+def act_factory(name: str, slope: float = 0.01, sub: float = 0.4,
+                maxv: float | None = None) -> Callable[[], nn.Module] | None:
     """The activation class for `model.act`; None for `linear` (no module at all, so a
     linear net's layer indices count only its Linear/Conv layers, as in the lesson)."""
     table: dict[str, Callable[[], nn.Module] | None] = {
         "relu": nn.ReLU,
         "leaky_relu": partial(nn.LeakyReLU, negative_slope=slope),
+        "general_relu": partial(GeneralRelu, leak=slope, sub=sub, maxv=maxv),
         "tanh": nn.Tanh,
         "sigmoid": nn.Sigmoid,
         "gelu": nn.GELU,
