@@ -1,6 +1,7 @@
 """The `initlab` command: compose config -> validate -> seed -> device -> data -> model
 -> init -> train (telemetry) -> parquet -> summary.json -> plots. One log line per stage."""
 
+import functools
 import logging
 import os
 import platform
@@ -9,6 +10,7 @@ import resource
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,9 +102,10 @@ def job_device(spec: object) -> torch.device:
     return device
 
 
-def first_batch(data: Any, cfg: DictConfig) -> tuple[torch.Tensor, torch.Tensor]:
-    """Step 0's batch: what the probe, LSUV and the theory overlay look at."""
-    return next(iter(data.train_batches(cfg.train.batch_size, cfg.seed)))
+def first_batch(data: Any, cfg: DictConfig) -> Callable[[], tuple[torch.Tensor, torch.Tensor]]:
+    """Step 0's batch, drawn once when first asked for: what LSUV, the theory overlay and
+    the probe look at (a DataLoader would otherwise start its workers for each of them)."""
+    return functools.cache(lambda: next(iter(data.train_batches(cfg.train.batch_size, cfg.seed))))
 
 
 def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -120,6 +123,7 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
              data.name, data.n_train, data.n_val, list(data.in_shape), data.num_classes, device)
     mcfg = OmegaConf.to_container(cfg.model, resolve=True)
     icfg = OmegaConf.to_container(cfg.init, resolve=True)
+    batch0 = first_batch(data, cfg)
 
     def make_model(seed: int) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
         """Seeded, built and initialised on the CPU: the same seed gives the same weights on
@@ -127,7 +131,7 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         seed_everything(seed)
         model = build_model(mcfg["name"], mcfg, data.in_shape, data.num_classes, cfg.bn)
         report = apply_init(model, icfg, mcfg.get("act", "relu"), float(mcfg.get("act_slope", 0.01)),
-                            batch=lambda: first_batch(data, cfg)[0].cpu())
+                            batch=lambda: batch0()[0].cpu())
         return model, report
 
     model, init_report = make_model(cfg.seed)
@@ -155,8 +159,8 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         result = fit(model, data, optimizer, cfg.train, telemetry, schedule, store, cfg.seed, callbacks)
     finally:
         store.flush()  # whatever happens, what was recorded reaches the disk
-    _theory(run_dir, specs, data, cfg)
-    probe = _probe(run_dir, cfg, data, lambda s: make_model(s)[0], tel_cfg, device) if cfg.probe.seeds > 1 else None
+    _theory(run_dir, specs, batch0)
+    probe = _probe(run_dir, cfg, batch0(), lambda s: make_model(s)[0], tel_cfg, device) if cfg.probe.seeds > 1 else None
     rows = result.rows
     final = {k: rows[-1].get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy")} if rows else {}
     step_times = [r["step_time"] for r in rows]
@@ -201,25 +205,25 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _theory(run_dir: Path, specs: dict | None, data: Any, cfg: DictConfig) -> None:
+def _theory(run_dir: Path, specs: dict | None, batch0: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> None:
     """theory.parquet: predicted step-0 std per layer beside the measured one."""
     if specs is None:  # residual nets: no prediction, no need for a batch
         return
     stats = read_stats(run_dir)
     if stats.empty:
         return
-    x = first_batch(data, cfg)[0].detach().double()
+    x = batch0()[0].detach().double()
     theory = predict(specs, stats[stats["step"] == 0], float(x.mean()), float((x * x).mean()))
     if len(theory):
         theory.assign(step=0).to_parquet(run_dir / THEORY_FILE, index=False)
 
 
-def _probe(run_dir: Path, cfg: DictConfig, data: Any, make_model: Any, tel_cfg: TelemetryConfig,
-           device: torch.device) -> dict[str, Any]:
+def _probe(run_dir: Path, cfg: DictConfig, batch: tuple[torch.Tensor, torch.Tensor], make_model: Any,
+           tel_cfg: TelemetryConfig, device: torch.device) -> dict[str, Any]:
     """probe.seeds=N: step 0 again for seeds seed..seed+N-1, same batch -> probe.parquet."""
     seeds = range(cfg.seed, cfg.seed + cfg.probe.seeds)
     t0 = time.perf_counter()
-    per_seed = probe_seeds(make_model, first_batch(data, cfg), seeds, tel_cfg, device)
+    per_seed = probe_seeds(make_model, batch, seeds, tel_cfg, device)
     per_seed.to_parquet(run_dir / PROBE_FILE, index=False)
     out = headline(per_seed)
     act = out.get("act_std_last_over_first")

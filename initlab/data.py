@@ -8,15 +8,16 @@ torchvision datasets and the classic DataLoader path live in `initlab.vision`.
 import logging
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from importlib.resources import files
 from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 
 from initlab.errors import InitlabError
 
 log = logging.getLogger("initlab")
-SYNTHETIC_DEFAULTS = {"train_size": 4096, "val_size": 1024}  # conf/data/synthetic.yaml's sizes
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -160,10 +161,10 @@ def load_dataset(cfg: Mapping[str, Any], device: torch.device, seed: int) -> "De
         spec = SPECS[name]
         log.warning("data    %s; data.fallback=synthetic: using synthetic data of shape %s instead",
                     exc, list(spec.shape))
-        n_train = cfg.get("train_size") or SYNTHETIC_DEFAULTS["train_size"]
-        n_val = cfg.get("val_size") if cfg.get("val_size") is not None else SYNTHETIC_DEFAULTS["val_size"]
-        data = synthetic({"shape": list(spec.shape), "num_classes": spec.num_classes, "train_size": n_train,
-                          "val_size": n_val}, device, seed)
+        # conf/data/synthetic.yaml's sizes, unless the run chose its own
+        defaults = OmegaConf.load(files("initlab.conf") / "data" / "synthetic.yaml")
+        sizes = {k: cfg[k] if cfg.get(k) is not None else defaults[k] for k in ("train_size", "val_size")}
+        data = synthetic({"shape": list(spec.shape), "num_classes": spec.num_classes, **sizes}, device, seed)
         data.name = f"synthetic (fallback for {name})"
         return data
 

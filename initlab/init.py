@@ -88,7 +88,7 @@ def _per_weighted(model: nn.Module, fn: Callable[[torch.Tensor], str]) -> list[I
 
 
 @register("default")
-def default_init(model: nn.Module, cfg: Mapping[str, Any], act: InitContext) -> list[InitRecord]:
+def default_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> list[InitRecord]:
     """Each layer's own reset_parameters(): kaiming_uniform_(a=sqrt(5)) for Linear/Conv."""
     records = []
     for name, m in model.named_modules():
@@ -99,15 +99,15 @@ def default_init(model: nn.Module, cfg: Mapping[str, Any], act: InitContext) -> 
     return records
 
 
-def _gain(cfg: Mapping[str, Any], act: InitContext) -> float:
+def _gain(cfg: Mapping[str, Any], ctx: InitContext) -> float:
     g = cfg.get("gain", 1.0)
-    return act.gain() if g == "auto" else float(g)
+    return ctx.gain() if g == "auto" else float(g)
 
 
 @register("xavier")
-def xavier_init(model: nn.Module, cfg: Mapping[str, Any], act: InitContext) -> list[InitRecord]:
+def xavier_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> list[InitRecord]:
     """Glorot & Bengio: Var(W) = gain^2 * 2 / (fan_in + fan_out)."""
-    dist, gain = cfg.get("distribution", "uniform"), _gain(cfg, act)
+    dist, gain = cfg.get("distribution", "uniform"), _gain(cfg, ctx)
     fn = nn.init.xavier_uniform_ if dist == "uniform" else nn.init.xavier_normal_
 
     def apply(w: torch.Tensor) -> str:
@@ -118,22 +118,22 @@ def xavier_init(model: nn.Module, cfg: Mapping[str, Any], act: InitContext) -> l
 
 
 @register("kaiming")
-def kaiming_init(model: nn.Module, cfg: Mapping[str, Any], act: InitContext) -> list[InitRecord]:
+def kaiming_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> list[InitRecord]:
     """He et al.: Var(W) = gain^2 / fan, gain from the model's activation."""
     dist, mode = cfg.get("distribution", "normal"), cfg.get("mode", "fan_in")
     fn = nn.init.kaiming_uniform_ if dist == "uniform" else nn.init.kaiming_normal_
-    a = act.slope if act.gain_name == "leaky_relu" else 0.0
+    a = ctx.slope if ctx.gain_name == "leaky_relu" else 0.0
 
     def apply(w: torch.Tensor) -> str:
-        fn(w, a=a, mode=mode, nonlinearity=act.gain_name)
-        extra = f", a={a:g}" if act.gain_name == "leaky_relu" else ""
-        return f"kaiming_{dist}_(mode={mode}, nonlinearity={act.gain_name}{extra})"
+        fn(w, a=a, mode=mode, nonlinearity=ctx.gain_name)
+        extra = f", a={a:g}" if ctx.gain_name == "leaky_relu" else ""
+        return f"kaiming_{dist}_(mode={mode}, nonlinearity={ctx.gain_name}{extra})"
 
     return _per_weighted(model, apply)
 
 
 @register("normal")
-def normal_init(model: nn.Module, cfg: Mapping[str, Any], act: InitContext) -> list[InitRecord]:
+def normal_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> list[InitRecord]:
     """Plain N(0, std^2)."""
     std = float(cfg.get("std", 0.01))
 
@@ -145,9 +145,9 @@ def normal_init(model: nn.Module, cfg: Mapping[str, Any], act: InitContext) -> l
 
 
 @register("orthogonal")
-def orthogonal_init(model: nn.Module, cfg: Mapping[str, Any], act: InitContext) -> list[InitRecord]:
+def orthogonal_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> list[InitRecord]:
     """Saxe et al.: a (semi-)orthogonal weight matrix times the gain; biases zero."""
-    gain = _gain(cfg, act)
+    gain = _gain(cfg, ctx)
 
     def apply(w: torch.Tensor) -> str:
         nn.init.orthogonal_(w, gain=gain)
@@ -232,10 +232,9 @@ def _require_residual(model: nn.Module, scheme: str, allow_bn: bool) -> list[tup
 
 def _he(w: torch.Tensor, ctx: InitContext, mode: str, scale: float = 1.0) -> str:
     a = ctx.slope if ctx.gain_name == "leaky_relu" else 0.0
-    nonlin = ctx.gain_name
-    nn.init.kaiming_normal_(w, a=a, mode=mode, nonlinearity=nonlin)
+    nn.init.kaiming_normal_(w, a=a, mode=mode, nonlinearity=ctx.gain_name)
     w.mul_(scale)
-    return f"kaiming_normal_(mode={mode}, nonlinearity={nonlin})" + (f" x {scale:.4g}" if scale != 1 else "")
+    return f"kaiming_normal_(mode={mode}, nonlinearity={ctx.gain_name})" + (f" x {scale:.4g}" if scale != 1 else "")
 
 
 @register("fixup")
@@ -311,9 +310,8 @@ def zero_last_bn(model: nn.Module) -> list[InitRecord]:
     zero_init_last): every block starts as its shortcut."""
     records = []
     with torch.no_grad():
-        for name, m in model.named_modules():
-            branch = getattr(m, "branch", None)
-            norms = [(n, b) for n, b in branch.named_modules() if isinstance(b, NORMS)] if branch is not None else []
+        for name, block in _residual_blocks(model):
+            norms = [(n, b) for n, b in block.branch.named_modules() if isinstance(b, NORMS)]
             if norms:
                 sub, bn = norms[-1]
                 nn.init.zeros_(bn.weight)

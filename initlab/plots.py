@@ -37,6 +37,21 @@ def _first_nonfinite_idx(df: pd.DataFrame) -> int | None:
     return int(bad["layer_idx"].min()) if len(bad) else None
 
 
+def _theory_line(ax: plt.Axes, t: pd.DataFrame, label: str) -> None:
+    """The predicted std per layer, dashed, where it is finite."""
+    t = t[np.isfinite(t["theory_std"]) & (t["theory_std"] > 0)].sort_values("layer_idx")
+    ax.plot(t["layer_idx"], t["theory_std"], ls="--", color="black", lw=1, marker="x", ms=3, label=label)
+
+
+def _depth_axis(ax: plt.Axes, ylabel: str) -> None:
+    """Per-layer std against forward order: log scale, the unit line dotted."""
+    ax.set_yscale("log")
+    ax.set_xlabel("layer index (forward order)")
+    ax.set_ylabel(ylabel)
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.grid(alpha=0.3, which="both")
+
+
 def plot_step0(stats: pd.DataFrame, title: str, path: Path) -> Path | None:
     """Per-layer activation and gradient std at init against layer index, log scale."""
     s0 = stats[stats["step"] == stats["step"].min()]
@@ -48,20 +63,14 @@ def plot_step0(stats: pd.DataFrame, title: str, path: Path) -> Path | None:
         finite = d[np.isfinite(d["std"]) & (d["std"] > 0)]
         ax.plot(finite["layer_idx"], finite["std"], marker="o", ms=3, lw=1.2, label="measured")
         if "theory_std" in d and d["theory_std"].notna().any():
-            t = d[np.isfinite(d["theory_std"]) & (d["theory_std"] > 0)]
-            ax.plot(t["layer_idx"], t["theory_std"], ls="--", color="black", lw=1, marker="x", ms=3,
-                    label="theory (mean field, actual weights)")
+            _theory_line(ax, d, "theory (mean field, actual weights)")
             ax.legend(fontsize=7)
-        ax.set_yscale("log")
-        ax.set_xlabel("layer index (forward order)")
-        ax.set_ylabel(label)
-        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+        _depth_axis(ax, label)
         bad = _first_nonfinite_idx(d) if not d.empty else None
         if bad is not None:
             ax.axvline(bad, color="red", ls="--", lw=1)
             ax.text(bad, 0.95, f" non-finite from layer {bad}", color="red",
                     transform=ax.get_xaxis_transform(), va="top", fontsize=8)
-        ax.grid(alpha=0.3, which="both")
     return _save(fig, path, f"{title}: statistics at step 0", dpi=110)
 
 
@@ -86,15 +95,8 @@ def plot_probe(per_seed: pd.DataFrame, theory: pd.DataFrame | None, title: str, 
         ax.plot(d["layer_idx"], d["std_mean"], marker="o", ms=3, lw=1.2, label=f"mean over {n} seeds")
         ax.fill_between(d["layer_idx"], d["std_min"], d["std_max"], alpha=0.25, lw=0, label="min-max over seeds")
         if theory is not None and not theory.empty:
-            t = theory[(theory["kind"] == kind) & np.isfinite(theory["theory_std"]) & (theory["theory_std"] > 0)]
-            t = t.sort_values("layer_idx")
-            ax.plot(t["layer_idx"], t["theory_std"], ls="--", color="black", lw=1, marker="x", ms=3,
-                    label="theory (seed of the run)")
-        ax.set_yscale("log")
-        ax.set_xlabel("layer index (forward order)")
-        ax.set_ylabel(label)
-        ax.axhline(1.0, color="grey", lw=0.8, ls=":")
-        ax.grid(alpha=0.3, which="both")
+            _theory_line(ax, theory[theory["kind"] == kind], "theory (seed of the run)")
+        _depth_axis(ax, label)
         ax.legend(fontsize=7)
     return _save(fig, path, f"{title}: step 0 over {n} seeds")
 

@@ -42,7 +42,7 @@ def overrides(job_dir: Path) -> dict[str, Any]:
 
 def _layer_summaries(job_dir: Path) -> dict[str, float]:
     """Step-0 activation std of the first and last weighted layer, and the depth ratios the
-    diagnosis reads (hidden layers), read with a filter so only a few rows leave the disk."""
+    diagnosis reads, read with a filter so only a few rows leave the disk."""
     path = job_dir / STATS_DIR
     if not path.exists() or not any(path.glob("*.parquet")):
         return {}

@@ -53,8 +53,12 @@ def activation_fns(module: nn.Module) -> tuple[Callable, Callable] | None:
         return _sigmoid, (lambda h: _sigmoid(h) * (1 - _sigmoid(h)))
     if isinstance(module, GeneralRelu):
         leak, sub, top = module.leak, module.sub, module.maxv if module.maxv is not None else np.inf
-        return ((lambda h: np.minimum(np.where(h > 0, h, leak * h) - sub, top)),
-                (lambda h: np.where(np.where(h > 0, h, leak * h) - sub >= top, 0.0, np.where(h > 0, 1.0, leak))))
+
+        def shifted(h: np.ndarray) -> np.ndarray:
+            return np.where(h > 0, h, leak * h) - sub
+
+        return ((lambda h: np.minimum(shifted(h), top)),
+                (lambda h: np.where(shifted(h) >= top, 0.0, np.where(h > 0, 1.0, leak))))
     if isinstance(module, nn.GELU):
         return (lambda h: h * _erf_cdf(h)), (lambda h: _erf_cdf(h) + h * _phi(h))
     return None

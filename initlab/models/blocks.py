@@ -9,6 +9,7 @@ from torch import nn
 ModuleFactory = Callable[..., nn.Module]
 
 ACTIVATIONS = ("relu", "leaky_relu", "general_relu", "tanh", "sigmoid", "gelu", "linear")
+BN_POSITIONS = ("before_act", "after_act")
 
 
 class GeneralRelu(nn.Module):
@@ -47,7 +48,6 @@ class Bias(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.bias
-BN_POSITIONS = ("before_act", "after_act")
 
 
 def act_factory(name: str, slope: float = 0.01, sub: float = 0.4,
