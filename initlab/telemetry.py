@@ -19,8 +19,8 @@ Kernels are chosen for cost: counts come from sums of sign(x) (boolean reduction
 ~15x slower on CPU), the variance from a sum and a dot product (torch.var_mean's Welford
 pass is ~10x slower on CPU) with exact centred/scaled fall-back rows for the rare cases
 (non-finite values, |x| near float32's limits, a mean that swamps the variance),
-parameters from one torch._foreach_norm per kind, histograms of every tensor from one
-histc over fixed-size samples, and BN batch statistics from how the running buffers
+parameters from one torch._foreach_norm per kind, histograms of every tensor binned at
+once from fixed-size samples (a lookup table on CPU, see Binner), and BN batch statistics from how the running buffers
 moved.
 """
 
@@ -40,6 +40,8 @@ STATS = ("mean", "std", "min", "max", "zero_frac", "dead_frac", "dead_units", "n
 KINDS = ("act", "grad", "weight", "weight_grad", "update",
          "bn_running_mean", "bn_running_var", "bn_batch_mean", "bn_batch_var")
 PARAM_KINDS = ("weight", "weight_grad", "update")
+_KINDS = np.array(KINDS, dtype=object)
+_KIND_CODE = {k: i for i, k in enumerate(KINDS)}
 _SKIP = (nn.Flatten, nn.Unflatten, nn.Identity)
 RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU,
                nn.SiLU, nn.Mish, nn.Softplus)
@@ -85,12 +87,90 @@ class HistSpec:
                 "bins_per_decade": self.bins_per_decade, "sample": self.sample, "n_bins": self.n_bins}
 
 
-def _hist_codes(samples: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """Signed bin code of each value: 0 for zero, +-1 underflow, +-(2..k+1) the log bins,
-    +-(k+2) overflow (inf included), NaN stays NaN (and histc then ignores it)."""
+def hist_codes(samples: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Signed bin code of each value, the definition of the layout: 0 for zero, +-1 underflow,
+    +-(2..k+1) the log bins, +-(k+2) overflow (inf included), NaN stays NaN (histc ignores it)."""
     b = torch.bucketize(samples.abs(), edges, right=True)  # 0 under, 1..k inside, k+1 over
     code = torch.sign(samples) * (b + 1)
     return code.masked_fill_(torch.isnan(samples), NAN)  # torch.sign(nan) is 0, not nan
+
+
+class Binner:
+    """Histograms of many samples at once over one HistSpec: float64[rows * n_bins].
+
+    On CUDA/MPS every value's code comes from bucketize and one histc bins them all, with no
+    sync. On CPU, where bucketize's binary search and histc cost ~10 ns a value, a lookup
+    table gives the bin from the top 16 bits of each float32 (a float's bits order like its
+    value), so binning is a few integer ops, one gather and one bincount; the rare values in
+    a table cell that an edge cuts through are placed by bucketize. Both give the same counts.
+    """
+
+    def __init__(self, spec: HistSpec) -> None:
+        self.spec = spec
+        self._edges: dict[torch.device, torch.Tensor] = {}
+        self._lut: torch.Tensor | None = None
+        self._offsets: dict[tuple[int, ...], torch.Tensor] = {}
+        self.bounds = spec.bounds()
+
+    def edges(self, device: torch.device) -> torch.Tensor:
+        if device not in self._edges:
+            self._edges[device] = torch.tensor(self.spec.edges(), dtype=torch.float32, device=device)
+        return self._edges[device]
+
+    def lut(self) -> torch.Tensor:
+        """int32[65536]: layout bin of every (sign, magnitude cell) key; -1 where an edge cuts
+        the cell; n_bins (a column dropped later) for NaN. Cell 0 is exactly zero; cell c >= 1
+        holds the magnitudes whose bits are in ((c - 1) * 2**16, c * 2**16]."""
+        if self._lut is None:
+            spec, edges = self.spec, self.spec.edges().astype(np.float32)
+            c = np.arange(1, 0x8000, dtype=np.int64)
+            lo = (((c - 1) << 16) + 1).astype(np.uint32).view(np.float32)
+            hi = np.minimum(c << 16, 0x7F800001).astype(np.uint32).view(np.float32)
+            b_lo, b_hi = np.searchsorted(edges, lo, side="right"), np.searchsorted(edges, hi, side="right")
+            v = np.concatenate([[0], np.where(b_lo == b_hi, b_lo + 1, -1)])  # signed code magnitude
+            nan = np.concatenate([[False], np.isnan(lo) | np.isnan(hi)])
+            center = spec.k + 2
+            pos = np.where(nan, spec.n_bins, np.where(v < 0, -1, center + v))
+            neg = np.where(nan, spec.n_bins, np.where(v < 0, -1, center - v))
+            self._lut = torch.tensor(np.concatenate([pos, neg]), dtype=torch.int32)
+        return self._lut
+
+    def __call__(self, samples: Sequence[torch.Tensor], queued: bool = False) -> torch.Tensor | np.ndarray:
+        """Counts per (sample, bin): int64 numpy on CPU, a float64 tensor on the device
+        elsewhere (or when `queued`)."""
+        x = torch.cat(samples)
+        if queued or x.device.type != "cpu":
+            return self._queued(x, [t.numel() for t in samples])
+        nb = self.spec.n_bins + 1  # + the NaN column
+        bits = x.view(torch.int32)
+        mag = (bits & 0x7FFFFFFF).clamp_max_(0x7F800001)  # every NaN to one pattern
+        key = mag.sub_(1).bitwise_right_shift_(16).add_(1)  # the magnitude's cell, 0 only for +-0
+        key |= (bits >> 16) & 0x8000  # the sign
+        idx = self.lut().index_select(0, key)
+        cut = torch.nonzero(idx < 0).squeeze(1)
+        if cut.numel():  # an edge runs through these cells: place them by the edges themselves
+            v = x[cut]
+            code = (torch.bucketize(v.abs(), self.edges(x.device), right=True) + 1).int()
+            idx[cut] = torch.where(v < 0, -code, code) + (self.spec.k + 2)
+        idx += self.offsets([t.numel() for t in samples], nb)
+        counts = torch.bincount(idx, minlength=len(samples) * nb).view(len(samples), nb)
+        return counts[:, :-1].reshape(-1).numpy()
+
+    def offsets(self, lengths: list[int], stride: int) -> torch.Tensor:
+        """Row r's first bin for every value; the same every step of a run, so cached."""
+        key = (stride, *lengths)
+        if key not in self._offsets:
+            rows = torch.arange(len(lengths), dtype=torch.int32) * stride
+            self._offsets = {key: torch.repeat_interleave(rows, torch.tensor(lengths))}  # keep one
+        return self._offsets[key]
+
+    def _queued(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        spec = self.spec
+        codes = hist_codes(x, self.edges(x.device))
+        offsets = torch.arange(len(lengths), device=x.device, dtype=torch.float32) * spec.n_bins + spec.k + 2
+        codes += torch.repeat_interleave(offsets, torch.tensor(lengths, device=x.device))
+        total = len(lengths) * spec.n_bins
+        return torch.histc(codes, bins=total, min=-0.5, max=total - 0.5).to(torch.float64)
 
 
 @dataclass(frozen=True)
@@ -199,6 +279,7 @@ def tensor_stats(x: torch.Tensor, dead: DeadRegion | None = None, sync_free: boo
 
 
 EAGER = 4096  # CPU act/grad tensors from this size are reduced in the hook, while cache-hot
+GROUP_MIN = 16  # CPU groups of same-shaped small tensors below this size are reduced row by row
 
 
 class Scratch:
@@ -214,70 +295,95 @@ class Scratch:
         return buf
 
 
-def eager_cpu_row(x: torch.Tensor, dead: DeadRegion | None, scratch: "Scratch") -> list[float]:
-    """The statistics of one CPU tensor while it is still in cache: about ten ops, raw sums
-    read back as host numbers (free on CPU) and finished in Python. Rare cases (non-finite
-    values, magnitudes whose squares leave float32, a mean that swamps the variance) take
-    the exact path."""
+def eager_cpu_row(x: torch.Tensor, dead: DeadRegion | None, scratch: "Scratch", zeros: bool = True) -> list[float]:
+    """The statistics of one CPU tensor while it is still in cache, in as few passes as the
+    kind allows, each read straight back as a host number.
+
+    min, max and the sum of squares come from numpy (its SIMD min/max and BLAS dot cost
+    half of torch's dispatch on tensors this size), the sum from torch (cascade summation).
+    Zeros are counted as sign(x)·sign(x) (`zeros=False` skips them: gradients). ReLU
+    outputs take their sum per unit: with no negatives, a unit is dead exactly when its
+    sum is zero. Rare cases (non-finite values, magnitudes whose squares leave float32, a
+    mean that swamps the variance) take the exact path.
+    """
     flat = x.detach().reshape(-1)
     if flat.dtype != torch.float32:
         flat = flat.float()
-    n = flat.numel()
-    lo, hi = torch.aminmax(flat)
-    sign = torch.sign(flat, out=scratch.get(n, torch.float32, "sign"))
-    parts = [lo, hi, flat.sum(), torch.dot(flat, flat)]
-    nonneg = isinstance(dead, DeadRegion) and dead.relu and dead.nonneg
-    if dead is not None and dead.relu:
-        # ReLU's output has no negatives: sum(sign) already counts the positives
-        pm = sign.sum()
-        parts += [pm, pm if nonneg else sign.abs().sum()]
-        units = x.detach().reshape(x.shape[0], x.shape[1], -1) if x.dim() > 1 else flat.reshape(1, -1, 1)
-        parts.append((units.amax(dim=(0, 2)) <= 0).sum().float())
-    else:  # only the zeros are needed: |sign| sums to the non-zero count
-        parts += [lo, sign.abs_().sum()]
-    vals = torch.stack(parts).tolist()
-    lo_v, hi_v, s, sq, pm, nz = vals[:6]  # pm (positives minus negatives) is only read for ReLU
-    absmax = max(-lo_v, hi_v)
+    a = flat.numpy()
+    n = a.size
+    units = x.shape[1] if x.dim() > 1 else n
+    per_unit = (x.shape[0], units, -1) if x.dim() > 1 else (1, n, 1)
+    big = n >= 2**24  # float32 sums of +-1 are exact below 2**24; above, count exactly
+    lo, hi, sq = float(a.min()), float(a.max()), float(np.dot(a, a))
+    relu = dead is not None and dead.relu
+    if relu and dead.nonneg:
+        unit_sums = flat.view(per_unit).sum(dim=(0, 2)).numpy()
+        s, dead_count = float(unit_sums.sum(dtype=np.float64)), np.count_nonzero(unit_sums == 0)
+    else:
+        s = flat.sum().item()
+    absmax = max(-lo, hi)
     mean = s / n
     var = (sq - s * mean) / max(n - 1, 1)
     if not (math.isfinite(absmax) and 1e-18 < absmax < 1e18 and math.isfinite(var) and var > 1e-2 * mean * mean):
         return group_stats([x], [dead], sync_free=True).tolist()[0]
-    dead_frac = dead_units = NAN
-    if dead is not None and dead.relu:
-        dead_frac = (n - (nz + pm) / 2) / n
-        dead_units = vals[6] / (x.shape[1] if x.dim() > 1 else n)
+    nz = dead_frac = dead_units = NAN
+    if zeros or relu:
+        sign = torch.sign(flat, out=scratch.get(n, torch.float32, "sign")).numpy()
+        nz = float(np.count_nonzero(a) if big else np.dot(sign, sign))
+    if relu and dead.nonneg:  # the non-zeros are the positives
+        dead_frac, dead_units = (n - nz) / n, dead_count / units
+    elif relu:
+        pm = float(np.count_nonzero(a > 0) - np.count_nonzero(a < 0) if big else np.add.reduce(sign))
+        unit_max = flat.view(per_unit).amax(dim=(0, 2)).numpy()
+        dead_frac, dead_units = (n - (nz + pm) / 2) / n, np.count_nonzero(unit_max <= 0) / units
     elif dead is not None:  # tanh/sigmoid: |x - center| > half_width
         dist = torch.sub(flat, dead.center, out=scratch.get(n, torch.float32, "dist")).abs_()
-        units = dist.view(x.shape[0], x.shape[1], -1) if x.dim() > 1 else dist.view(1, -1, 1)
-        sat_units = (units.amin(dim=(0, 2)) > dead.half_width).float().mean()
-        above = torch.sign(dist.sub_(dead.half_width)).sum()
-        above_v, dead_units = torch.stack([above, sat_units]).tolist()
-        dead_frac = (above_v + n) / (2 * n)
-    return [mean, math.sqrt(max(var, 0.0)), lo_v, hi_v, (n - nz) / n, dead_frac, dead_units, 0.0, float(n)]
+        unit_min = dist.view(per_unit).amin(dim=(0, 2)).numpy()
+        above = np.count_nonzero(dist.numpy() > dead.half_width)
+        dead_frac, dead_units = above / n, np.count_nonzero(unit_min > dead.half_width) / units
+    return [mean, math.sqrt(max(var, 0.0)), lo, hi, (n - nz) / n, dead_frac, dead_units, 0.0, float(n)]
 
 
-def param_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+def param_rows(tensors: Sequence[torch.Tensor], queued: bool = False) -> torch.Tensor | np.ndarray:
     """mean, std and non-finite count of many parameter tensors from one multi-tensor norm
     (torch._foreach_norm) and one sum per tensor. Rows are exact (centred) where the
-    uncentred formula would cancel; min, max and zero counts are not recorded (NaN)."""
+    uncentred formula would cancel; min, max and zero counts are not recorded (NaN). On CPU
+    the rows are finished in numpy (float64[len, len(STATS)]); off the CPU (or `queued`)
+    as tensor ops, with no sync."""
     ts = [t.detach() for t in tensors]
-    f64 = torch.float64
-    norms = torch.stack(torch._foreach_norm(ts)).to(f64)
-    sums = torch.stack([t.sum() for t in ts]).to(f64)
-    numel = torch.tensor([t.numel() for t in ts], dtype=f64, device=norms.device)
+    if queued or ts[0].device.type != "cpu":  # float64 accumulation: no exact fall-back without a sync
+        try:
+            norms = torch.stack(torch._foreach_norm(ts, 2, dtype=torch.float64))
+        except (TypeError, RuntimeError):  # torch releases before the dtype argument
+            norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in ts])
+        sums = torch.stack([t.sum(dtype=torch.float64) for t in ts])
+        return _queued_param_rows(norms, sums, [t.numel() for t in ts])
+    norms = torch.stack(torch._foreach_norm(ts))
+    sums = torch.stack([t.sum() for t in ts])
+    norms, sums = norms.numpy().astype(np.float64), sums.numpy().astype(np.float64)
+    numel = np.array([t.numel() for t in ts], dtype=np.float64)
+    mean = sums / numel
+    with np.errstate(all="ignore"):
+        var = (norms * norms - sums * mean) / np.maximum(numel - 1, 1)
+    out = np.full((len(ts), len(STATS)), NAN)
+    out[:, 0], out[:, 1], out[:, 7], out[:, 8] = mean, np.sqrt(np.maximum(var, 0)), 0, numel
+    bad = ~(np.isfinite(norms) & np.isfinite(sums))
+    for i in np.flatnonzero(bad):  # reading scalars is free here: count them
+        out[i, 7] = int((~torch.isfinite(ts[i])).sum())
+    for i in np.flatnonzero(~bad & ~(var > 1e-2 * mean * mean) & (mean != 0)):
+        t = ts[i].reshape(-1).double()  # a large mean swamps the variance (BN weights): centre
+        out[i, 1] = float((t - t.mean()).norm()) / max(t.numel() - 1, 1) ** 0.5
+    return out
+
+
+def _queued_param_rows(norms: torch.Tensor, sums: torch.Tensor, numels: list[int]) -> torch.Tensor:
+    numel = torch.tensor(numels, dtype=torch.float64, device=norms.device)
     mean = sums / numel
     var = (norms.square() - sums * mean) / (numel - 1).clamp_min(1)
     nan = torch.full_like(mean, NAN)
     # non-finite values make the norm or sum non-finite: -1 flags "present, not counted"
-    nonfinite = torch.where(torch.isfinite(norms) & torch.isfinite(sums), 0.0, -1.0).to(f64)
-    out = torch.stack([mean, var.clamp_min(0).sqrt(), nan, nan, nan, nan, nan, nonfinite, numel], dim=1)
-    if ts[0].device.type == "cpu":  # reading scalars is free here: make the rare rows exact
-        for i in torch.nonzero(nonfinite < 0).flatten().tolist():
-            out[i, 7] = (~torch.isfinite(ts[i])).sum().double()
-        for i in torch.nonzero(~(var > 1e-2 * mean.square()) & (nonfinite == 0)).flatten().tolist():
-            t = ts[i].reshape(-1).double()  # a large mean swamps the variance (BN weights): centre
-            out[i, 1] = (t - t.mean()).norm() / max(t.numel() - 1, 1) ** 0.5
-    return out
+    nonfinite = torch.where(torch.isfinite(norms) & torch.isfinite(sums), 0.0, -1.0).to(torch.float64)
+    return torch.stack([mean, var.clamp_min(0).sqrt(), nan, nan, nan, nan, nan, nonfinite, numel], dim=1)
 
 
 @dataclass(frozen=True)
@@ -329,8 +435,9 @@ class _Pending:
     tensor: torch.Tensor | None  # None once `row` holds its statistics
     dead: DeadRegion | None = None
     hist: bool = False
-    row: torch.Tensor | None = None  # statistics computed eagerly (large CPU tensors)
+    row: list[float] | None = None  # statistics computed eagerly (large CPU tensors)
     sample: torch.Tensor | None = None  # its histogram sample, when the tensor is not kept
+    index: int = -1  # parameter kinds: position in Telemetry.params (pairs grad/update with weight)
 
 
 class Telemetry:
@@ -341,8 +448,9 @@ class Telemetry:
     logged step). collect() groups same-shaped tensors and reduces each group at once.
     """
 
-    def __init__(self, model: nn.Module, config: TelemetryConfig | None = None) -> None:
+    def __init__(self, model: nn.Module, config: TelemetryConfig | None = None, queued: bool | None = None) -> None:
         self.cfg = config or TelemetryConfig()
+        self.queued = queued  # None: queued tensor ops off the CPU; True forces them on the CPU (tests)
         self.thresholds = {"tanh": 0.97, "sigmoid_low": 0.03, "sigmoid_high": 0.97, **(self.cfg.thresholds or {})}
         self.model = model
         self.modules = tracked_modules(model, self.cfg.modules)
@@ -352,8 +460,9 @@ class Telemetry:
         self._calls: dict[str, int] = {}
         self._pending: list[_Pending] = []
         self._bn_prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._before_step: list[torch.Tensor] | None = None
-        self._edges: dict[torch.device, torch.Tensor] = {}
+        self._snapshot: list[torch.Tensor] | None = None  # the weights before the step
+        self._snapped = False
+        self._binner = Binner(self.cfg.hist) if self.cfg.hist else None
         self._scratch = Scratch()
 
     # -- activations and gradients -------------------------------------------------
@@ -377,8 +486,8 @@ class Telemetry:
         t = p.tensor
         if t.device.type == "mps":  # MPS has no float64: take these statistics on the CPU
             t = p.tensor = t.cpu()
-        if t.device.type == "cpu" and t.numel() >= EAGER and p.kind not in PARAM_KINDS:
-            p.row = eager_cpu_row(t, p.dead, self._scratch)
+        if t.device.type == "cpu" and not self.queued and t.numel() >= EAGER and p.kind not in PARAM_KINDS:
+            p.row = eager_cpu_row(t, p.dead, self._scratch, zeros=p.kind != "grad")
             if p.hist:
                 p.sample = self._sample(t).float().clone()
             p.tensor = None
@@ -434,17 +543,23 @@ class Telemetry:
 
     # -- parameters, their gradients and the optimizer's update ---------------------
     def _param_rows(self, kind: str, tensors: list[torch.Tensor | None]) -> None:
-        for (mod, mtype, pname, _), t in zip(self.params, tensors):
+        for i, ((mod, mtype, pname, _), t) in enumerate(zip(self.params, tensors)):
             if t is not None:
                 slot = Slot(mod, mtype, self._order.get((mod, 0), -1))
-                self._add(_Pending(slot, kind, pname, t.detach()))
+                self._add(_Pending(slot, kind, pname, t.detach(), index=i))
 
     def before_step(self) -> None:
-        """After backward, before optimizer.step(): gradients, and a snapshot for the update."""
+        """After backward, before optimizer.step(): gradients, and a snapshot for the update
+        (into buffers kept across steps: fresh multi-MB copies cost page faults)."""
         if not self.cfg.params:
             return
+        weights = [p.detach() for *_, p in self.params]
         self._param_rows("weight_grad", [p.grad for *_, p in self.params])
-        self._before_step = [p.detach().clone() for *_, p in self.params]
+        if self._snapshot is None or any(a.shape != w.shape or a.device != w.device
+                                         for a, w in zip(self._snapshot, weights)):
+            self._snapshot = [torch.empty_like(w) for w in weights]
+        torch._foreach_copy_(self._snapshot, weights)
+        self._snapped = True
 
     def after_step(self, stepped: bool) -> None:
         """After optimizer.step() (or in its place on a probe): the weights, and the update
@@ -453,98 +568,104 @@ class Telemetry:
             return
         weights = [p.detach() for *_, p in self.params]
         self._param_rows("weight", weights)
-        if stepped and self._before_step is not None:
-            torch._foreach_sub_(self._before_step, weights)  # in place: before - after = -update
-            torch._foreach_neg_(self._before_step)
-            self._param_rows("update", self._before_step)
-        self._before_step = None
+        if stepped and self._snapped:
+            torch._foreach_sub_(self._snapshot, weights)  # in place: before - after = -update
+            self._param_rows("update", self._snapshot)  # collect() flips the sign of the mean
+        self._snapped = False
 
     # -- the one transfer ------------------------------------------------------------
-    def _compute(self, pending: list[_Pending]) -> tuple[torch.Tensor, list[int], torch.Tensor | None]:
-        """(stats in row order, rows with histograms, their counts): groups of same-shaped
-        tensors reduced together, every histogram binned by one histc."""
-        groups: dict[tuple, list[int]] = {}
+    def _compute(self, pending: list[_Pending]) -> tuple[np.ndarray, list[int], np.ndarray | None]:
+        """(float64 stats in row order, rows with histograms, their counts) on the host.
+
+        On CUDA/MPS every block is a queued tensor op: groups of same-shaped tensors reduced
+        together, all parameters at once, every histogram binned at once, then one
+        concatenation and one copy. On CPU the blocks are written into a numpy array as
+        they come (small groups row by row: a group's fixed cost exceeds a few rows')."""
+        n = len(pending)
         eager = [i for i, p in enumerate(pending) if p.row is not None]
         params = [i for i, p in enumerate(pending) if p.row is None and p.kind in PARAM_KINDS]
+        groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(pending):
             if p.row is None and p.kind not in PARAM_KINDS:
                 groups.setdefault((tuple(p.tensor.shape), p.tensor.dtype, p.tensor.device), []).append(i)
-        blocks, order = [], []
-        if eager:
-            blocks.append(torch.tensor([pending[i].row for i in eager], dtype=torch.float64))
-            order += eager
-        if params:
-            blocks.append(param_rows([pending[i].tensor for i in params]))
-            order += params
-        for rows in groups.values():
-            blocks.append(group_stats([pending[i].tensor for i in rows], [pending[i].dead for i in rows],
-                                      scratch=self._scratch))
-            order += rows
-        device = next((b.device for b in blocks if b.device.type != "cpu"), blocks[0].device)
-        stats = torch.cat([b.to(device) for b in blocks])[torch.as_tensor(np.argsort(order), device=device)]
-        hist_rows = [i for i, p in enumerate(pending) if p.hist]
-        spec = self.cfg.hist
-        if spec is None or not hist_rows:
-            return stats, [], None
+        kept = next((p.tensor for p in pending if p.tensor is not None), None)
+        hist_rows = [i for i, p in enumerate(pending) if p.hist] if self._binner is not None else []
         samples = [pending[i].sample if pending[i].sample is not None else self._sample(pending[i].tensor).float()
                    for i in hist_rows]
-        device = samples[0].device
-        if device not in self._edges:
-            self._edges[device] = torch.tensor(spec.edges(), dtype=torch.float32, device=device)
-        lengths = torch.tensor([t.numel() for t in samples], device=device)
-        codes = _hist_codes(torch.cat(samples), self._edges[device])
-        offsets = torch.arange(len(samples), device=device, dtype=torch.float32) * spec.n_bins + spec.k + 2
-        codes += torch.repeat_interleave(offsets, lengths)
-        total = len(samples) * spec.n_bins
-        return stats, hist_rows, torch.histc(codes, bins=total, min=-0.5, max=total - 0.5).to(torch.float64)
+        if kept is not None and (self.queued or kept.device.type != "cpu"):
+            blocks, order = [], []
+            if params:
+                blocks.append(param_rows([pending[i].tensor for i in params], queued=True))
+                order += params
+            for rows in groups.values():
+                blocks.append(group_stats([pending[i].tensor for i in rows], [pending[i].dead for i in rows],
+                                          sync_free=True))
+                order += rows
+            stats = torch.cat(blocks)[torch.as_tensor(np.argsort(order), device=kept.device)]
+            counts = self._binner(samples, queued=True) if samples else None
+            values = torch.cat([stats.reshape(-1)] + ([counts] if counts is not None else [])).cpu().numpy()
+            return values[: stats.numel()].reshape(n, -1), hist_rows, values[stats.numel():] if samples else None
+        stats = np.empty((n, len(STATS)))
+        if eager:
+            stats[eager] = [pending[i].row for i in eager]
+        if params:
+            stats[params] = param_rows([pending[i].tensor for i in params])
+        for rows in groups.values():
+            if len(rows) >= GROUP_MIN:
+                stats[rows] = group_stats([pending[i].tensor for i in rows], [pending[i].dead for i in rows],
+                                          scratch=self._scratch).numpy()
+            else:
+                for i in rows:
+                    p = pending[i]
+                    stats[i] = eager_cpu_row(p.tensor, p.dead, self._scratch, zeros=p.kind != "grad")
+        return stats, hist_rows, self._binner(samples) if samples else None
 
     def collect(self, step: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None] | None:
         """(stats columns, histogram columns) of the step: one concatenation, one copy."""
         if not self._pending:
             return None
         pending, self._pending = self._pending, []
-        self._before_step = None
-        stats_t, hist_rows, counts = self._compute(pending)
-        blocks = [stats_t.reshape(-1)] + ([counts.to(stats_t.device)] if counts is not None else [])
-        values = torch.cat(blocks).cpu().numpy()  # the step's single device -> host transfer
-        n, k = len(pending), len(STATS)
-        stats = values[: n * k].reshape(n, k)
+        self._snapped = False
+        stats, hist_rows, counts = self._compute(pending)
+        n = len(pending)
+        kind = np.fromiter((_KIND_CODE[p.kind] for p in pending), dtype=np.int8, count=n)
         cols: dict[str, np.ndarray] = {
             "step": np.full(n, step, dtype=np.int64),
             "layer": np.array([p.slot.layer for p in pending], dtype=object),
-            "layer_idx": np.array([p.slot.layer_idx for p in pending], dtype=np.int32),
+            "layer_idx": np.fromiter((p.slot.layer_idx for p in pending), dtype=np.int32, count=n),
             "module_type": np.array([p.slot.module_type for p in pending], dtype=object),
-            "kind": np.array([p.kind for p in pending], dtype=object),
+            "kind": _KINDS[kind],
             "param": np.array([p.param for p in pending], dtype=object),
         }
         for i, stat in enumerate(STATS):
             cols[stat] = stats[:, i].astype(np.int64) if stat in ("nonfinite", "numel") else stats[:, i]
+        cols["zero_frac"][kind == _KIND_CODE["grad"]] = NAN  # not counted for gradients (see eager_cpu_row)
+        cols["mean"][kind == _KIND_CODE["update"]] *= -1  # the snapshot held before - after
         with np.errstate(all="ignore"):
             cols["absmax"] = np.maximum(np.abs(cols["min"]), np.abs(cols["max"]))
             # sum of squares from mean and unbiased variance: no extra pass on the device
             numel = cols["numel"].astype(np.float64)
             cols["norm"] = np.sqrt((numel - 1) * cols["std"] ** 2 + numel * cols["mean"] ** 2)
-            cols["ratio"] = self._ratios(cols)
-        hist = self._hist_columns(cols, hist_rows, values[n * k:], step) if counts is not None else None
+            cols["ratio"] = self._ratios(kind, np.fromiter((p.index for p in pending), np.int64, n), cols["std"])
+        hist = self._hist_columns(cols, hist_rows, counts, step) if counts is not None else None
         return cols, hist
 
-    @staticmethod
-    def _ratios(cols: dict[str, np.ndarray]) -> np.ndarray:
+    def _ratios(self, kind: np.ndarray, index: np.ndarray, std: np.ndarray) -> np.ndarray:
         """grad:data (weight_grad std / weight std) and update:data (update std / weight std),
         both against the weights as they are after the step."""
-        ratio = np.full(len(cols["kind"]), np.nan)
-        weight_std = {(cols["layer"][i], cols["param"][i]): cols["std"][i]
-                      for i in np.flatnonzero(cols["kind"] == "weight")}
-        for i in np.flatnonzero(np.isin(cols["kind"], ("weight_grad", "update"))):
-            w_std = weight_std.get((cols["layer"][i], cols["param"][i]), np.nan)
-            ratio[i] = cols["std"][i] / w_std if w_std > 0 else np.nan
+        weight_std = np.full(len(self.params) + 1, np.nan)  # the last entry: no weight row
+        w = kind == _KIND_CODE["weight"]
+        weight_std[index[w]] = std[w]
+        ratio = np.full(len(kind), np.nan)
+        r = (kind == _KIND_CODE["weight_grad"]) | (kind == _KIND_CODE["update"])
+        denom = weight_std[index[r]]
+        ratio[r] = np.where(denom > 0, std[r] / denom, np.nan)
         return ratio
 
     def _hist_columns(self, cols: dict[str, np.ndarray], hist_rows: list[int], counts: np.ndarray,
                       step: int) -> dict[str, np.ndarray]:
-        spec = self.cfg.hist
-        counts = counts.reshape(len(hist_rows), spec.n_bins)
-        lo, hi = spec.bounds()
+        counts = counts.reshape(len(hist_rows), self.cfg.hist.n_bins)
+        lo, hi = self._binner.bounds
         r, b = np.nonzero(counts)  # long format: non-empty bins only
         rows = np.asarray(hist_rows)[r]
         return {

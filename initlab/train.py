@@ -5,9 +5,11 @@ progress bar is one of them. A non-finite loss raises `Diverged`, caught here on
 """
 
 import math
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -77,6 +79,30 @@ class FitResult:
     rows: list[dict[str, Any]] = field(default_factory=list)
     diverged: dict[str, Any] | None = None
     train_s: float = 0.0
+
+
+@contextmanager
+def signals_deferred() -> Iterator[None]:
+    """SIGINT/SIGTERM arriving inside are held until the block is done, then handled as they
+    would have been, so an interrupted run's summary agrees with the rows it recorded.
+    (Masking the signal would not do: another thread may take it for the process.)"""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[tuple[int, Any]] = []
+    old = {s: signal.signal(s, lambda n, f: caught.append((n, f))) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+        if caught:
+            signum, frame = caught[0]
+            handler = old[signum]
+            if callable(handler):
+                handler(signum, frame)
+            elif handler != signal.SIG_IGN:
+                signal.raise_signal(signum)
 
 
 @torch.no_grad()
@@ -158,16 +184,18 @@ def fit(
                     telemetry.before_step()
                     telemetry.after_step(False)
                     collected = telemetry.collect(step)
-                result.rows.append(row)
-                store.add_metrics(row)  # before the stats: a flush then covers the whole step
-                store.add_stats(collected)
+                with signals_deferred():
+                    result.rows.append(row)
+                    store.add_metrics(row)  # before the stats: a flush then covers the whole step
+                    store.add_stats(collected)
                 raise Diverged(step, loss_v) from None
             if data.n_val and ((eval_every and (step + 1) % eval_every == 0) or step == last):
                 row["val_loss"], row["val_accuracy"] = evaluate(model, data, bs)
-            result.rows.append(row)
-            store.add_metrics(row)  # before the stats: a flush then covers the whole step
-            store.add_stats(collected)
-            result.steps_done = step + 1 if steps > 0 else 0
+            with signals_deferred():  # a step's records are written whole, or not at all
+                result.rows.append(row)
+                store.add_metrics(row)  # before the stats: a flush then covers the whole step
+                store.add_stats(collected)
+                result.steps_done = step + 1 if steps > 0 else 0
             for cb in callbacks:
                 cb.on_step_end(step, row)
     except Diverged as d:

@@ -72,3 +72,29 @@ def test_rows_in_memory_stay_under_the_flush_limit(run) -> None:
     tel = summary["telemetry"]
     assert tel["logged_steps"] == 23 and tel["parts"] == 6
     assert tel["max_buffered_steps"] <= 4
+
+
+def test_a_signal_inside_a_step_record_waits_for_it() -> None:
+    """SIGTERM raised while a step's rows are written is handled right after, not inside."""
+    from initlab.train import signals_deferred
+
+    class Stop(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise Stop
+
+    old = signal.signal(signal.SIGTERM, handler)
+    done = []
+    try:
+        try:
+            with signals_deferred():
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(0.05)  # the handler would have run here
+                done.append("records written")
+        except Stop:
+            done.append("interrupted after")
+        assert done == ["records written", "interrupted after"]
+        assert signal.getsignal(signal.SIGTERM) is handler  # restored
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -9,11 +9,13 @@ from torch import nn
 
 from initlab.telemetry import (
     STATS,
+    Binner,
     HistSpec,
     Schedule,
     Telemetry,
     TelemetryConfig,
     first_nonfinite,
+    hist_codes,
     tensor_stats,
 )
 
@@ -129,6 +131,30 @@ def test_histogram_counts_sum_to_sample_and_bins_are_fixed() -> None:
             assert (inside & same_sign).sum().item() == c or b in (0, spec.n_bins - 1)
 
 
+@pytest.mark.parametrize("spec", [HistSpec(), HistSpec(min_abs=1e-3, max_abs=5e2, bins_per_decade=3)],
+                         ids=["shipped", "uneven"])
+def test_cpu_lookup_binning_equals_bucketize_on_edges(spec: HistSpec) -> None:
+    """The CPU's lookup-table binning and the queued bucketize/histc path give the counts of
+    the definition (bucketize over the float32 edges) exactly: on the edges themselves, one
+    float32 step either side of each, zeros, denormals, infinities and NaN."""
+    edges = torch.tensor(spec.edges(), dtype=torch.float32)
+    up, down = torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1)
+    mags = torch.cat([edges, up, down, torch.logspace(-44, 38, 30001), torch.tensor([0.0, 1e-45, 3e38, 3.4e38])])
+    x = torch.cat([mags, -mags, torch.tensor([float("inf"), -float("inf"), float("nan"), -float("nan")])])
+    x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))]
+    rows = [x[:5000], x[5000:5001], x[5001:]]
+    codes = hist_codes(x, edges)
+    expected = []
+    for r in rows:
+        c = hist_codes(r, edges)
+        expected.append(torch.bincount((c[~torch.isnan(c)] + spec.k + 2).long(), minlength=spec.n_bins))
+    expected = torch.cat(expected).double()
+    assert expected.sum() == (~torch.isnan(codes)).sum() == len(x) - 2
+    binner = Binner(spec)
+    np.testing.assert_array_equal(binner(rows), expected.numpy())
+    assert torch.equal(binner(rows, queued=True), expected)
+
+
 def test_update_and_grad_ratios_match_direct_computation() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(30, 20), nn.ReLU(), nn.Linear(20, 3))
@@ -231,6 +257,61 @@ def test_cpu_queued_and_segment_paths_agree(module) -> None:
     assert grouped[2, 4] == 1.0 and grouped[2, 1] == 0.0  # all zeros: zero_frac 1, std 0
 
 
+@pytest.mark.parametrize("module", [nn.ReLU(), nn.ReLU6(), nn.LeakyReLU(), nn.Tanh(), nn.Sigmoid(), None],
+                         ids=["relu", "relu6", "leaky", "tanh", "sigmoid", "plain"])
+@pytest.mark.parametrize("shape", [(64, 8, 4, 4), (64, 100), (5000,)], ids=["4d", "2d", "1d"])
+def test_eager_row_equals_exact_statistics(module, shape) -> None:
+    """The in-hook CPU row (fewest passes per kind) equals the exact centred computation,
+    dead units included; without zero counting only zero_frac differs (NaN)."""
+    from initlab.telemetry import Scratch, dead_region, eager_cpu_row
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(shape, generator=g) * 3
+    if len(shape) > 1:
+        x[:, 1] = -10.0  # a unit that never fires (or saturates)
+    x = module(x) if module is not None else x
+    dead = dead_region(module, THRESH)
+    exact = tensor_stats(x, dead, sync_free=True).numpy()
+    row = np.array(eager_cpu_row(x, dead, Scratch()))
+    np.testing.assert_allclose(row, exact, rtol=1e-5, atol=1e-7)
+    if module is not None and len(shape) > 1:
+        assert row[STATS.index("dead_units")] >= 1 / shape[1]
+    no_zeros = np.array(eager_cpu_row(x, dead, Scratch(), zeros=False))
+    z = STATS.index("zero_frac")
+    if dead is None:
+        assert np.isnan(no_zeros[z])
+    np.testing.assert_allclose(np.delete(no_zeros, z), np.delete(exact, z), rtol=1e-5, atol=1e-7)
+
+
+def test_queued_device_path_equals_cpu_path() -> None:
+    """The path CUDA/MPS take (every statistic a queued tensor op, one transfer), forced on
+    the CPU, gives the CPU path's rows: same stats, ratios and histogram counts."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Tanh(),
+                          nn.Flatten(), nn.Linear(8 * 6 * 6, 10), nn.Sigmoid())
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    x = torch.randn(32, 3, 10, 10)
+    out = {}
+    for queued in (False, True):
+        model.load_state_dict(dict(state := {k: v.clone() for k, v in model.state_dict().items()}))
+        opt.state.clear()
+        opt.zero_grad(set_to_none=True)
+        tel = Telemetry(model, TelemetryConfig(thresholds=THRESH), queued=queued)
+        with tel.record():
+            model(x).sum().backward()
+        tel.before_step()
+        opt.step()
+        tel.after_step(True)
+        out[queued] = tel.collect(0)
+        model.load_state_dict(state)
+    (cpu, cpu_hist), (queued, queued_hist) = out[False], out[True]
+    assert list(cpu["kind"]) == list(queued["kind"]) and {"update", "bn_batch_var", "grad"} <= set(cpu["kind"])
+    for col in (*STATS, "absmax", "norm", "ratio"):
+        bad = ~np.isclose(queued[col], cpu[col], rtol=1e-4, atol=1e-6, equal_nan=True)
+        assert not bad.any(), (col, list(zip(cpu["kind"][bad], cpu["layer"][bad], queued[col][bad], cpu[col][bad])))
+    np.testing.assert_array_equal(queued_hist["count"], cpu_hist["count"])
+
+
 def test_large_and_small_tensors_in_one_step_match_torch() -> None:
     """Larger CPU tensors are reduced in the hook, small ones grouped at collect(): both exact."""
     from initlab.telemetry import EAGER as BIG
@@ -258,7 +339,10 @@ def test_large_and_small_tensors_in_one_step_match_torch() -> None:
             assert len(i) == 1, (kind, idx)
             assert stats["std"][i[0]] == pytest.approx(ref.std().item(), rel=1e-4)
             assert stats["mean"][i[0]] == pytest.approx(ref.mean().item(), rel=1e-4, abs=1e-6)
-            assert stats["zero_frac"][i[0]] == pytest.approx((ref == 0).float().mean().item())
+            if kind == "act":
+                assert stats["zero_frac"][i[0]] == pytest.approx((ref == 0).float().mean().item())
+            else:  # zeros are not counted for gradients (the histogram has its zero bin)
+                assert np.isnan(stats["zero_frac"][i[0]])
     relu_row = np.flatnonzero((stats["kind"] == "act") & (stats["layer_idx"] == 1))[0]
     assert stats["dead_frac"][relu_row] == pytest.approx((outs[1] <= 0).float().mean().item())
     assert len(stats["kind"]) == len(set(zip(stats["kind"], stats["layer"], stats["param"])))  # no duplicates
