@@ -10,18 +10,19 @@ columns.
 Where the work happens depends on what is cheap on the device:
 - CUDA/MPS: every statistic is a queued tensor op (no per-layer sync); tensors are
   grouped by shape and reduced together in `collect()`, then one concatenation and one
-  copy to the host.
+  copy to the host. (`Telemetry(..., queued=True)` runs this path on the CPU, for tests.)
 - CPU, where reading a scalar costs no sync: tensors from EAGER elements up are reduced
   inside the hook while still in cache (keeping every gradient alive until the end of
-  the step makes backward allocate afresh, which costs more than the statistics); small
-  ones are grouped as on CUDA.
-Kernels are chosen for cost: counts come from sums of sign(x) (boolean reductions are
-~15x slower on CPU), the variance from a sum and a dot product (torch.var_mean's Welford
-pass is ~10x slower on CPU) with exact centred/scaled fall-back rows for the rare cases
-(non-finite values, |x| near float32's limits, a mean that swamps the variance),
-parameters from one torch._foreach_norm per kind, histograms of every tensor binned at
-once from fixed-size samples (a lookup table on CPU, see Binner), and BN batch statistics from how the running buffers
-moved.
+  the step makes backward allocate afresh, which costs more than the statistics) and
+  their rows finished in numpy; small ones wait, and are grouped when there are many.
+Kernels are chosen for cost: few passes per tensor (numpy's min/max/dot beside torch's
+sum; zeros counted as sign(x)·sign(x), boolean reductions being ~15x slower on CPU; not
+at all for gradients), the variance from a sum and a dot product (torch.var_mean's
+Welford pass is ~10x slower on CPU) with exact centred/scaled fall-back rows for the rare
+cases (non-finite values, |x| near float32's limits, a mean that swamps the variance),
+parameters from one torch._foreach_norm, histograms of every tensor binned at once from
+fixed-size samples staged in one reused buffer (a lookup table on the float bits on CPU,
+see Binner), and BN batch statistics from how the running buffers moved.
 """
 
 import math
@@ -110,6 +111,7 @@ class Binner:
         self._edges: dict[torch.device, torch.Tensor] = {}
         self._lut: torch.Tensor | None = None
         self._offsets: dict[tuple[int, ...], torch.Tensor] = {}
+        self._scratch = Scratch()
         self.bounds = spec.bounds()
 
     def edges(self, device: torch.device) -> torch.Tensor:
@@ -135,25 +137,25 @@ class Binner:
             self._lut = torch.tensor(np.concatenate([pos, neg]), dtype=torch.int32)
         return self._lut
 
-    def __call__(self, samples: Sequence[torch.Tensor], queued: bool = False) -> torch.Tensor | np.ndarray:
-        """Counts per (sample, bin): int64 numpy on CPU, a float64 tensor on the device
-        elsewhere (or when `queued`)."""
-        x = torch.cat(samples)
+    def __call__(self, x: torch.Tensor, lengths: list[int], queued: bool = False) -> torch.Tensor | np.ndarray:
+        """Counts per (sample, bin) of float32 samples laid side by side in `x` (lengths in
+        order): int64 numpy on CPU, a float64 tensor on the device elsewhere (or `queued`).
+        On CPU every temporary is a reused buffer: fresh megabyte-sized ones cost page faults."""
         if queued or x.device.type != "cpu":
-            return self._queued(x, [t.numel() for t in samples])
-        nb = self.spec.n_bins + 1  # + the NaN column
+            return self._queued(x, lengths)
+        m, nb, buf = x.numel(), self.spec.n_bins + 1, self._scratch.get  # nb: + the NaN column
         bits = x.view(torch.int32)
-        mag = (bits & 0x7FFFFFFF).clamp_max_(0x7F800001)  # every NaN to one pattern
-        key = mag.sub_(1).bitwise_right_shift_(16).add_(1)  # the magnitude's cell, 0 only for +-0
-        key |= (bits >> 16) & 0x8000  # the sign
-        idx = self.lut().index_select(0, key)
-        cut = torch.nonzero(idx < 0).squeeze(1)
+        key = torch.bitwise_and(bits, 0x7FFFFFFF, out=buf(m, torch.int32, "key")).clamp_max_(0x7F800001)  # one NaN
+        key.sub_(1).bitwise_right_shift_(16).add_(1)  # the magnitude's cell, 0 only for +-0
+        key |= torch.bitwise_right_shift(bits, 16, out=buf(m, torch.int32, "sign")).bitwise_and_(0x8000)
+        idx = torch.index_select(self.lut(), 0, key, out=buf(m, torch.int32, "idx"))
+        cut = torch.nonzero(torch.lt(idx, 0, out=buf(m, torch.bool, "cut"))).squeeze(1)
         if cut.numel():  # an edge runs through these cells: place them by the edges themselves
             v = x[cut]
             code = (torch.bucketize(v.abs(), self.edges(x.device), right=True) + 1).int()
             idx[cut] = torch.where(v < 0, -code, code) + (self.spec.k + 2)
-        idx += self.offsets([t.numel() for t in samples], nb)
-        counts = torch.bincount(idx, minlength=len(samples) * nb).view(len(samples), nb)
+        idx += self.offsets(lengths, nb)
+        counts = torch.bincount(idx, minlength=len(lengths) * nb).view(len(lengths), nb)
         return counts[:, :-1].reshape(-1).numpy()
 
     def offsets(self, lengths: list[int], stride: int) -> torch.Tensor:
@@ -171,6 +173,41 @@ class Binner:
         codes += torch.repeat_interleave(offsets, torch.tensor(lengths, device=x.device))
         total = len(lengths) * spec.n_bins
         return torch.histc(codes, bins=total, min=-0.5, max=total - 0.5).to(torch.float64)
+
+
+class SampleStage:
+    """The step's histogram samples, side by side in one buffer kept across steps: a strided
+    sample of at most `size` elements per tensor, copied in (as float32) when the tensor is
+    seen, so the tensor itself need not be kept."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.buf: torch.Tensor | None = None
+        self._host: np.ndarray | None = None  # the buffer seen from numpy, on CPU
+        self.used = 0
+        self.lengths: list[int] = []
+
+    def add(self, t: torch.Tensor) -> None:
+        flat = t.detach().reshape(-1)
+        stride = max(1, -(-flat.numel() // self.size))
+        n = -(-flat.numel() // stride)
+        if self.buf is None or self.used + n > self.buf.numel():
+            grown = torch.empty(max(2 * self.used + n, 1 << 16), dtype=torch.float32, device=t.device)
+            if self.used:
+                grown[: self.used].copy_(self.buf[: self.used])
+            self.buf, self._host = grown, grown.numpy() if grown.device.type == "cpu" else None
+        if self._host is not None and flat.device.type == "cpu" and flat.dtype == torch.float32:
+            self._host[self.used: self.used + n] = flat.numpy()[::stride]  # numpy: a third of torch's dispatch
+        else:
+            self.buf[self.used: self.used + n].copy_(flat[::stride])
+        self.used += n
+        self.lengths.append(n)
+
+    def take(self) -> tuple[torch.Tensor, list[int]]:
+        """(the samples, their lengths), and the stage starts over; valid until the next add."""
+        x, lengths = self.buf[: self.used], self.lengths
+        self.used, self.lengths = 0, []
+        return x, lengths
 
 
 @dataclass(frozen=True)
@@ -283,16 +320,17 @@ GROUP_MIN = 16  # CPU groups of same-shaped small tensors below this size are re
 
 
 class Scratch:
-    """Reusable CPU buffers: a fresh multi-MB temporary per tensor costs page faults."""
+    """Reusable CPU buffers, one per (dtype, role), grown as needed: a fresh multi-MB
+    temporary per tensor costs page faults."""
 
     def __init__(self) -> None:
-        self._bufs: dict[tuple[int, torch.dtype, str], torch.Tensor] = {}
+        self._bufs: dict[tuple[torch.dtype, str], torch.Tensor] = {}
 
     def get(self, n: int, dtype: torch.dtype, role: str = "") -> torch.Tensor:
-        buf = self._bufs.get((n, dtype, role))
-        if buf is None:
-            buf = self._bufs[(n, dtype, role)] = torch.empty(n, dtype=dtype)
-        return buf
+        buf = self._bufs.get((dtype, role))
+        if buf is None or buf.numel() < n:
+            buf = self._bufs[(dtype, role)] = torch.empty(n, dtype=dtype)
+        return buf[:n]
 
 
 def eager_cpu_row(x: torch.Tensor, dead: DeadRegion | None, scratch: "Scratch", zeros: bool = True) -> list[float]:
@@ -425,7 +463,7 @@ class TelemetryConfig:
                    thresholds=dict(cfg.get("dead", {}) or {}), modules=list(cfg.get("modules", []) or []))
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     """A tensor waiting for collect(): statistics are computed for all of them at once."""
 
@@ -436,7 +474,6 @@ class _Pending:
     dead: DeadRegion | None = None
     hist: bool = False
     row: list[float] | None = None  # statistics computed eagerly (large CPU tensors)
-    sample: torch.Tensor | None = None  # its histogram sample, when the tensor is not kept
     index: int = -1  # parameter kinds: position in Telemetry.params (pairs grad/update with weight)
 
 
@@ -457,12 +494,14 @@ class Telemetry:
         self.params = [(mod_name, type(m).__name__, pname, p) for mod_name, m in model.named_modules()
                        for pname, p in m.named_parameters(recurse=False) if p.requires_grad]
         self._order: dict[tuple[str, int], int] = {}  # (name, call #) -> layer_idx
+        self._slots: dict[tuple[str, int], Slot] = {}
         self._calls: dict[str, int] = {}
         self._pending: list[_Pending] = []
         self._bn_prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._snapshot: list[torch.Tensor] | None = None  # the weights before the step
         self._snapped = False
         self._binner = Binner(self.cfg.hist) if self.cfg.hist else None
+        self._samples = SampleStage(self.cfg.hist.sample if self.cfg.hist else 0)
         self._scratch = Scratch()
 
     # -- activations and gradients -------------------------------------------------
@@ -470,41 +509,44 @@ class Telemetry:
         call = self._calls.get(name, 0)
         self._calls[name] = call + 1
         key = (name, call)
-        if key not in self._order:  # forward order, fixed at first sight
+        slot = self._slots.get(key)
+        if slot is None:  # forward order, fixed at first sight
             self._order[key] = len(self._order)
-        layer = name if call == 0 else f"{name}#{call}"  # a module used twice in one forward
-        return Slot(layer, type(module).__name__, self._order[key])
-
-    def _sample(self, t: torch.Tensor) -> torch.Tensor:
-        flat = t.reshape(-1)
-        return flat[:: max(1, -(-flat.numel() // self.cfg.hist.sample))]
+            layer = name if call == 0 else f"{name}#{call}"  # a module used twice in one forward
+            slot = self._slots[key] = Slot(layer, type(module).__name__, self._order[key])
+        return slot
 
     def _add(self, p: _Pending) -> None:
         """Large CPU tensors are reduced right away: keeping every activation gradient
         alive until collect() makes backward allocate afresh (page faults), which costs
         more than the statistics. Small ones wait, to be reduced in groups."""
         t = p.tensor
-        if t.device.type == "mps":  # MPS has no float64: take these statistics on the CPU
-            t = p.tensor = t.cpu()
-        if t.device.type == "cpu" and not self.queued and t.numel() >= EAGER and p.kind not in PARAM_KINDS:
+        device = t.device.type
+        if device == "mps":  # MPS has no float64: take these statistics on the CPU
+            t, device = t.cpu(), "cpu"
+            p.tensor = t
+        if device == "cpu" and not self.queued and t.numel() >= EAGER and p.kind not in PARAM_KINDS:
             p.row = eager_cpu_row(t, p.dead, self._scratch, zeros=p.kind != "grad")
-            if p.hist:
-                p.sample = self._sample(t).float().clone()
             p.tensor = None
+        if p.hist:
+            self._samples.add(t)
         self._pending.append(p)
 
-    def _forward_hook(self, name: str):
+    def _forward_hook(self, name: str, module: nn.Module):
         want_hist = self.cfg.hist is not None
+        dead = dead_region(module, self.thresholds)
+        bn = self.cfg.bn and isinstance(module, _BN)
+        add = self._add
 
         def hook(module: nn.Module, args: tuple, out: object) -> None:
             if not isinstance(out, torch.Tensor):
                 return
             slot = self._slot(name, module)
-            self._add(_Pending(slot, "act", "", out.detach(), dead_region(module, self.thresholds), want_hist))
-            if self.cfg.bn and isinstance(module, _BN) and name in self._bn_prev:
+            add(_Pending(slot, "act", "", out.detach(), dead, want_hist))
+            if bn and name in self._bn_prev:
                 self._bn_rows(slot, module, *self._bn_prev.pop(name))
             if out.requires_grad:
-                out.register_hook(lambda g: self._add(_Pending(slot, "grad", "", g.detach(), None, want_hist)))
+                out.register_hook(lambda g: add(_Pending(slot, "grad", "", g.detach(), None, want_hist)))
 
         return hook
 
@@ -530,7 +572,7 @@ class Telemetry:
     def record(self) -> Iterator[None]:
         """Attach the hooks for one forward/backward; always removed on exit."""
         self._calls.clear()
-        handles = [m.register_forward_hook(self._forward_hook(name)) for name, m in self.modules]
+        handles = [m.register_forward_hook(self._forward_hook(name, m)) for name, m in self.modules]
         if self.cfg.bn:
             handles += [m.register_forward_pre_hook(self._bn_pre_hook(name))
                         for name, m in self.modules if isinstance(m, _BN)]
@@ -589,9 +631,9 @@ class Telemetry:
             if p.row is None and p.kind not in PARAM_KINDS:
                 groups.setdefault((tuple(p.tensor.shape), p.tensor.dtype, p.tensor.device), []).append(i)
         kept = next((p.tensor for p in pending if p.tensor is not None), None)
-        hist_rows = [i for i, p in enumerate(pending) if p.hist] if self._binner is not None else []
-        samples = [pending[i].sample if pending[i].sample is not None else self._sample(pending[i].tensor).float()
-                   for i in hist_rows]
+        hist_rows = [i for i, p in enumerate(pending) if p.hist]
+        samples, lengths = self._samples.take() if hist_rows else (None, [])
+        assert len(lengths) == len(hist_rows), "histogram samples out of step with their rows"
         if kept is not None and (self.queued or kept.device.type != "cpu"):
             blocks, order = [], []
             if params:
@@ -602,9 +644,9 @@ class Telemetry:
                                           sync_free=True))
                 order += rows
             stats = torch.cat(blocks)[torch.as_tensor(np.argsort(order), device=kept.device)]
-            counts = self._binner(samples, queued=True) if samples else None
+            counts = self._binner(samples, lengths, queued=True) if hist_rows else None
             values = torch.cat([stats.reshape(-1)] + ([counts] if counts is not None else [])).cpu().numpy()
-            return values[: stats.numel()].reshape(n, -1), hist_rows, values[stats.numel():] if samples else None
+            return values[: stats.numel()].reshape(n, -1), hist_rows, values[stats.numel():] if hist_rows else None
         stats = np.empty((n, len(STATS)))
         if eager:
             stats[eager] = [pending[i].row for i in eager]
@@ -618,7 +660,7 @@ class Telemetry:
                 for i in rows:
                     p = pending[i]
                     stats[i] = eager_cpu_row(p.tensor, p.dead, self._scratch, zeros=p.kind != "grad")
-        return stats, hist_rows, self._binner(samples) if samples else None
+        return stats, hist_rows, self._binner(samples, lengths) if hist_rows else None
 
     def collect(self, step: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None] | None:
         """(stats columns, histogram columns) of the step: one concatenation, one copy."""
