@@ -97,7 +97,7 @@ def hist_codes(samples: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
 
 
 class Binner:
-    """Histograms of many samples at once over one HistSpec: float64[rows * n_bins].
+    """Histograms of many samples at once over one HistSpec, counts per (sample, bin).
 
     On CUDA/MPS every value's code comes from bucketize and one histc bins them all, with no
     sync. On CPU, where bucketize's binary search and histc cost ~10 ns a value, a lookup
