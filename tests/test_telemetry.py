@@ -347,3 +347,31 @@ def test_large_and_small_tensors_in_one_step_match_torch() -> None:
     relu_row = np.flatnonzero((stats["kind"] == "act") & (stats["layer_idx"] == 1))[0]
     assert stats["dead_frac"][relu_row] == pytest.approx((outs[1] <= 0).float().mean().item())
     assert len(stats["kind"]) == len(set(zip(stats["kind"], stats["layer"], stats["param"])))  # no duplicates
+
+
+def test_many_small_same_shaped_tensors_reduced_as_a_group_match_torch() -> None:
+    """A deep narrow net gives more small same-shaped tensors than GROUP_MIN: they are
+    reduced together at collect(), and every row still equals its own torch statistics."""
+    from initlab.telemetry import GROUP_MIN
+
+    torch.manual_seed(0)
+    layers = [m for _ in range(GROUP_MIN) for m in (nn.Linear(8, 8), nn.ReLU())]
+    model = nn.Sequential(*layers)
+    outs: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda m, a, o: (o.retain_grad(), outs.append(o))[-1] and None)
+             for m in model]
+    tel = Telemetry(model, TelemetryConfig(thresholds=THRESH, params=False))
+    with tel.record():
+        model(torch.randn(4, 8)).sum().backward()
+    for h in hooks:
+        h.remove()
+    stats, _ = tel.collect(0)
+    assert np.sum(stats["kind"] == "act") == 2 * GROUP_MIN
+    for idx, out in enumerate(outs):
+        for kind, ref in (("act", out.detach()), ("grad", out.grad)):
+            i = np.flatnonzero((stats["kind"] == kind) & (stats["layer_idx"] == idx))[0]
+            assert stats["std"][i] == pytest.approx(ref.std().item(), rel=1e-4, abs=1e-7)
+            assert stats["max"][i] == pytest.approx(ref.max().item())
+    relu = np.flatnonzero((stats["kind"] == "act") & (stats["module_type"] == "ReLU"))
+    np.testing.assert_allclose(stats["dead_frac"][relu], [(outs[i] <= 0).float().mean().item()
+                                                          for i in stats["layer_idx"][relu]])
