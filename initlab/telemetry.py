@@ -485,9 +485,9 @@ class Telemetry:
     logged step). collect() groups same-shaped tensors and reduces each group at once.
     """
 
-    def __init__(self, model: nn.Module, config: TelemetryConfig | None = None, queued: bool | None = None) -> None:
+    def __init__(self, model: nn.Module, config: TelemetryConfig | None = None, queued: bool = False) -> None:
         self.cfg = config or TelemetryConfig()
-        self.queued = queued  # None: queued tensor ops off the CPU; True forces them on the CPU (tests)
+        self.queued = queued  # queued tensor ops run off the CPU anyway; True forces them on the CPU (tests)
         self.thresholds = {"tanh": 0.97, "sigmoid_low": 0.03, "sigmoid_high": 0.97, **(self.cfg.thresholds or {})}
         self.model = model
         self.modules = tracked_modules(model, self.cfg.modules)
