@@ -6,9 +6,17 @@ Modes, interleaved round by round so machine noise hits them alike:
 - naive: a reference design: per-layer hooks calling .item() for each statistic
 - default over a 1000-step run: the shipped schedule, wall time of the whole loop,
   flushes to parquet included, run in chunks alternating with off chunks.
+
+On a shared CPU the bare step itself moves by up to 2x between processes (thread placement),
+so each case runs in several fresh processes (`--processes`) and the table gives the median
+ratio and its range over them.
 """
 
 import argparse
+import json
+import statistics
+import subprocess
+import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -100,47 +108,83 @@ def bench_case(label: str, device: torch.device, rounds: int, steps: int, long_s
             rows = _fit(model, data, opt, steps, tel, None, st).rows
             times[mode] += [r["step_time"] for r in rows]
     store.flush()
-    # The shipped default schedule over a long run, chunked and alternated with off chunks.
+    # The shipped default schedule over a long run, in chunks alternated with off chunks
+    # (which goes first alternates too, so drift hits both alike).
     d = {"off": 0.0, "default": 0.0}
     sched = Schedule(long_steps, DEFAULT_SCHEDULE.first, DEFAULT_SCHEDULE.every, DEFAULT_SCHEDULE.log_points)
     logged = sum(sched(s) for s in range(long_steps))
-    chunk = max(1, long_steps // 4)
-    for start in range(0, long_steps, chunk):
+    chunk = max(1, long_steps // CHUNKS)
+    for k, start in enumerate(range(0, long_steps, chunk)):
         n = min(chunk, long_steps - start)
-        d["off"] += _fit(model, data, opt, n, None, None, store, offset=start).train_s
-        d["default"] += _fit(model, data, opt, n, full, sched, store, offset=start).train_s
+        order = (("off", None, None), ("default", full, sched))
+        for mode, tel, sch in order if k % 2 == 0 else order[::-1]:
+            d[mode] += _fit(model, data, opt, n, tel, sch, store, offset=start).train_s
     store.flush()
     off = median(times["off"])
-    return [label, f"{off * 1e3:.1f}", f"{median(times['full']) / off:.2f}x",
-            f"{median(times['naive']) / off:.2f}x", f"{d['default'] / d['off']:.3f}x ({logged}/{long_steps} logged)"]
+    return {"off_ms": off * 1e3, "full": median(times["full"]) / off, "naive": median(times["naive"]) / off,
+            "default": d["default"] / d["off"], "logged": logged, "long_steps": long_steps}
+
+
+CHUNKS = 10  # alternations of off and default chunks over the long run
+
+
+def _steps(label: str, device: torch.device, quick: bool) -> tuple[int, int]:
+    big = label.startswith("ResNet") and device.type == "cpu"
+    return (2, 8) if quick else ((3, 200) if big else (20, 1000))
+
+
+def _in_processes(label: str, args: argparse.Namespace, n: int) -> list[dict]:
+    """The case measured in n fresh processes, one after another."""
+    cmd = [sys.executable, "-m", "benchmarks.telemetry_overhead", "--device", args.device, "--rounds",
+           str(args.rounds), "--json", label] + (["--quick"] if args.quick else [])
+    return [json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
+            for _ in range(n)]
+
+
+def _cell(values: list[float], digits: int) -> str:
+    mid = f"{statistics.median(values):.{digits}f}x"
+    return mid if len(values) == 1 else f"{mid} ({min(values):.{digits}f}–{max(values):.{digits}f})"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--processes", type=int, default=3,
+                        help="fresh processes per case (ResNet-18 on CPU: 1, it takes minutes)")
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run of the benchmark)")
     parser.add_argument("--only", nargs="*", default=None, help="cases whose label starts with these words")
+    parser.add_argument("--json", default=None, metavar="LABEL", help=argparse.SUPPRESS)  # one case, one process
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if args.json:
+        steps, long_steps = _steps(args.json, device, args.quick)
+        with tempfile.TemporaryDirectory() as tmp:
+            rounds = 2 if args.quick else args.rounds
+            print(json.dumps(bench_case(args.json, device, rounds, steps, long_steps, Path(tmp))))
+        return
     rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        for label in CASES:
-            if args.only and not any(label.startswith(o) for o in args.only):
-                continue
-            big = label.startswith("ResNet") and device.type == "cpu"
-            steps = 2 if args.quick else (3 if big else 20)
-            long_steps = 8 if args.quick else (200 if big else 1000)
-            rows.append(bench_case(label, device, 2 if args.quick else args.rounds, steps, long_steps, Path(tmp)))
-            print(rows[-1], flush=True)
+    for label in CASES:
+        if args.only and not any(label.startswith(o) for o in args.only):
+            continue
+        big = label.startswith("ResNet") and device.type == "cpu"
+        runs = _in_processes(label, args, 1 if big or args.quick else args.processes)
+        r = runs[0]
+        rows.append([label, str(len(runs)), f"{statistics.median(x['off_ms'] for x in runs):.1f}",
+                     _cell([x["full"] for x in runs], 2), _cell([x["naive"] for x in runs], 2),
+                     f"{_cell([x['default'] for x in runs], 3)} ({r['logged']}/{r['long_steps']} logged)"])
+        print(rows[-1], flush=True)
     write_table(
         f"telemetry_{device.type}", f"Telemetry overhead on {device.type} (step time / telemetry=off step time)",
-        ["model", "off: median step (ms)", "full", "naive .item() reference", "default schedule, whole run"],
+        ["model", "processes", "off: median step (ms)", "full", "naive .item() reference",
+         "default schedule, whole run"],
         rows,
-        ["full/naive: medians of per-step times over interleaved rounds; default: wall time of the whole "
-         "loop (parquet flushes included) over the run length shown, alternating 4 chunks with off chunks.",
-         "ResNet-18 on CPU runs 200 steps for the default-schedule column (a 1000-step CPU run takes ~20 min); "
-         "the shipped schedule logs a larger fraction of a 200-step run than of a 1000-step run.",
+        ["Each cell: the median over fresh processes, (min–max) when there are several; the bare step moves by "
+         "up to 2x between processes on a shared CPU, the overhead much less.",
+         "full/naive: within a process, medians of per-step times over interleaved rounds; default: wall time of "
+         f"the whole loop (parquet flushes included) over the run length shown, in {CHUNKS} off/default chunk pairs.",
+         "ResNet-18 on CPU runs 1 process and 200 steps for the default-schedule column (a 1000-step CPU run takes "
+         "~20 min); the shipped schedule logs a larger fraction of a 200-step run than of a 1000-step run.",
          "full records act+grad stats and histograms of every tracked module, weight/grad/update stats of "
          "every parameter and BN running/batch statistics; naive records 6 act+grad statistics only."],
     )

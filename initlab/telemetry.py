@@ -8,23 +8,20 @@ running and batch statistics are read off its buffers. Hooks exist only inside
 columns.
 
 Where the work happens depends on what is cheap on the device:
-- CUDA/MPS: every statistic is a queued tensor op (no per-layer sync); tensors are
-  grouped by shape and reduced together in `collect()`, then one concatenation and one
-  copy to the host. (`Telemetry(..., queued=True)` runs this path on the CPU, for tests.)
-- CPU, where reading a scalar costs no sync: tensors from EAGER elements up are reduced
-  inside the hook while still in cache (keeping every gradient alive until the end of
-  the step makes backward allocate afresh, which costs more than the statistics) and
-  their rows finished in numpy; small ones wait, and are grouped when there are many.
-Kernels are chosen for cost: few passes per tensor (numpy's min/max/dot beside torch's
-sum; zeros counted as sign(x)·sign(x), boolean reductions being ~15x slower on CPU; not
-at all for gradients), the variance from a sum and a dot product (torch.var_mean's
-Welford pass is ~10x slower on CPU) with exact centred/scaled fall-back rows for the rare
-cases (non-finite values, |x| near float32's limits, a mean that swamps the variance),
-parameters from one torch._foreach_norm, histograms of every tensor binned at once from
-fixed-size samples staged in one reused buffer (a lookup table on the float bits on CPU,
-see Binner), and BN batch statistics from how the running buffers moved.
+- CPU: each tensor is reduced in its hook, while still in cache, by single-pass numba
+  kernels (initlab.kernels: min, max, sums, zero and dead counts in one read; the
+  histogram sample binned through a lookup table on the float bits), its row read back as
+  host numbers: reading a scalar costs no sync there, and keeping every gradient alive
+  until the end of the step would make backward allocate afresh. Rows the kernels cannot
+  serve exactly (non-finite values) take the tensor-op path below.
+- CUDA/MPS (and the CPU where numba is missing): every statistic is a queued tensor op (no
+  per-layer sync); tensors are grouped by shape and reduced together in `collect()`, then
+  one concatenation and one copy to the host. `Telemetry(..., queued=True)` forces this
+  path on the CPU, for tests. MPS has no float64: its tensors go to the CPU path.
+Both paths give the same rows and histogram counts (tested).
 """
 
+import functools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -35,6 +32,11 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+try:
+    from initlab import kernels
+except ImportError:  # numba has no wheel for this platform yet: the CPU takes the tensor-op path
+    kernels = None
 
 # Per-row statistics, in the order of the tensor returned by tensor_stats().
 STATS = ("mean", "std", "min", "max", "zero_frac", "dead_frac", "dead_units", "nonfinite", "numel")
@@ -48,6 +50,7 @@ RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CE
                nn.SiLU, nn.Mish, nn.Softplus)
 _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 NAN = float("nan")
+_NO_RANGE = (NAN,) * 5  # min, max, zero_frac, dead_frac, dead_units: not recorded for parameter kinds
 
 
 @dataclass(frozen=True)
@@ -96,22 +99,34 @@ def hist_codes(samples: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     return code.masked_fill_(torch.isnan(samples), NAN)  # torch.sign(nan) is 0, not nan
 
 
-class Binner:
-    """Histograms of many samples at once over one HistSpec, counts per (sample, bin).
+@functools.lru_cache(maxsize=4)
+def hist_lut(spec: HistSpec) -> np.ndarray:
+    """int32[65536]: the layout bin of every (sign, magnitude cell) key of a float32; -1 where
+    an edge cuts the cell; n_bins (a column dropped later) for NaN. The key is the top 16
+    bits of the magnitude (a float's bits order like its value) and the sign: cell 0 is
+    exactly zero, cell c >= 1 holds the magnitudes whose bits are in ((c - 1) * 2**16,
+    c * 2**16]. The CPU bins through it (kernels.hist_sample), values in cut cells by the
+    edges themselves: a few integer ops a value instead of a binary search."""
+    edges = spec.edges().astype(np.float32)
+    c = np.arange(1, 0x8000, dtype=np.int64)
+    lo = (((c - 1) << 16) + 1).astype(np.uint32).view(np.float32)
+    hi = np.minimum(c << 16, 0x7F800001).astype(np.uint32).view(np.float32)
+    b_lo, b_hi = np.searchsorted(edges, lo, side="right"), np.searchsorted(edges, hi, side="right")
+    v = np.concatenate([[0], np.where(b_lo == b_hi, b_lo + 1, -1)])  # signed code magnitude
+    nan = np.concatenate([[False], np.isnan(lo) | np.isnan(hi)])
+    center = spec.k + 2
+    pos = np.where(nan, spec.n_bins, np.where(v < 0, -1, center + v))
+    neg = np.where(nan, spec.n_bins, np.where(v < 0, -1, center - v))
+    return np.concatenate([pos, neg]).astype(np.int32)
 
-    On CUDA/MPS every value's code comes from bucketize and one histc bins them all, with no
-    sync. On CPU, where bucketize's binary search and histc cost ~10 ns a value, a lookup
-    table gives the bin from the top 16 bits of each float32 (a float's bits order like its
-    value), so binning is a few integer ops, one gather and one bincount; the rare values in
-    a table cell that an edge cuts through are placed by bucketize. Both give the same counts.
-    """
+
+class Binner:
+    """Histograms of many samples at once, as queued tensor ops: every value's code from
+    bucketize, one histc over all of them, no sync (the CUDA/MPS path)."""
 
     def __init__(self, spec: HistSpec) -> None:
         self.spec = spec
         self._edges: dict[torch.device, torch.Tensor] = {}
-        self._lut: torch.Tensor | None = None
-        self._offsets: dict[tuple[int, ...], torch.Tensor] = {}
-        self._scratch = Scratch()
         self.bounds = spec.bounds()
 
     def edges(self, device: torch.device) -> torch.Tensor:
@@ -119,54 +134,8 @@ class Binner:
             self._edges[device] = torch.tensor(self.spec.edges(), dtype=torch.float32, device=device)
         return self._edges[device]
 
-    def lut(self) -> torch.Tensor:
-        """int32[65536]: layout bin of every (sign, magnitude cell) key; -1 where an edge cuts
-        the cell; n_bins (a column dropped later) for NaN. Cell 0 is exactly zero; cell c >= 1
-        holds the magnitudes whose bits are in ((c - 1) * 2**16, c * 2**16]."""
-        if self._lut is None:
-            spec, edges = self.spec, self.spec.edges().astype(np.float32)
-            c = np.arange(1, 0x8000, dtype=np.int64)
-            lo = (((c - 1) << 16) + 1).astype(np.uint32).view(np.float32)
-            hi = np.minimum(c << 16, 0x7F800001).astype(np.uint32).view(np.float32)
-            b_lo, b_hi = np.searchsorted(edges, lo, side="right"), np.searchsorted(edges, hi, side="right")
-            v = np.concatenate([[0], np.where(b_lo == b_hi, b_lo + 1, -1)])  # signed code magnitude
-            nan = np.concatenate([[False], np.isnan(lo) | np.isnan(hi)])
-            center = spec.k + 2
-            pos = np.where(nan, spec.n_bins, np.where(v < 0, -1, center + v))
-            neg = np.where(nan, spec.n_bins, np.where(v < 0, -1, center - v))
-            self._lut = torch.tensor(np.concatenate([pos, neg]), dtype=torch.int32)
-        return self._lut
-
-    def __call__(self, x: torch.Tensor, lengths: list[int], queued: bool = False) -> torch.Tensor | np.ndarray:
-        """Counts per (sample, bin) of float32 samples laid side by side in `x` (lengths in
-        order): int64 numpy on CPU, a float64 tensor on the device elsewhere (or `queued`).
-        On CPU every temporary is a reused buffer: fresh megabyte-sized ones cost page faults."""
-        if queued or x.device.type != "cpu":
-            return self._queued(x, lengths)
-        m, nb, buf = x.numel(), self.spec.n_bins + 1, self._scratch.get  # nb: + the NaN column
-        bits = x.view(torch.int32)
-        key = torch.bitwise_and(bits, 0x7FFFFFFF, out=buf(m, torch.int32, "key")).clamp_max_(0x7F800001)  # one NaN
-        key.sub_(1).bitwise_right_shift_(16).add_(1)  # the magnitude's cell, 0 only for +-0
-        key |= torch.bitwise_right_shift(bits, 16, out=buf(m, torch.int32, "sign")).bitwise_and_(0x8000)
-        idx = torch.index_select(self.lut(), 0, key, out=buf(m, torch.int32, "idx"))
-        cut = torch.nonzero(torch.lt(idx, 0, out=buf(m, torch.bool, "cut"))).squeeze(1)
-        if cut.numel():  # an edge runs through these cells: place them by the edges themselves
-            v = x[cut]
-            code = (torch.bucketize(v.abs(), self.edges(x.device), right=True) + 1).int()
-            idx[cut] = torch.where(v < 0, -code, code) + (self.spec.k + 2)
-        idx += self.offsets(lengths, nb)
-        counts = torch.bincount(idx, minlength=len(lengths) * nb).view(len(lengths), nb)
-        return counts[:, :-1].reshape(-1).numpy()
-
-    def offsets(self, lengths: list[int], stride: int) -> torch.Tensor:
-        """Row r's first bin for every value; the same every step of a run, so cached."""
-        key = (stride, *lengths)
-        if key not in self._offsets:
-            rows = torch.arange(len(lengths), dtype=torch.int32) * stride
-            self._offsets = {key: torch.repeat_interleave(rows, torch.tensor(lengths))}  # keep one
-        return self._offsets[key]
-
-    def _queued(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, lengths: list[int]) -> torch.Tensor:
+        """float64 counts per (sample, bin) of the samples laid side by side in `x`."""
         spec = self.spec
         codes = hist_codes(x, self.edges(x.device))
         offsets = torch.arange(len(lengths), device=x.device, dtype=torch.float32) * spec.n_bins + spec.k + 2
@@ -175,31 +144,31 @@ class Binner:
         return torch.histc(codes, bins=total, min=-0.5, max=total - 0.5).to(torch.float64)
 
 
+def sample_stride(numel: int, size: int) -> int:
+    """Every stride-th element makes a tensor's histogram sample of at most `size`."""
+    return max(1, -(-numel // size))
+
+
 class SampleStage:
-    """The step's histogram samples, side by side in one buffer kept across steps: a strided
-    sample of at most `size` elements per tensor, copied in (as float32) when the tensor is
-    seen, so the tensor itself need not be kept."""
+    """The step's histogram samples (queued path), side by side in one buffer kept across
+    steps, copied in when the tensor is seen so that the tensor itself need not be kept."""
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.buf: torch.Tensor | None = None
-        self._host: np.ndarray | None = None  # the buffer seen from numpy, on CPU
         self.used = 0
         self.lengths: list[int] = []
 
     def add(self, t: torch.Tensor) -> None:
         flat = t.detach().reshape(-1)
-        stride = max(1, -(-flat.numel() // self.size))
+        stride = sample_stride(flat.numel(), self.size)
         n = -(-flat.numel() // stride)
         if self.buf is None or self.used + n > self.buf.numel():
             grown = torch.empty(max(2 * self.used + n, 1 << 16), dtype=torch.float32, device=t.device)
             if self.used:
                 grown[: self.used].copy_(self.buf[: self.used])
-            self.buf, self._host = grown, grown.numpy() if grown.device.type == "cpu" else None
-        if self._host is not None and flat.device.type == "cpu" and flat.dtype == torch.float32:
-            self._host[self.used: self.used + n] = flat.numpy()[::stride]  # numpy: a third of torch's dispatch
-        else:
-            self.buf[self.used: self.used + n].copy_(flat[::stride])
+            self.buf = grown
+        self.buf[self.used: self.used + n].copy_(flat[::stride])
         self.used += n
         self.lengths.append(n)
 
@@ -231,55 +200,37 @@ def dead_region(module: nn.Module | None, thresholds: Mapping[str, float]) -> De
     return None
 
 
-def group_stats(xs: Sequence[torch.Tensor], deads: Sequence[DeadRegion | None],
-                sync_free: bool | None = None, scratch: "Scratch | None" = None) -> torch.Tensor:
-    """Statistics of same-shaped tensors, reduced together: float64[len(xs), len(STATS)].
+def group_stats(xs: Sequence[torch.Tensor], deads: Sequence[DeadRegion | None]) -> torch.Tensor:
+    """Statistics of same-shaped tensors, reduced together as queued tensor ops (no sync):
+    float64[len(xs), len(STATS)].
 
     Columns: mean, std, min, max, zero_frac, dead_frac, dead_units, nonfinite, numel.
-    Every statistic uses every element. The tensors are stacked into rows and reduced
-    along the row with kernels that are fast on CPU (amax/amin, sums of sign(x) for the
-    counts, row norms for the variance). Rows whose |x| nears float32's limits are scaled
-    by 1/max|x| and centred, so the 100-layer N(0,1) net's 1e37 activations get a finite
-    std instead of an overflowed square. On CPU, where reading a scalar costs no device
-    sync, rare branches (non-finite values, scaling, cancellation) are decided by reading
-    scalars and temporaries go to reused `scratch` buffers (fresh multi-MB allocations
-    cost page faults); elsewhere (`sync_free`) every branch is an always-on tensor op.
+    Every statistic uses every element. Rows are scaled by 1/max|x| and centred, so the
+    100-layer N(0,1) net's 1e37 activations get a finite std instead of an overflowed
+    square; every branch is an always-on tensor op. The CPU's exact path for the rows its
+    kernels cannot serve (non-finite values).
     """
     x0 = xs[0]
-    if sync_free is None:
-        sync_free = x0.device.type != "cpu"
     shape = x0.shape
     rows = [x.detach().reshape(-1) for x in xs]
-    if len(rows) == 1:
-        X = rows[0][None]
-    elif scratch is not None and not sync_free:
-        X = torch.stack(rows, out=scratch.get(len(rows) * rows[0].numel(), rows[0].dtype, "stack").view(len(rows), -1))
-    else:
-        X = torch.stack(rows)
+    X = rows[0][None] if len(rows) == 1 else torch.stack(rows)
     if not X.is_floating_point() or X.dtype in (torch.float16, torch.bfloat16):
         X = X.float()
     L, n = X.shape
     f64 = torch.float64
+    if n == 0:  # nothing to summarise: NaN statistics, no non-finite values, numel 0
+        return torch.tensor([[NAN] * 7 + [0.0, 0.0]] * L, dtype=f64, device=X.device)
     hi, lo = X.amax(dim=1), X.amin(dim=1)
     count_dtype = f64 if n >= 2**24 else None  # sums of +-1 are exact in float32 below 2**24
-    if sync_free:  # scale by 1/max|x| and centre: exact for any magnitude, no branch
-        absmax = torch.maximum(-lo, hi)
-        scale = torch.where(torch.isfinite(absmax) & (absmax > 0), absmax, torch.ones_like(absmax))
-        Y = X / scale[:, None]
-        mean_y = Y.sum(dim=1) / n
-        var_y = torch.linalg.vector_norm(Y - mean_y[:, None], dim=1).square() / max(n - 1, 1)
-        mean, var = mean_y.to(f64) * scale.to(f64), var_y.to(f64) * scale.to(f64).square()
-        nonzero = (X != 0).sum(dim=1).to(f64)
-        pos_minus_neg = ((X > 0).sum(dim=1) - (X < 0).sum(dim=1)).to(f64)
-        nonfinite = torch.count_nonzero(X * 0, dim=1).to(f64)  # inf*0, nan*0 are NaN; 0 else
-    else:  # uncentred sums and sign counts, no temporaries; rare rows redone exactly below
-        s = X.sum(dim=1).to(f64)
-        mean = s / n
-        var = (torch.linalg.vector_norm(X, dim=1).to(f64).square() - s * mean) / max(n - 1, 1)
-        nonfinite = torch.zeros(L, dtype=f64, device=X.device)
-        S = torch.sign(X, out=scratch.get(X.numel(), X.dtype, "sign").view_as(X)) if scratch else torch.sign(X)
-        pos_minus_neg = S.sum(dim=1, dtype=count_dtype).to(f64)
-        nonzero = S.abs_().sum(dim=1, dtype=count_dtype).to(f64)
+    absmax = torch.maximum(-lo, hi)
+    scale = torch.where(torch.isfinite(absmax) & (absmax > 0), absmax, torch.ones_like(absmax))
+    Y = X / scale[:, None]
+    mean_y = Y.sum(dim=1) / n
+    var_y = torch.linalg.vector_norm(Y - mean_y[:, None], dim=1).square() / max(n - 1, 1)
+    mean, var = mean_y.to(f64) * scale.to(f64), var_y.to(f64) * scale.to(f64).square()
+    nonzero = (X != 0).sum(dim=1).to(f64)
+    pos_minus_neg = ((X > 0).sum(dim=1) - (X < 0).sum(dim=1)).to(f64)
+    nonfinite = torch.count_nonzero(X * 0, dim=1).to(f64)  # inf*0, nan*0 are NaN; 0 else
     dead_frac = torch.full((L,), NAN, dtype=f64, device=X.device)
     dead_units = dead_frac.clone()
     units = (shape[0], shape[1], -1) if len(shape) > 1 else (1, shape[0], 1)
@@ -296,130 +247,135 @@ def group_stats(xs: Sequence[torch.Tensor], deads: Sequence[DeadRegion | None],
             above = torch.sign(dist - region.half_width).sum(dim=(1, 2, 3), dtype=count_dtype).to(f64)
             dead_frac[idx] = (above + n) / (2 * n)
             dead_units[idx] = (dist.amin(dim=(1, 3)) > region.half_width).to(f64).mean(dim=1)
-    out = torch.stack([
+    return torch.stack([
         mean, var.clamp_min(0).sqrt(), lo.to(f64), hi.to(f64), (n - nonzero) / n, dead_frac,
         dead_units, nonfinite, torch.full((L,), float(n), dtype=f64, device=X.device),
     ], dim=1)
-    if not sync_free:
-        # Redo exactly the rows the fast path cannot serve: non-finite values (sign(nan) is 0),
-        # magnitudes whose squares leave float32's range, and means that swamp the variance.
-        absmax = torch.maximum(-lo, hi).to(f64)
-        bad = ~(torch.isfinite(absmax) & (absmax < 1e18) & (absmax > 1e-18)) | (var <= 1e-2 * mean.square())
-        for i in torch.nonzero(bad).flatten().tolist():
-            out[i] = group_stats([xs[i]], [deads[i]], sync_free=True)[0]
-    return out
 
 
-def tensor_stats(x: torch.Tensor, dead: DeadRegion | None = None, sync_free: bool | None = None) -> torch.Tensor:
+def tensor_stats(x: torch.Tensor, dead: DeadRegion | None = None) -> torch.Tensor:
     """group_stats of a single tensor: float64[len(STATS)]."""
-    return group_stats([x], [dead], sync_free)[0]
+    return group_stats([x], [dead])[0]
 
 
-EAGER = 4096  # CPU act/grad tensors from this size are reduced in the hook, while cache-hot
-GROUP_MIN = 16  # CPU groups of same-shaped small tensors below this size are reduced row by row
+CANCEL = 1e-4  # var below CANCEL * mean^2: the uncentred float64 sums may have lost digits; centre
 
 
-class Scratch:
-    """Reusable CPU buffers, one per (dtype, role), grown as needed: a fresh multi-MB
-    temporary per tensor costs page faults."""
+class CpuReducer:
+    """Rows of CPU tensors from the single-pass kernels, read straight back as host numbers.
 
-    def __init__(self) -> None:
-        self._bufs: dict[tuple[torch.dtype, str], torch.Tensor] = {}
-
-    def get(self, n: int, dtype: torch.dtype, role: str = "") -> torch.Tensor:
-        buf = self._bufs.get((dtype, role))
-        if buf is None or buf.numel() < n:
-            buf = self._bufs[(dtype, role)] = torch.empty(n, dtype=dtype)
-        return buf[:n]
-
-
-def eager_cpu_row(x: torch.Tensor, dead: DeadRegion | None, scratch: "Scratch", zeros: bool = True) -> list[float]:
-    """The statistics of one CPU tensor while it is still in cache, in as few passes as the
-    kind allows, each read straight back as a host number.
-
-    min, max and the sum of squares come from numpy (its SIMD min/max and BLAS dot cost
-    half of torch's dispatch on tensors this size), the sum from torch (cascade summation).
-    Zeros are counted as sign(x)·sign(x) (`zeros=False` skips them: gradients). ReLU
-    outputs take their sum per unit: with no negatives, a unit is dead exactly when its
-    sum is zero. Rare cases (non-finite values, magnitudes whose squares leave float32, a
-    mean that swamps the variance) take the exact path.
+    The variance comes from float64 sums of the float32 values and their (exact) squares;
+    where the mean dwarfs the spread (var < CANCEL * mean^2, e.g. BatchNorm weights near 1)
+    a second, centred pass gives it exactly. Non-finite values make the sums non-finite:
+    those rows (and empty tensors) take the exact tensor-op path, which counts them.
     """
-    flat = x.detach().reshape(-1)
-    if flat.dtype != torch.float32:
-        flat = flat.float()
-    a = flat.numpy()
-    n = a.size
-    units = x.shape[1] if x.dim() > 1 else n
-    per_unit = (x.shape[0], units, -1) if x.dim() > 1 else (1, n, 1)
-    big = n >= 2**24  # float32 sums of +-1 are exact below 2**24; above, count exactly
-    lo, hi, sq = float(a.min()), float(a.max()), float(np.dot(a, a))
-    relu = dead is not None and dead.relu
-    if relu and dead.nonneg:
-        unit_sums = flat.view(per_unit).sum(dim=(0, 2)).numpy()
-        s, dead_count = float(unit_sums.sum(dtype=np.float64)), np.count_nonzero(unit_sums == 0)
-    else:
-        s = flat.sum().item()
-    absmax = max(-lo, hi)
-    mean = s / n
-    var = (sq - s * mean) / max(n - 1, 1)
-    if not (math.isfinite(absmax) and 1e-18 < absmax < 1e18 and math.isfinite(var) and var > 1e-2 * mean * mean):
-        return group_stats([x], [dead], sync_free=True).tolist()[0]
-    nz = dead_frac = dead_units = NAN
-    if zeros or relu:
-        sign = torch.sign(flat, out=scratch.get(n, torch.float32, "sign")).numpy()
-        nz = float(np.count_nonzero(a) if big else np.dot(sign, sign))
-    if relu and dead.nonneg:  # the non-zeros are the positives
-        dead_frac, dead_units = (n - nz) / n, dead_count / units
-    elif relu:
-        pm = float(np.count_nonzero(a > 0) - np.count_nonzero(a < 0) if big else np.add.reduce(sign))
-        unit_max = flat.view(per_unit).amax(dim=(0, 2)).numpy()
-        dead_frac, dead_units = (n - (nz + pm) / 2) / n, np.count_nonzero(unit_max <= 0) / units
-    elif dead is not None:  # tanh/sigmoid: |x - center| > half_width
-        dist = torch.sub(flat, dead.center, out=scratch.get(n, torch.float32, "dist")).abs_()
-        unit_min = dist.view(per_unit).amin(dim=(0, 2)).numpy()
-        above = np.count_nonzero(dist.numpy() > dead.half_width)
-        dead_frac, dead_units = above / n, np.count_nonzero(unit_min > dead.half_width) / units
-    return [mean, math.sqrt(max(var, 0.0)), lo, hi, (n - nz) / n, dead_frac, dead_units, 0.0, float(n)]
+
+    def __init__(self, hist: HistSpec | None) -> None:
+        self.spec = hist
+        self._positions = np.empty(1 << 16, dtype=np.int32)  # kernel scratch, grown as needed
+        if hist is not None:
+            self._lut, self._edges = hist_lut(hist), hist.edges().astype(np.float32)
+
+    @staticmethod
+    def host(x: torch.Tensor) -> np.ndarray:
+        """x as a flat C-contiguous float32 numpy array (a view where it already is one)."""
+        x = x.detach()
+        if x.dtype != torch.float32 or not x.is_contiguous():
+            x = x.float().contiguous()
+        return x.numpy().reshape(-1)
+
+    def act_row(self, x: torch.Tensor, dead: DeadRegion | None, hist: bool = False
+                ) -> tuple[list[float], np.ndarray | None]:
+        """An activation or gradient: mean, std, min, max, zero and dead fractions, dead
+        units; and with `hist`, its histogram counts (see `hist`)."""
+        a = self.host(x)
+        counts = self.hist(a) if hist else None
+        n = a.size
+        if n == 0:
+            return tensor_stats(x, dead).tolist(), counts
+        units = x.shape[1] if x.dim() > 1 else n
+        rest = n // (x.shape[0] * units) if x.dim() > 1 else 1
+        if dead is None:
+            region, center, half_width = kernels.NO_REGION, 0.0, 0.0
+        elif dead.relu:
+            region, center, half_width = kernels.RELU_REGION, 0.0, 0.0
+        else:
+            region, center, half_width = kernels.BAND_REGION, dead.center, dead.half_width
+        if region != kernels.NO_REGION and units * rest > self._positions.size:
+            self._positions = np.empty(units * rest, dtype=np.int32)
+        lo, hi, s, sq, nz, n_dead, dead_units = kernels.act_moments(
+            a, units, rest, region, center, half_width, self._positions)
+        mean_std = self._mean_std(a, s, sq)
+        if mean_std is None:  # non-finite values: the exact path counts them
+            return tensor_stats(x, dead).tolist(), counts
+        dead_frac, dead_units = (n_dead / n, dead_units / units) if dead is not None else (NAN, NAN)
+        return [*mean_std, float(lo), float(hi), (n - nz) / n, dead_frac, dead_units, 0.0, float(n)], counts
+
+    def param_row(self, x: torch.Tensor) -> list[float]:
+        """A parameter or its gradient: mean, std, non-finite count (min, max, zeros: NaN)."""
+        return self._param_row(self.host(x))
+
+    def update_rows(self, after: torch.Tensor, before: torch.Tensor) -> tuple[list[float], list[float]]:
+        """Rows of the weights after the step and of before - after (collect() flips the
+        mean to the update's sign), in one pass over both."""
+        a, b = self.host(after), self.host(before)
+        s, sq, ds, dsq = kernels.update_sums(a, b)
+        n = a.size
+        if n and math.isfinite(ds) and math.isfinite(dsq):
+            mean, var = ds / n, (dsq - ds * ds / n) / max(n - 1, 1)
+            if var >= CANCEL * mean * mean:
+                return self._param_row(a, s, sq), [mean, math.sqrt(max(var, 0.0)), *_NO_RANGE, 0.0, float(n)]
+        with np.errstate(all="ignore"):  # rare: centre, or count non-finite values
+            return self._param_row(a, s, sq), self._param_row(b - a)
+
+    def _param_row(self, a: np.ndarray, s: float | None = None, sq: float | None = None) -> list[float]:
+        if s is None:
+            s, sq = kernels.sums(a)
+        n = a.size
+        mean_std = self._mean_std(a, s, sq) if n else (NAN, NAN)
+        if mean_std is not None:
+            return [*mean_std, *_NO_RANGE, 0.0, float(n)]
+        mean = s / n
+        var = (sq - s * mean) / max(n - 1, 1)
+        return [mean, math.sqrt(var) if var >= 0 else NAN, *_NO_RANGE, float(np.count_nonzero(~np.isfinite(a))),
+                float(n)]
+
+    @staticmethod
+    def _mean_std(a: np.ndarray, s: float, sq: float) -> tuple[float, float] | None:
+        """(mean, std) from the sums, centred where they cancel; None where they are not finite."""
+        if not (math.isfinite(s) and math.isfinite(sq)):
+            return None
+        n = a.size
+        mean = s / n
+        var = (sq - s * mean) / max(n - 1, 1)
+        if var < CANCEL * mean * mean:
+            var = kernels.centred_sq(a, mean) / max(n - 1, 1)
+        return mean, math.sqrt(max(var, 0.0))
+
+    def hist(self, a: np.ndarray) -> np.ndarray:
+        """int64 counts of the histogram sample of `a` (flat float32) over the layout bins,
+        then a NaN column."""
+        spec = self.spec
+        counts = np.zeros(spec.n_bins + 1, dtype=np.int64)
+        kernels.hist_sample(a, sample_stride(a.size, spec.sample), self._lut, self._edges, spec.k + 2, counts)
+        return counts
 
 
-def param_rows(tensors: Sequence[torch.Tensor], queued: bool = False) -> torch.Tensor | np.ndarray:
-    """mean, std and non-finite count of many parameter tensors from one multi-tensor norm
-    (torch._foreach_norm) and one sum per tensor. Rows are exact (centred) where the
-    uncentred formula would cancel; min, max and zero counts are not recorded (NaN). On CPU
-    the rows are finished in numpy (float64[len, len(STATS)]); off the CPU (or `queued`)
-    as tensor ops, with no sync."""
+def param_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """mean, std and non-finite flag of many parameter tensors as queued ops: one multi-tensor
+    norm (torch._foreach_norm) and one sum per tensor, accumulated in float64; min, max and
+    zero counts are not recorded (NaN). The nonfinite column is -1 where a value is
+    non-finite (present, not counted: counting needs a sync)."""
     ts = [t.detach() for t in tensors]
-    if queued or ts[0].device.type != "cpu":  # float64 accumulation: no exact fall-back without a sync
-        try:
-            norms = torch.stack(torch._foreach_norm(ts, 2, dtype=torch.float64))
-        except (TypeError, RuntimeError):  # torch releases before the dtype argument
-            norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in ts])
-        sums = torch.stack([t.sum(dtype=torch.float64) for t in ts])
-        return _queued_param_rows(norms, sums, [t.numel() for t in ts])
-    norms = torch.stack(torch._foreach_norm(ts))
-    sums = torch.stack([t.sum() for t in ts])
-    norms, sums = norms.numpy().astype(np.float64), sums.numpy().astype(np.float64)
-    numel = np.array([t.numel() for t in ts], dtype=np.float64)
-    mean = sums / numel
-    with np.errstate(all="ignore"):
-        var = (norms * norms - sums * mean) / np.maximum(numel - 1, 1)
-    out = np.full((len(ts), len(STATS)), NAN)
-    out[:, 0], out[:, 1], out[:, 7], out[:, 8] = mean, np.sqrt(np.maximum(var, 0)), 0, numel
-    bad = ~(np.isfinite(norms) & np.isfinite(sums))
-    for i in np.flatnonzero(bad):  # reading scalars is free here: count them
-        out[i, 7] = int((~torch.isfinite(ts[i])).sum())
-    for i in np.flatnonzero(~bad & ~(var > 1e-2 * mean * mean) & (mean != 0)):
-        t = ts[i].reshape(-1).double()  # a large mean swamps the variance (BN weights): centre
-        out[i, 1] = float((t - t.mean()).norm()) / max(t.numel() - 1, 1) ** 0.5
-    return out
-
-
-def _queued_param_rows(norms: torch.Tensor, sums: torch.Tensor, numels: list[int]) -> torch.Tensor:
-    numel = torch.tensor(numels, dtype=torch.float64, device=norms.device)
+    try:
+        norms = torch.stack(torch._foreach_norm(ts, 2, dtype=torch.float64))
+    except (TypeError, RuntimeError):  # torch releases before the dtype argument
+        norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in ts])
+    sums = torch.stack([t.sum(dtype=torch.float64) for t in ts])
+    numel = torch.tensor([t.numel() for t in ts], dtype=torch.float64, device=norms.device)
     mean = sums / numel
     var = (norms.square() - sums * mean) / (numel - 1).clamp_min(1)
     nan = torch.full_like(mean, NAN)
-    # non-finite values make the norm or sum non-finite: -1 flags "present, not counted"
     nonfinite = torch.where(torch.isfinite(norms) & torch.isfinite(sums), 0.0, -1.0).to(torch.float64)
     return torch.stack([mean, var.clamp_min(0).sqrt(), nan, nan, nan, nan, nan, nonfinite, numel], dim=1)
 
@@ -473,21 +429,23 @@ class _Pending:
     tensor: torch.Tensor | None  # None once `row` holds its statistics
     dead: DeadRegion | None = None
     hist: bool = False
-    row: list[float] | None = None  # statistics computed eagerly (large CPU tensors)
+    row: list[float] | None = None  # statistics computed in the hook (CPU)
     index: int = -1  # parameter kinds: position in Telemetry.params (pairs grad/update with weight)
 
 
 class Telemetry:
     """Records per-layer statistics on logged steps; `collect()` returns them as columns.
 
-    Hooks only keep references to the step's tensors (activations are mostly kept alive
-    by autograd anyway; gradients and the update snapshot are the extra memory of a
-    logged step). collect() groups same-shaped tensors and reduces each group at once.
+    On the CPU every row is computed in its hook; on the queued path hooks only keep
+    references to the step's tensors (activations are mostly kept alive by autograd
+    anyway; gradients and the update snapshot are the extra memory of a logged step) and
+    collect() reduces same-shaped tensors together.
     """
 
     def __init__(self, model: nn.Module, config: TelemetryConfig | None = None, queued: bool = False) -> None:
         self.cfg = config or TelemetryConfig()
         self.queued = queued  # queued tensor ops run off the CPU anyway; True forces them on the CPU (tests)
+        self._cpu = CpuReducer(self.cfg.hist) if kernels is not None and not queued else None
         self.thresholds = {"tanh": 0.97, "sigmoid_low": 0.03, "sigmoid_high": 0.97, **(self.cfg.thresholds or {})}
         self.model = model
         self.modules = tracked_modules(model, self.cfg.modules)
@@ -502,7 +460,7 @@ class Telemetry:
         self._snapped = False
         self._binner = Binner(self.cfg.hist) if self.cfg.hist else None
         self._samples = SampleStage(self.cfg.hist.sample if self.cfg.hist else 0)
-        self._scratch = Scratch()
+        self._counts: list[np.ndarray] = []  # the CPU's histogram counts, one per histogram row
 
     # -- activations and gradients -------------------------------------------------
     def _slot(self, name: str, module: nn.Module) -> Slot:
@@ -517,18 +475,21 @@ class Telemetry:
         return slot
 
     def _add(self, p: _Pending) -> None:
-        """Large CPU tensors are reduced right away: keeping every activation gradient
-        alive until collect() makes backward allocate afresh (page faults), which costs
-        more than the statistics. Small ones wait, to be reduced in groups."""
+        """CPU tensors are reduced right away, while in cache (keeping every activation
+        gradient alive until collect() would make backward allocate afresh); on the
+        queued path the tensor waits for collect() and its histogram sample is staged."""
         t = p.tensor
-        device = t.device.type
-        if device == "mps":  # MPS has no float64: take these statistics on the CPU
-            t, device = t.cpu(), "cpu"
-            p.tensor = t
-        if device == "cpu" and not self.queued and t.numel() >= EAGER and p.kind not in PARAM_KINDS:
-            p.row = eager_cpu_row(t, p.dead, self._scratch, zeros=p.kind != "grad")
+        if t.device.type == "mps":  # MPS has no float64: take these statistics on the CPU
+            t = p.tensor = t.cpu()
+        if self._cpu is not None and t.device.type == "cpu":
+            if p.kind in PARAM_KINDS:
+                p.row = self._cpu.param_row(t)
+            else:
+                p.row, counts = self._cpu.act_row(t, p.dead, p.hist)
+                if counts is not None:
+                    self._counts.append(counts)
             p.tensor = None
-        if p.hist:
+        elif p.hist:
             self._samples.add(t)
         self._pending.append(p)
 
@@ -566,7 +527,8 @@ class Telemetry:
         if m:  # momentum=None (cumulative average) has no fixed inverse
             vectors["bn_batch_mean"] = (rm - (1 - m) * prev_mean) / m
             vectors["bn_batch_var"] = (rv - (1 - m) * prev_var) / m
-        self._pending += [_Pending(slot, kind, "", v) for kind, v in vectors.items()]
+        for kind, v in vectors.items():
+            self._add(_Pending(slot, kind, "", v))
 
     @contextmanager
     def record(self) -> Iterator[None]:
@@ -584,11 +546,14 @@ class Telemetry:
             self._bn_prev.clear()
 
     # -- parameters, their gradients and the optimizer's update ---------------------
+    def _param_slot(self, i: int) -> Slot:
+        mod, mtype, _, _ = self.params[i]
+        return Slot(mod, mtype, self._order.get((mod, 0), -1))
+
     def _param_rows(self, kind: str, tensors: list[torch.Tensor | None]) -> None:
-        for i, ((mod, mtype, pname, _), t) in enumerate(zip(self.params, tensors)):
+        for i, t in enumerate(tensors):
             if t is not None:
-                slot = Slot(mod, mtype, self._order.get((mod, 0), -1))
-                self._add(_Pending(slot, kind, pname, t.detach(), index=i))
+                self._add(_Pending(self._param_slot(i), kind, self.params[i][2], t.detach(), index=i))
 
     def before_step(self) -> None:
         """After backward, before optimizer.step(): gradients, and a snapshot for the update
@@ -605,62 +570,64 @@ class Telemetry:
 
     def after_step(self, stepped: bool) -> None:
         """After optimizer.step() (or in its place on a probe): the weights, and the update
-        each parameter received when there was a step."""
+        each parameter received when there was a step (before - after; collect() flips the
+        sign of its mean). On the CPU both rows come from one pass over weight and snapshot."""
         if not self.cfg.params:
             return
         weights = [p.detach() for *_, p in self.params]
-        self._param_rows("weight", weights)
-        if stepped and self._snapped:
-            torch._foreach_sub_(self._snapshot, weights)  # in place: before - after = -update
-            self._param_rows("update", self._snapshot)  # collect() flips the sign of the mean
+        update = stepped and self._snapped
+        if self._cpu is not None and weights and weights[0].device.type == "cpu":
+            updates = []
+            for i, w in enumerate(weights):
+                if update:
+                    w_row, u_row = self._cpu.update_rows(w, self._snapshot[i])
+                    updates.append(_Pending(self._param_slot(i), "update", self.params[i][2], None, row=u_row, index=i))
+                else:
+                    w_row = self._cpu.param_row(w)
+                self._pending.append(_Pending(self._param_slot(i), "weight", self.params[i][2], None, row=w_row, index=i))
+            self._pending += updates
+        else:
+            self._param_rows("weight", weights)
+            if update:
+                torch._foreach_sub_(self._snapshot, weights)  # in place: before - after = -update
+                self._param_rows("update", self._snapshot)
         self._snapped = False
 
     # -- the one transfer ------------------------------------------------------------
     def _compute(self, pending: list[_Pending]) -> tuple[np.ndarray, list[int], np.ndarray | None]:
         """(float64 stats in row order, rows with histograms, their counts) on the host.
 
-        On CUDA/MPS every block is a queued tensor op: groups of same-shaped tensors reduced
-        together, all parameters at once, every histogram binned at once, then one
-        concatenation and one copy. On CPU the blocks are written into a numpy array as
-        they come (small groups row by row: a group's fixed cost exceeds a few rows')."""
+        CPU rows were computed in their hooks. Queued rows are reduced here as tensor ops:
+        groups of same-shaped tensors together, all parameters at once, every histogram
+        binned at once, then one concatenation and one copy."""
         n = len(pending)
-        eager = [i for i, p in enumerate(pending) if p.row is not None]
-        params = [i for i, p in enumerate(pending) if p.row is None and p.kind in PARAM_KINDS]
+        hist_rows = [i for i, p in enumerate(pending) if p.hist]
+        waiting = [i for i, p in enumerate(pending) if p.row is None]
+        if not waiting:
+            counts, self._counts = self._counts, []
+            assert len(counts) == len(hist_rows), "histogram counts out of step with their rows"
+            stats = np.array([p.row for p in pending], dtype=np.float64).reshape(n, len(STATS))
+            return stats, hist_rows, np.stack(counts)[:, :-1].reshape(-1) if counts else None
+        assert len(waiting) == n, "CPU rows and queued rows in one step"
+        device = pending[0].tensor.device
+        params = [i for i, p in enumerate(pending) if p.kind in PARAM_KINDS]
         groups: dict[tuple, list[int]] = {}
         for i, p in enumerate(pending):
-            if p.row is None and p.kind not in PARAM_KINDS:
-                groups.setdefault((tuple(p.tensor.shape), p.tensor.dtype, p.tensor.device), []).append(i)
-        kept = next((p.tensor for p in pending if p.tensor is not None), None)
-        hist_rows = [i for i, p in enumerate(pending) if p.hist]
+            if p.kind not in PARAM_KINDS:
+                groups.setdefault((tuple(p.tensor.shape), p.tensor.dtype), []).append(i)
         samples, lengths = self._samples.take() if hist_rows else (None, [])
         assert len(lengths) == len(hist_rows), "histogram samples out of step with their rows"
-        if kept is not None and (self.queued or kept.device.type != "cpu"):
-            blocks, order = [], []
-            if params:
-                blocks.append(param_rows([pending[i].tensor for i in params], queued=True))
-                order += params
-            for rows in groups.values():
-                blocks.append(group_stats([pending[i].tensor for i in rows], [pending[i].dead for i in rows],
-                                          sync_free=True))
-                order += rows
-            stats = torch.cat(blocks)[torch.as_tensor(np.argsort(order), device=kept.device)]
-            counts = self._binner(samples, lengths, queued=True) if hist_rows else None
-            values = torch.cat([stats.reshape(-1)] + ([counts] if counts is not None else [])).cpu().numpy()
-            return values[: stats.numel()].reshape(n, -1), hist_rows, values[stats.numel():] if hist_rows else None
-        stats = np.empty((n, len(STATS)))
-        if eager:
-            stats[eager] = [pending[i].row for i in eager]
+        blocks, order = [], []
         if params:
-            stats[params] = param_rows([pending[i].tensor for i in params])
+            blocks.append(param_rows([pending[i].tensor for i in params]))
+            order += params
         for rows in groups.values():
-            if len(rows) >= GROUP_MIN:
-                stats[rows] = group_stats([pending[i].tensor for i in rows], [pending[i].dead for i in rows],
-                                          scratch=self._scratch).numpy()
-            else:
-                for i in rows:
-                    p = pending[i]
-                    stats[i] = eager_cpu_row(p.tensor, p.dead, self._scratch, zeros=p.kind != "grad")
-        return stats, hist_rows, self._binner(samples, lengths) if hist_rows else None
+            blocks.append(group_stats([pending[i].tensor for i in rows], [pending[i].dead for i in rows]))
+            order += rows
+        stats = torch.cat(blocks)[torch.as_tensor(np.argsort(order), device=device)]
+        counts = self._binner(samples, lengths) if hist_rows else None
+        values = torch.cat([stats.reshape(-1)] + ([counts] if counts is not None else [])).cpu().numpy()
+        return values[: stats.numel()].reshape(n, -1), hist_rows, values[stats.numel():] if hist_rows else None
 
     def collect(self, step: int) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] | None] | None:
         """(stats columns, histogram columns) of the step: one concatenation, one copy."""
@@ -681,7 +648,6 @@ class Telemetry:
         }
         for i, stat in enumerate(STATS):
             cols[stat] = stats[:, i].astype(np.int64) if stat in ("nonfinite", "numel") else stats[:, i]
-        cols["zero_frac"][kind == _KIND_CODE["grad"]] = NAN  # not counted for gradients (see eager_cpu_row)
         cols["mean"][kind == _KIND_CODE["update"]] *= -1  # the snapshot held before - after
         with np.errstate(all="ignore"):
             cols["absmax"] = np.maximum(np.abs(cols["min"]), np.abs(cols["max"]))

@@ -1,5 +1,6 @@
 """Every statistic equals a direct torch computation on known tensors."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -10,11 +11,14 @@ from torch import nn
 from initlab.telemetry import (
     STATS,
     Binner,
+    CpuReducer,
     HistSpec,
     Schedule,
     Telemetry,
     TelemetryConfig,
+    dead_region,
     first_nonfinite,
+    group_stats,
     hist_codes,
     tensor_stats,
 )
@@ -22,17 +26,22 @@ from initlab.telemetry import (
 THRESH = {"tanh": 0.97, "sigmoid_low": 0.03, "sigmoid_high": 0.97}
 
 
-def _stats(x: torch.Tensor, sync_free: bool = False) -> dict[str, float]:
-    return dict(zip(STATS, tensor_stats(x, sync_free=sync_free).tolist()))
+def _row(x: torch.Tensor, queued: bool, dead=None) -> np.ndarray:
+    """A tensor's row on the CPU path (single-pass kernels) or the queued tensor-op path."""
+    return tensor_stats(x, dead).numpy() if queued else np.array(CpuReducer(None).act_row(x, dead)[0])
 
 
-BOTH_PATHS = pytest.mark.parametrize("sync_free", [False, True], ids=["cpu-path", "queued-path"])
+def _stats(x: torch.Tensor, queued: bool = False) -> dict[str, float]:
+    return dict(zip(STATS, _row(x, queued).tolist()))
+
+
+BOTH_PATHS = pytest.mark.parametrize("queued", [False, True], ids=["cpu-kernels", "queued-ops"])
 
 
 @BOTH_PATHS
-def test_stats_match_torch(sync_free: bool) -> None:
+def test_stats_match_torch(queued: bool) -> None:
     x = torch.randn(64, 32, generator=torch.Generator().manual_seed(1)).clamp_min(0)
-    s = _stats(x, sync_free)
+    s = _stats(x, queued)
     assert s["mean"] == pytest.approx(x.mean().item(), rel=1e-5)
     assert s["std"] == pytest.approx(x.std().item(), rel=1e-5)
     assert s["min"] == x.min().item() and s["max"] == x.max().item()
@@ -42,19 +51,19 @@ def test_stats_match_torch(sync_free: bool) -> None:
 
 
 @BOTH_PATHS
-def test_huge_finite_values_keep_a_finite_std(sync_free: bool) -> None:
+def test_huge_finite_values_keep_a_finite_std(queued: bool) -> None:
     # Float32 squares overflow above ~1.8e19; the 100-layer lesson reaches 1e37.
     x = torch.randn(4096, generator=torch.Generator().manual_seed(0)) * 1e36
-    s = _stats(x, sync_free)
+    s = _stats(x, queued)
     ref = x.double().std().item()
     assert math.isfinite(s["std"]) and s["std"] == pytest.approx(ref, rel=1e-4)
     assert s["mean"] == pytest.approx(x.double().mean().item(), rel=1e-3, abs=ref * 1e-4)
 
 
 @BOTH_PATHS
-def test_nonfinite_values_are_counted_and_propagate(sync_free: bool) -> None:
+def test_nonfinite_values_are_counted_and_propagate(queued: bool) -> None:
     x = torch.tensor([1.0, float("inf"), float("nan"), 0.0, -float("inf")])
-    s = _stats(x, sync_free)
+    s = _stats(x, queued)
     assert s["nonfinite"] == 3
     assert s["zero_frac"] == pytest.approx(0.2)
     assert not math.isfinite(s["std"]) and not math.isfinite(s["mean"])
@@ -134,26 +143,27 @@ def test_histogram_counts_sum_to_sample_and_bins_are_fixed() -> None:
 @pytest.mark.parametrize("spec", [HistSpec(), HistSpec(min_abs=1e-3, max_abs=5e2, bins_per_decade=3)],
                          ids=["shipped", "uneven"])
 def test_cpu_lookup_binning_equals_bucketize_on_edges(spec: HistSpec) -> None:
-    """The CPU's lookup-table binning and the queued bucketize/histc path give the counts of
-    the definition (bucketize over the float32 edges) exactly: on the edges themselves, one
-    float32 step either side of each, zeros, denormals, infinities and NaN."""
+    """The CPU kernel's lookup-table binning and the queued bucketize/histc path give the
+    counts of the definition (bucketize over the float32 edges) exactly: on the edges
+    themselves, one float32 step either side of each, zeros, denormals, infinities and NaN."""
+    spec = dataclasses.replace(spec, sample=10**6)  # every value binned
     edges = torch.tensor(spec.edges(), dtype=torch.float32)
     up, down = torch.nextafter(edges, edges + 1), torch.nextafter(edges, edges - 1)
     mags = torch.cat([edges, up, down, torch.logspace(-44, 38, 30001), torch.tensor([0.0, 1e-45, 3e38, 3.4e38])])
     x = torch.cat([mags, -mags, torch.tensor([float("inf"), -float("inf"), float("nan"), -float("nan")])])
     x = x[torch.randperm(len(x), generator=torch.Generator().manual_seed(0))]
     rows = [x[:5000], x[5000:5001], x[5001:]]
-    codes = hist_codes(x, edges)
     expected = []
     for r in rows:
         c = hist_codes(r, edges)
         expected.append(torch.bincount((c[~torch.isnan(c)] + spec.k + 2).long(), minlength=spec.n_bins))
     expected = torch.cat(expected).double()
-    assert expected.sum() == (~torch.isnan(codes)).sum() == len(x) - 2
-    binner = Binner(spec)
-    lengths = [len(r) for r in rows]
-    np.testing.assert_array_equal(binner(torch.cat(rows), lengths), expected.numpy())
-    assert torch.equal(binner(torch.cat(rows), lengths, queued=True), expected)
+    assert expected.sum() == len(x) - 2
+    cpu = CpuReducer(spec)
+    kernel = np.concatenate([cpu.hist(CpuReducer.host(r))[:-1] for r in rows])
+    np.testing.assert_array_equal(kernel, expected.numpy())
+    assert sum(cpu.hist(CpuReducer.host(r))[-1] for r in rows) == 2  # the NaN column
+    assert torch.equal(Binner(spec)(torch.cat(rows), [len(r) for r in rows]), expected)
 
 
 def test_update_and_grad_ratios_match_direct_computation() -> None:
@@ -240,48 +250,70 @@ def test_schedule() -> None:
 
 
 @pytest.mark.parametrize("module", [nn.ReLU(), nn.LeakyReLU(), nn.Tanh(), nn.Sigmoid(), None])
-def test_cpu_queued_and_segment_paths_agree(module) -> None:
-    from initlab.telemetry import dead_region, group_stats
-
+def test_queued_rows_reduced_together_equal_each_alone(module) -> None:
     g = torch.Generator().manual_seed(5)
     x = torch.randn(16, 6, 3, 3, generator=g) * 4
     x = module(x) if module is not None else x
     dead = dead_region(module, THRESH)
-    cpu = tensor_stats(x, dead, sync_free=False)
-    queued = tensor_stats(x, dead, sync_free=True)
-    torch.testing.assert_close(cpu, queued, rtol=1e-5, atol=1e-7, equal_nan=True)
-    # reduced together with other tensors of its shape, each row equals its own statistics
+    alone = tensor_stats(x, dead)
     y = torch.randn(16, 6, 3, 3, generator=g)
     grouped = group_stats([y, x, y * 0], [None, dead, None])
-    torch.testing.assert_close(grouped[1], cpu, rtol=1e-5, atol=1e-7, equal_nan=True)
+    torch.testing.assert_close(grouped[1], alone, rtol=1e-5, atol=1e-7, equal_nan=True)
     torch.testing.assert_close(grouped[0], tensor_stats(y), rtol=1e-5, atol=1e-7, equal_nan=True)
     assert grouped[2, 4] == 1.0 and grouped[2, 1] == 0.0  # all zeros: zero_frac 1, std 0
 
 
-@pytest.mark.parametrize("module", [nn.ReLU(), nn.ReLU6(), nn.LeakyReLU(), nn.Tanh(), nn.Sigmoid(), None],
-                         ids=["relu", "relu6", "leaky", "tanh", "sigmoid", "plain"])
-@pytest.mark.parametrize("shape", [(64, 8, 4, 4), (64, 100), (5000,)], ids=["4d", "2d", "1d"])
-def test_eager_row_equals_exact_statistics(module, shape) -> None:
-    """The in-hook CPU row (fewest passes per kind) equals the exact centred computation,
-    dead units included; without zero counting only zero_frac differs (NaN)."""
-    from initlab.telemetry import Scratch, dead_region, eager_cpu_row
-
+@pytest.mark.parametrize("module", [nn.ReLU(), nn.ReLU6(), nn.LeakyReLU(), nn.GELU(), nn.Tanh(), nn.Sigmoid(), None],
+                         ids=["relu", "relu6", "leaky", "gelu", "tanh", "sigmoid", "plain"])
+@pytest.mark.parametrize("shape", [(64, 8, 4, 4), (64, 100), (5000,), (3, 2, 7, 1, 5)], ids=["4d", "2d", "1d", "5d"])
+def test_kernel_row_equals_exact_statistics(module, shape) -> None:
+    """The CPU kernel's single-pass row equals the exact centred tensor-op computation,
+    dead fraction and dead units included."""
     g = torch.Generator().manual_seed(1)
     x = torch.randn(shape, generator=g) * 3
     if len(shape) > 1:
         x[:, 1] = -10.0  # a unit that never fires (or saturates)
     x = module(x) if module is not None else x
     dead = dead_region(module, THRESH)
-    exact = tensor_stats(x, dead, sync_free=True).numpy()
-    row = np.array(eager_cpu_row(x, dead, Scratch()))
+    exact = tensor_stats(x, dead).numpy()
+    row = _row(x, queued=False, dead=dead)
     np.testing.assert_allclose(row, exact, rtol=1e-5, atol=1e-7)
     if module is not None and len(shape) > 1:
         assert row[STATS.index("dead_units")] >= 1 / shape[1]
-    no_zeros = np.array(eager_cpu_row(x, dead, Scratch(), zeros=False))
-    z = STATS.index("zero_frac")
-    if dead is None:
-        assert np.isnan(no_zeros[z])
-    np.testing.assert_allclose(np.delete(no_zeros, z), np.delete(exact, z), rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("case", ["mean-dominated", "constant", "tiny", "float64", "half", "transposed", "empty",
+                                  "nan", "inf"])
+def test_kernel_row_edge_cases(case: str) -> None:
+    """Where the float64 sums would cancel (a mean 10^5 times the spread, a constant) the
+    kernel path centres; other dtypes and layouts are read as float32; non-finite values and
+    empty tensors take the exact path."""
+    g = torch.Generator().manual_seed(2)
+    x = {
+        "mean-dominated": 1e5 + torch.randn(300, 7, generator=g),
+        "constant": torch.full((64, 9), 0.3),
+        "tiny": torch.randn(50, 4, generator=g) * 1e-30,
+        "float64": torch.randn(40, 5, generator=g, dtype=torch.float64),
+        "half": torch.randn(40, 5, generator=g).half(),
+        "transposed": torch.randn(5, 40, generator=g).t(),
+        "empty": torch.zeros(0, 4),
+        "nan": torch.tensor([[1.0, float("nan")], [0.0, 2.0]]),
+        "inf": torch.tensor([[1.0, float("inf")], [0.0, -float("inf")]]),
+    }[case]
+    dead = dead_region(nn.ReLU(), THRESH)
+    row = _row(x, queued=False, dead=dead)
+    ref = x.double() if x.dtype == torch.float64 else x.float().double()
+    if case in ("nan", "inf"):
+        assert row[STATS.index("nonfinite")] == (~torch.isfinite(x)).sum().item()
+        assert not math.isfinite(row[0])
+    elif case == "empty":
+        assert row[STATS.index("numel")] == 0
+    else:
+        assert row[0] == pytest.approx(ref.mean().item(), rel=1e-6, abs=1e-37)
+        assert row[1] == pytest.approx(ref.std().item(), rel=1e-5, abs=1e-37)
+        assert row[2] == pytest.approx(ref.min().item()) and row[3] == pytest.approx(ref.max().item())
+        unit_dead = (ref <= 0).all(dim=0).double().mean().item()
+        assert row[STATS.index("dead_units")] == pytest.approx(unit_dead)
 
 
 def test_queued_device_path_equals_cpu_path() -> None:
@@ -313,14 +345,14 @@ def test_queued_device_path_equals_cpu_path() -> None:
     np.testing.assert_array_equal(queued_hist["count"], cpu_hist["count"])
 
 
-def test_large_and_small_tensors_in_one_step_match_torch() -> None:
-    """Larger CPU tensors are reduced in the hook, small ones grouped at collect(): both exact."""
-    from initlab.telemetry import EAGER as BIG
-
+@pytest.mark.parametrize("queued", [False, True], ids=["cpu-kernels", "queued-ops"])
+def test_every_act_and_grad_row_matches_torch(queued: bool) -> None:
+    """Large and small tensors, same-shaped ones reduced together on the queued path: each
+    row equals its own torch statistics, zeros counted for gradients too."""
     torch.manual_seed(0)
-    width = BIG // 64 + 7  # activations of (64, width) are above the eager threshold
-    model = nn.Sequential(nn.Linear(8, width), nn.ReLU(), nn.Linear(width, 4), nn.Tanh())
-    tel = Telemetry(model, TelemetryConfig(thresholds=THRESH))
+    layers = [m for _ in range(4) for m in (nn.Linear(8, 8), nn.ReLU())]
+    model = nn.Sequential(nn.Linear(8, 300), nn.ReLU(), nn.Linear(300, 8), *layers, nn.Tanh())
+    tel = Telemetry(model, TelemetryConfig(thresholds=THRESH), queued=queued)
     outs: list[torch.Tensor] = []
 
     def keep(module: nn.Module, args: tuple, out: torch.Tensor) -> None:
@@ -333,45 +365,68 @@ def test_large_and_small_tensors_in_one_step_match_torch() -> None:
     for h in hooks:
         h.remove()
     stats, _ = tel.collect(0)
-    assert outs[0].numel() >= BIG > outs[2].numel()
+    assert len(stats["kind"]) == len(set(zip(stats["kind"], stats["layer"], stats["param"])))  # no duplicates
     for idx, out in enumerate(outs):
         for kind, ref in (("act", out.detach()), ("grad", out.grad)):
             i = np.flatnonzero((stats["kind"] == kind) & (stats["layer_idx"] == idx))
             assert len(i) == 1, (kind, idx)
-            assert stats["std"][i[0]] == pytest.approx(ref.std().item(), rel=1e-4)
-            assert stats["mean"][i[0]] == pytest.approx(ref.mean().item(), rel=1e-4, abs=1e-6)
-            if kind == "act":
-                assert stats["zero_frac"][i[0]] == pytest.approx((ref == 0).float().mean().item())
-            else:  # zeros are not counted for gradients (the histogram has its zero bin)
-                assert np.isnan(stats["zero_frac"][i[0]])
-    relu_row = np.flatnonzero((stats["kind"] == "act") & (stats["layer_idx"] == 1))[0]
-    assert stats["dead_frac"][relu_row] == pytest.approx((outs[1] <= 0).float().mean().item())
-    assert len(stats["kind"]) == len(set(zip(stats["kind"], stats["layer"], stats["param"])))  # no duplicates
-
-
-def test_many_small_same_shaped_tensors_reduced_as_a_group_match_torch() -> None:
-    """A deep narrow net gives more small same-shaped tensors than GROUP_MIN: they are
-    reduced together at collect(), and every row still equals its own torch statistics."""
-    from initlab.telemetry import GROUP_MIN
-
-    torch.manual_seed(0)
-    layers = [m for _ in range(GROUP_MIN) for m in (nn.Linear(8, 8), nn.ReLU())]
-    model = nn.Sequential(*layers)
-    outs: list[torch.Tensor] = []
-    hooks = [m.register_forward_hook(lambda m, a, o: (o.retain_grad(), outs.append(o))[-1] and None)
-             for m in model]
-    tel = Telemetry(model, TelemetryConfig(thresholds=THRESH, params=False))
-    with tel.record():
-        model(torch.randn(4, 8)).sum().backward()
-    for h in hooks:
-        h.remove()
-    stats, _ = tel.collect(0)
-    assert np.sum(stats["kind"] == "act") == 2 * GROUP_MIN
-    for idx, out in enumerate(outs):
-        for kind, ref in (("act", out.detach()), ("grad", out.grad)):
-            i = np.flatnonzero((stats["kind"] == kind) & (stats["layer_idx"] == idx))[0]
-            assert stats["std"][i] == pytest.approx(ref.std().item(), rel=1e-4, abs=1e-7)
-            assert stats["max"][i] == pytest.approx(ref.max().item())
+            assert stats["std"][i[0]] == pytest.approx(ref.std().item(), rel=1e-4, abs=1e-7)
+            assert stats["mean"][i[0]] == pytest.approx(ref.mean().item(), rel=1e-4, abs=1e-7)
+            assert stats["max"][i[0]] == pytest.approx(ref.max().item())
+            assert stats["zero_frac"][i[0]] == pytest.approx((ref == 0).float().mean().item())
     relu = np.flatnonzero((stats["kind"] == "act") & (stats["module_type"] == "ReLU"))
     np.testing.assert_allclose(stats["dead_frac"][relu], [(outs[i] <= 0).float().mean().item()
                                                           for i in stats["layer_idx"][relu]])
+
+
+def test_param_rows_centre_where_the_mean_dwarfs_the_spread() -> None:
+    """Weights near a large mean (1e5 +- 0.1) and an update that is mostly its mean (every
+    bias moved by 1 +- 1e-6) keep an exact std on the CPU path: the float64 sums alone
+    would lose it."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(256, 256))
+    with torch.no_grad():
+        model[0].weight.mul_(2).add_(1e5)
+        model[0].bias.fill_(0.1)
+    tel = Telemetry(model, TelemetryConfig(hist=None))
+    with tel.record():
+        model(torch.randn(4, 256)).sum().backward()
+    before = model[0].bias.detach().clone()
+    tel.before_step()
+    with torch.no_grad():
+        model[0].bias.add_(1.0 + 1e-6 * torch.randn(256))
+    tel.after_step(True)
+    stats, _ = tel.collect(0)
+    w, b = model[0].weight.detach().double(), model[0].bias.detach()
+
+    def row(kind: str, param: str) -> int:
+        return int(np.flatnonzero((stats["kind"] == kind) & (stats["param"] == param))[0])
+
+    upd = (b - before).double()
+    assert stats["mean"][row("update", "bias")] == pytest.approx(upd.mean().item(), rel=1e-9)
+    assert stats["std"][row("update", "bias")] == pytest.approx(upd.std().item(), rel=1e-6)
+    assert stats["std"][row("weight", "weight")] == pytest.approx(w.std().item(), rel=1e-6)
+
+
+def test_without_numba_the_cpu_takes_the_tensor_op_path(monkeypatch) -> None:
+    """Where numba cannot be imported the CPU runs the queued tensor ops: same rows."""
+    import initlab.telemetry as T
+
+    model = nn.Sequential(nn.Linear(6, 5), nn.Tanh())
+    x = torch.randn(9, 6)
+    out = {}
+    for name in ("kernels", "no numba"):
+        if name == "no numba":
+            monkeypatch.setattr(T, "kernels", None)
+        tel = Telemetry(model, TelemetryConfig(thresholds=THRESH))
+        assert (tel._cpu is None) == (name == "no numba")
+        with tel.record():
+            model(x).sum().backward()
+        tel.before_step()
+        tel.after_step(False)
+        out[name] = tel.collect(0)
+        model.zero_grad()
+    (a, a_hist), (b, b_hist) = out["kernels"], out["no numba"]
+    for col in ("mean", "std", "min", "max", "zero_frac", "dead_frac", "nonfinite"):
+        np.testing.assert_allclose(a[col], b[col], rtol=1e-5, atol=1e-7)
+    np.testing.assert_array_equal(a_hist["count"], b_hist["count"])
