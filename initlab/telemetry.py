@@ -287,7 +287,7 @@ class CpuReducer:
     def act_row(self, x: torch.Tensor, dead: DeadRegion | None, hist: bool = False
                 ) -> tuple[list[float], np.ndarray | None]:
         """An activation or gradient: mean, std, min, max, zero and dead fractions, dead
-        units; and with `hist`, its histogram counts (see `hist`)."""
+        units; and with `hist`, its histogram counts (see `hist`), from one host view."""
         a = self.host(x)
         counts = self.hist(a) if hist else None
         n = a.size
@@ -444,7 +444,7 @@ class Telemetry:
 
     def __init__(self, model: nn.Module, config: TelemetryConfig | None = None, queued: bool = False) -> None:
         self.cfg = config or TelemetryConfig()
-        self.queued = queued  # queued tensor ops run off the CPU anyway; True forces them on the CPU (tests)
+        # CPU tensors go through the kernels; `queued` forces the tensor-op path on the CPU (tests)
         self._cpu = CpuReducer(self.cfg.hist) if kernels is not None and not queued else None
         self.thresholds = {"tanh": 0.97, "sigmoid_low": 0.03, "sigmoid_high": 0.97, **(self.cfg.thresholds or {})}
         self.model = model
