@@ -128,9 +128,13 @@ def bench_case(label: str, device: torch.device, rounds: int, steps: int, long_s
 CHUNKS = 10  # alternations of off and default chunks over the long run
 
 
+def _big(label: str, device: torch.device) -> bool:
+    """ResNet-18 on the CPU: minutes per case, so fewer steps and one process."""
+    return label.startswith("ResNet") and device.type == "cpu"
+
+
 def _steps(label: str, device: torch.device, quick: bool) -> tuple[int, int]:
-    big = label.startswith("ResNet") and device.type == "cpu"
-    return (2, 8) if quick else ((3, 200) if big else (20, 1000))
+    return (2, 8) if quick else ((3, 200) if _big(label, device) else (20, 1000))
 
 
 def _in_processes(label: str, args: argparse.Namespace, n: int) -> list[dict]:
@@ -167,8 +171,7 @@ def main() -> None:
     for label in CASES:
         if args.only and not any(label.startswith(o) for o in args.only):
             continue
-        big = label.startswith("ResNet") and device.type == "cpu"
-        runs = _in_processes(label, args, 1 if big or args.quick else args.processes)
+        runs = _in_processes(label, args, 1 if _big(label, device) or args.quick else args.processes)
         r = runs[0]
         rows.append([label, str(len(runs)), f"{statistics.median(x['off_ms'] for x in runs):.1f}",
                      _cell([x["full"] for x in runs], 2), _cell([x["naive"] for x in runs], 2),
