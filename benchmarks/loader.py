@@ -12,7 +12,7 @@ import torch
 from benchmarks.common import median, write_table
 from initlab.data import load_dataset
 from initlab.devices import resolve_device
-from initlab.fabricate import write_mnist
+from initlab.testing import write_mnist
 
 
 def batches_per_second(data, batch_size: int, n_batches: int, seed: int) -> float:

@@ -18,11 +18,13 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from torch import nn
 
@@ -30,9 +32,9 @@ from benchmarks.common import median, random_dataset, write_table
 from initlab.devices import resolve_device
 from initlab.init import apply_init
 from initlab.models import build_model
-from initlab.store import RunStore
-from initlab.telemetry import Schedule, Telemetry, TelemetryConfig, tracked_modules
+from initlab.telemetry import Schedule, TelemetryConfig, tracked_modules
 from initlab.train import fit
+from initlab.watcher import Watch
 
 CASES = {
     "conv4 bs256 1x28x28": ("conv4", {"channels": [8, 16, 32]}, (1, 28, 28), 256),
@@ -82,10 +84,35 @@ class NaiveTelemetry:
         return cols, None
 
 
-def _fit(model, data, opt, steps, telemetry, schedule, store, offset=0):
-    shifted = (lambda s: schedule(s + offset)) if schedule else (lambda s: True)
-    return fit(model, data, opt, {**TRAIN, "steps": steps, "batch_size": data.batch}, telemetry,
-               shifted, store, seed=offset)
+def _fit(model, data, opt, steps, watch: Watch, schedule=None, offset=0):
+    """The CLI's loop through `watch`; `schedule` (shifted by `offset`) replaces its own."""
+    if schedule is not None:
+        watch.schedule = lambda s: schedule(s + offset)
+    return fit(model, data, opt, {**TRAIN, "steps": steps, "batch_size": data.batch}, watch, seed=offset)
+
+
+def _user_loop(model, data, opt, steps: int, watch: Watch | None) -> list[float]:
+    """A plain user loop (README's): per-step wall times, with or without `watch`."""
+    batches = data.train_batches(data.batch, 0)
+    times = []
+    for step in range(steps):
+        x, y = next(batches)
+        t0 = time.perf_counter()
+        if watch is None:
+            loss = F.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            loss.item()  # the same one read per step the CLI's loop makes
+        else:
+            with watch.step(step):
+                loss = F.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            watch.log(loss=loss.item())
+        times.append(time.perf_counter() - t0)
+    return times
 
 
 def bench_case(label: str, device: torch.device, rounds: int, steps: int, long_steps: int, tmp: Path):
@@ -97,31 +124,40 @@ def bench_case(label: str, device: torch.device, rounds: int, steps: int, long_s
     data = random_dataset(shape, bs * 8, device)
     data.batch = bs
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    full = Telemetry(model, TelemetryConfig())
-    naive = NaiveTelemetry(model)
-    store = RunStore(tmp / label.replace(" ", "_"), {}, flush_every=50)
-    naive_store = RunStore(tmp / (label.replace(" ", "_") + "_naive"), {}, flush_every=50)
-    times: dict[str, list[float]] = {"off": [], "full": [], "naive": []}
-    _fit(model, data, opt, 3, None, None, store)  # warm-up: allocator, kernels, caches
+    full_cfg = TelemetryConfig.of("full")
+
+    def new_watch(mode: str, telemetry) -> Watch:
+        return Watch(model, opt, out=tmp / f"{label.replace(' ', '_')}_{mode}", telemetry=telemetry, plots=False,
+                     exist_ok=True)
+
+    watches = {"off": new_watch("off", "off"), "full": new_watch("full", full_cfg),
+               "naive": new_watch("naive", full_cfg), "user_full": new_watch("user", full_cfg)}
+    watches["naive"].telemetry = NaiveTelemetry(model)
+    times: dict[str, list[float]] = {"off": [], "full": [], "naive": [], "user_off": [], "user_full": []}
+    _fit(model, data, opt, 3, watches["off"])  # warm-up: allocator, kernels, caches
+    _user_loop(model, data, opt, 3, watches["user_full"])
     for _ in range(rounds):
-        for mode, tel, st in (("off", None, store), ("full", full, store), ("naive", naive, naive_store)):
-            rows = _fit(model, data, opt, steps, tel, None, st).rows
-            times[mode] += [r["step_time"] for r in rows]
-    store.flush()
+        for mode in ("off", "full", "naive"):
+            times[mode] += [r["step_time"] for r in _fit(model, data, opt, steps, watches[mode]).rows]
+        times["user_off"] += _user_loop(model, data, opt, steps, None)
+        times["user_full"] += _user_loop(model, data, opt, steps, watches["user_full"])
     # The shipped default schedule over a long run, in chunks alternated with off chunks
     # (which goes first alternates too, so drift hits both alike).
     d = {"off": 0.0, "default": 0.0}
     sched = Schedule(long_steps, DEFAULT_SCHEDULE.first, DEFAULT_SCHEDULE.every, DEFAULT_SCHEDULE.log_points)
     logged = sum(sched(s) for s in range(long_steps))
     chunk = max(1, long_steps // CHUNKS)
+    default_watch = new_watch("default", TelemetryConfig.of(DEFAULT_SCHEDULE))
     for k, start in enumerate(range(0, long_steps, chunk)):
         n = min(chunk, long_steps - start)
-        order = (("off", None, None), ("default", full, sched))
-        for mode, tel, sch in order if k % 2 == 0 else order[::-1]:
-            d[mode] += _fit(model, data, opt, n, tel, sch, store, offset=start).train_s
-    store.flush()
+        order = (("off", watches["off"], None), ("default", default_watch, sched))
+        for mode, w, sch in order if k % 2 == 0 else order[::-1]:
+            d[mode] += _fit(model, data, opt, n, w, sch, offset=start).train_s
+    for w in (*watches.values(), default_watch):
+        w.flush()
     off = median(times["off"])
     return {"off_ms": off * 1e3, "full": median(times["full"]) / off, "naive": median(times["naive"]) / off,
+            "user": median(times["user_full"]) / median(times["user_off"]),
             "default": d["default"] / d["off"], "logged": logged, "long_steps": long_steps}
 
 
@@ -174,17 +210,20 @@ def main() -> None:
         runs = _in_processes(label, args, 1 if _big(label, device) or args.quick else args.processes)
         r = runs[0]
         rows.append([label, str(len(runs)), f"{statistics.median(x['off_ms'] for x in runs):.1f}",
-                     _cell([x["full"] for x in runs], 2), _cell([x["naive"] for x in runs], 2),
+                     _cell([x["full"] for x in runs], 2), _cell([x["user"] for x in runs], 2),
+                     _cell([x["naive"] for x in runs], 2),
                      f"{_cell([x['default'] for x in runs], 3)} ({r['logged']}/{r['long_steps']} logged)"])
         print(rows[-1], flush=True)
     write_table(
-        f"telemetry_{device.type}", f"Telemetry overhead on {device.type} (step time / telemetry=off step time)",
-        ["model", "processes", "off: median step (ms)", "full", "naive .item() reference",
-         "default schedule, whole run"],
+        f"telemetry_{device.type}" + ("_quick" if args.quick else ""), f"Telemetry overhead on {device.type} (step time / telemetry=off step time)",
+        ["model", "processes", "off: median step (ms)", "full", "watch() full, plain user loop",
+         "naive .item() reference", "default schedule, whole run"],
         rows,
         ["Each cell: the median over fresh processes, (min–max) when there are several; the bare step moves by "
          "up to 2x between processes on a shared CPU, the overhead much less.",
-         "full/naive: within a process, medians of per-step times over interleaved rounds; default: wall time of "
+         "full/naive: the CLI's loop (initlab.train.fit, which records through watch()); watch() full: the "
+         "README's plain user loop with watch(telemetry='full') over the same loop without it.",
+         "full/naive/watch(): within a process, medians of per-step times over interleaved rounds; default: wall time of "
          f"the whole loop (parquet flushes included) over the run length shown, in {CHUNKS} off/default chunk pairs.",
          "ResNet-18 on CPU runs 1 process and 200 steps for the default-schedule column (a 1000-step CPU run takes "
          "~20 min); the shipped schedule logs a larger fraction of a 200-step run than of a 1000-step run.",

@@ -1,13 +1,42 @@
-"""initlab: weight-initialisation and normalisation studies in PyTorch."""
+"""initlab: weight-initialisation and normalisation studies in PyTorch.
 
+    import initlab
+    initlab.apply_init(model, "kaiming", act="relu")
+    with initlab.watch(model, optimizer, out="runs/x", total_steps=1000) as w: ...
+    run = initlab.load_run("runs/x")
+
+Names are imported on first use, so `import initlab` (and `initlab --help`) stays cheap.
+"""
+
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
+from typing import Any
 
 try:
     __version__ = version("initlab")
 except PackageNotFoundError:  # running from a source tree that was never installed
     __version__ = "0.0.0+unknown"
 
-from initlab.store import load_run  # noqa: E402
-from initlab.sweep import load_sweep  # noqa: E402
+_LAZY = {
+    "apply_init": "initlab.init",
+    "watch": "initlab.watcher",
+    "Watch": "initlab.watcher",
+    "TelemetryConfig": "initlab.telemetry",
+    "load_run": "initlab.store",
+    "load_sweep": "initlab.sweep",
+}
 
-__all__ = ["__version__", "load_run", "load_sweep"]
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'initlab' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])
+
+
+__all__ = ["TelemetryConfig", "Watch", "__version__", "apply_init", "load_run", "load_sweep", "watch"]

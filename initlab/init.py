@@ -13,20 +13,17 @@ from typing import Any
 import torch
 from torch import nn
 
+from initlab.defaults import preset
 from initlab.errors import InitlabError
-from initlab.models.blocks import Bias, GeneralRelu, Scale
-
-WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
-NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.GroupNorm, nn.LayerNorm)
+from initlab.models.blocks import Bias, Scale
+from initlab.nn import acts
+from initlab.nn.kinds import NORMS, WEIGHTED
+from initlab.registry import Registry
 
 InitRecord = dict[str, Any]
 Scheme = Callable[[nn.Module, Mapping[str, Any], "InitContext"], list[InitRecord]]
-SCHEMES: dict[str, Scheme] = {}
-
-# torch.nn.init.calculate_gain knows no GELU; ReLU's gain is the usual stand-in.
-# GeneralRelu is a shifted leaky ReLU: its gain is leaky_relu's with a = leak.
-_GAIN_NAME = {"relu": "relu", "leaky_relu": "leaky_relu", "general_relu": "leaky_relu", "tanh": "tanh",
-              "sigmoid": "sigmoid", "gelu": "relu", "linear": "linear"}
+SCHEMES: Registry[Scheme] = Registry("init")
+register = SCHEMES.register
 
 
 class InitContext:
@@ -35,7 +32,7 @@ class InitContext:
 
     def __init__(self, act: str, slope: float = 0.01, batch: Callable[[], torch.Tensor] | None = None) -> None:
         self.act, self.slope = act, slope
-        self.gain_name = _GAIN_NAME[act]
+        self.gain_name = acts.gain_name(act)
         self._batch = batch
 
     def gain(self) -> float:
@@ -45,14 +42,6 @@ class InitContext:
         if self._batch is None:
             raise InitlabError("this init scheme needs a batch of data, and none was given")
         return self._batch()
-
-
-def register(name: str) -> Callable[[Scheme], Scheme]:
-    def deco(fn: Scheme) -> Scheme:
-        SCHEMES[name] = fn
-        return fn
-
-    return deco
 
 
 def _record(name: str, module: nn.Module, how: str) -> InitRecord:
@@ -100,14 +89,14 @@ def default_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> 
 
 
 def _gain(cfg: Mapping[str, Any], ctx: InitContext) -> float:
-    g = cfg.get("gain", 1.0)
+    g = cfg["gain"]
     return ctx.gain() if g == "auto" else float(g)
 
 
 @register("xavier")
 def xavier_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> list[InitRecord]:
     """Glorot & Bengio: Var(W) = gain^2 * 2 / (fan_in + fan_out)."""
-    dist, gain = cfg.get("distribution", "uniform"), _gain(cfg, ctx)
+    dist, gain = cfg["distribution"], _gain(cfg, ctx)
     fn = nn.init.xavier_uniform_ if dist == "uniform" else nn.init.xavier_normal_
 
     def apply(w: torch.Tensor) -> str:
@@ -120,7 +109,7 @@ def xavier_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> l
 @register("kaiming")
 def kaiming_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> list[InitRecord]:
     """He et al.: Var(W) = gain^2 / fan, gain from the model's activation."""
-    dist, mode = cfg.get("distribution", "normal"), cfg.get("mode", "fan_in")
+    dist, mode = cfg["distribution"], cfg["mode"]
     fn = nn.init.kaiming_uniform_ if dist == "uniform" else nn.init.kaiming_normal_
     a = ctx.slope if ctx.gain_name == "leaky_relu" else 0.0
 
@@ -135,7 +124,7 @@ def kaiming_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> 
 @register("normal")
 def normal_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> list[InitRecord]:
     """Plain N(0, std^2)."""
-    std = float(cfg.get("std", 0.01))
+    std = float(cfg["std"])
 
     def apply(w: torch.Tensor) -> str:
         nn.init.normal_(w, 0.0, std)
@@ -186,7 +175,7 @@ def lsuv_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> lis
     forward order, divide each layer's weights by the std of its output on a batch until
     |Var - 1| < tol (at most max_iter times). Reports the iterations and variance per layer.
     Measured in training mode (BatchNorm on batch statistics, as at step 0) with dropout off."""
-    tol, max_iter = float(cfg.get("tol", 0.1)), int(cfg.get("max_iter", 10))
+    tol, max_iter = float(cfg["tol"]), int(cfg["max_iter"])
     records = orthogonal_init(model, {"gain": 1.0}, ctx)
     by_name = {r["module"]: r for r in records}
     x = ctx.batch()
@@ -245,7 +234,7 @@ def fixup_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> li
     scalar bias before each conv and activation, and a scalar multiplier (1) then a scalar
     bias at its end."""
     blocks = _require_residual(model, "fixup", allow_bn=False)
-    mode = cfg.get("mode", "fan_in")
+    mode = cfg["mode"]
     records: list[InitRecord] = []
     with torch.no_grad():
         in_branch = set()
@@ -265,7 +254,7 @@ def fixup_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> li
                 records.append(_record(f"{bname}.branch.{n}", m, how))
             children: list[nn.Module] = []
             for child in block.branch.children():
-                if isinstance(child, WEIGHTED) or _is_act(child):
+                if isinstance(child, WEIGHTED) or acts.is_activation(child):
                     children.append(Bias())
                 children.append(child)
                 if child is convs[-1][1]:
@@ -291,7 +280,7 @@ def skipinit_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) ->
     """De & Smith (2020): He init, and a learnable scalar alpha = 0 at the end of every
     residual branch, so each block starts as its shortcut (meant for nets without BN)."""
     blocks = _require_residual(model, "skipinit", allow_bn=True)
-    mode = cfg.get("mode", "fan_in")
+    mode = cfg["mode"]
     records = _per_weighted(model, lambda w: _he(w, ctx, mode))
     with torch.no_grad():
         for bname, block in blocks:
@@ -299,10 +288,6 @@ def skipinit_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) ->
             records.append({"module": f"{bname}.branch", "type": "Sequential",
                             "init": "alpha = 0 multiplies the branch (SkipInit)", "weight_std": None})
     return records
-
-
-def _is_act(m: nn.Module) -> bool:
-    return isinstance(m, (nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.GELU, GeneralRelu))
 
 
 def zero_last_bn(model: nn.Module) -> list[InitRecord]:
@@ -319,14 +304,37 @@ def zero_last_bn(model: nn.Module) -> list[InitRecord]:
     return records
 
 
-def apply_init(model: nn.Module, cfg: Mapping[str, Any], act: str, slope: float = 0.01,
-               batch: Callable[[], torch.Tensor] | None = None) -> list[InitRecord]:
-    """Initialise `model` in place with scheme `cfg['name']`; return what was touched.
-    `batch` returns inputs on the model's device, for data-dependent schemes."""
-    name = cfg["name"]
-    if name not in SCHEMES:
-        raise InitlabError(f"init={name!r} is invalid: choose from {', '.join(sorted(SCHEMES))}")
-    records = SCHEMES[name](model, cfg, InitContext(act, slope, batch))
+def model_act(model: nn.Module) -> tuple[str, float]:
+    """(`model.act` name, slope) of the first activation module the table can name; ReLU
+    when there is none (activations called as functions are invisible to modules)."""
+    for m in model.modules():
+        a = acts.lookup(m)
+        if a is not None and a.name is not None:
+            slope = getattr(m, "negative_slope", getattr(m, "leak", 0.01))
+            return a.name, float(slope)
+    return "relu", 0.01
+
+
+def apply_init(model: nn.Module, scheme: str | Mapping[str, Any] = "default", act: str = "auto",
+               slope: float | None = None, batch: Callable[[], torch.Tensor] | torch.Tensor | None = None,
+               **params: Any) -> list[InitRecord]:
+    """Initialise `model` in place with a registered scheme; return what was touched (one
+    record per module: name, type, how, weight std).
+
+    `scheme`: a name (`kaiming`, ...) or a mapping with `name` and the scheme's keys; missing
+    keys, and `params`, fall back on conf/init/NAME.yaml. `act`: the nonlinearity the gains
+    assume (`auto`: the model's first activation module). `batch`: inputs, or a function
+    returning them, for data-dependent schemes (LSUV)."""
+    given = {"name": scheme} if isinstance(scheme, str) else dict(scheme)
+    name = given["name"]
+    fn = SCHEMES.get(name)
+    cfg = preset("init", name, {**given, **params})
+    if act == "auto":
+        act, found_slope = model_act(model)
+        slope = found_slope if slope is None else slope
+    slope = 0.01 if slope is None else float(slope)  # torch's LeakyReLU default
+    batch_fn = (lambda: batch) if isinstance(batch, torch.Tensor) else batch
+    records = fn(model, cfg, InitContext(act, slope, batch_fn))
     if not records:
         raise InitlabError(f"init={name} touched no parameter of this model: nothing to initialise")
     if cfg.get("zero_last_bn", False):
@@ -336,4 +344,3 @@ def apply_init(model: nn.Module, cfg: Mapping[str, Any], act: str, slope: float 
                                "(model=resnet bn=true, block=basic)")
         records += zeroed
     return records
-

@@ -25,11 +25,14 @@ def _save(fig: plt.Figure, path: Path, title: str | None = None, dpi: int = 110)
 
 def title_of(config: dict[str, Any]) -> str:
     """'conv4 · init=default · bn=false' from a run's config."""
-    model = config.get("model", {}).get("name", "?")
-    init = config.get("init", {}).get("name", "?")
-    bn = str(config.get("bn", "?")).lower()
+    model = config.get("model", {}).get("arch") or config.get("model", {}).get("name", "?")
     act = config.get("model", {}).get("act")
-    return f"{model}" + (f" ({act})" if act else "") + f" · init={init} · bn={bn}"
+    title = f"{model}" + (f" ({act})" if act else "")
+    if "init" in config:
+        title += f" · init={config['init'].get('name', '?')}"
+    if "bn" in config:
+        title += f" · bn={str(config['bn']).lower()}"
+    return title
 
 
 def _first_nonfinite_idx(df: pd.DataFrame) -> int | None:
@@ -129,20 +132,24 @@ def plot_over_steps(stats: pd.DataFrame, title: str, path: Path) -> Path | None:
 
 
 def plot_metrics(metrics: pd.DataFrame, title: str, path: Path) -> Path | None:
-    """Loss and accuracy curves, training batches and held-out evaluations."""
-    if metrics.empty:
+    """Loss and accuracy curves (what was logged of them), training batches and held-out
+    evaluations."""
+    panels = [(name, val) for name, val in (("loss", "val_loss"), ("accuracy", "val_accuracy"))
+              if name in metrics or val in metrics]
+    if metrics.empty or not panels:
         return None
-    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(11, 4))
-    ax_l.plot(metrics["step"], metrics["loss"], lw=1, label="train")
-    ax_a.plot(metrics["step"], metrics["accuracy"], lw=1, label="train")
-    if "val_loss" in metrics:
-        v = metrics.dropna(subset=["val_loss"])
-        ax_l.plot(v["step"], v["val_loss"], "o-", ms=4, label="held-out")
-        ax_a.plot(v["step"], v["val_accuracy"], "o-", ms=4, label="held-out")
-    finite = metrics["loss"][np.isfinite(metrics["loss"])]
-    if len(finite) and (finite > 0).all():
-        ax_l.set_yscale("log")
-    for ax, name in ((ax_l, "loss"), (ax_a, "accuracy")):
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4), squeeze=False)
+    for ax, (name, val) in zip(axes[0], panels):
+        if name in metrics:
+            m = metrics.dropna(subset=[name])
+            ax.plot(m["step"], m[name], lw=1, label="train")
+        if val in metrics:
+            v = metrics.dropna(subset=[val])
+            ax.plot(v["step"], v[val], "o-", ms=4, label="held-out")
+        if name == "loss" and name in metrics:
+            finite = metrics["loss"][np.isfinite(metrics["loss"])]
+            if len(finite) and (finite > 0).all():
+                ax.set_yscale("log")
         ax.set_xlabel("step")
         ax.set_title(name)
         ax.grid(alpha=0.3)

@@ -16,8 +16,9 @@ import torch
 from torch import nn
 
 from initlab.diagnose import depth_ratio
-from initlab.telemetry import Telemetry, TelemetryConfig
+from initlab.telemetry import TelemetryConfig
 from initlab.train import forward_backward
+from initlab.watcher import Watch
 
 
 def probe_seeds(make_model: Callable[[int], nn.Module], batch: tuple[torch.Tensor, torch.Tensor],
@@ -28,14 +29,12 @@ def probe_seeds(make_model: Callable[[int], nn.Module], batch: tuple[torch.Tenso
     frames = []
     for seed in seeds:
         model = make_model(seed).to(device).train()
-        telemetry = Telemetry(model, replace(tel_cfg, hist=None))
-        with telemetry.record():
+        w = Watch(model, telemetry=replace(tel_cfg, hist=None, enabled=True))  # in memory
+        with w.step(0, force=True):
             forward_backward(model, x, y)
-        telemetry.before_step()
-        telemetry.after_step(False)
-        collected = telemetry.collect(0)
-        if collected is not None:
-            frames.append(pd.DataFrame(collected[0]).assign(seed=seed))
+        w.flush()
+        if w.collected:
+            frames.append(pd.DataFrame(w.collected[0][0]).assign(seed=seed))
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 

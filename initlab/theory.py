@@ -22,46 +22,11 @@ import pandas as pd
 import torch
 from torch import nn
 
-from initlab.models.blocks import GeneralRelu
+from initlab.nn import acts
+from initlab.nn.kinds import BATCH_NORMS, WEIGHTED, is_leaf
 
 _X, _W = np.polynomial.hermite.hermgauss(96)
 _W = _W / math.sqrt(math.pi)
-
-
-def _sigmoid(h: np.ndarray) -> np.ndarray:
-    return 1 / (1 + np.exp(-h))
-
-
-def _phi(h: np.ndarray) -> np.ndarray:
-    return np.exp(-h * h / 2) / math.sqrt(2 * math.pi)
-
-
-def _erf_cdf(h: np.ndarray) -> np.ndarray:
-    return 0.5 * (1 + np.vectorize(math.erf)(h / math.sqrt(2)))
-
-
-def activation_fns(module: nn.Module) -> tuple[Callable, Callable] | None:
-    """(phi, phi') of a supported activation module."""
-    if isinstance(module, nn.ReLU):
-        return (lambda h: np.maximum(h, 0.0)), (lambda h: (h > 0).astype(float))
-    if isinstance(module, nn.LeakyReLU):
-        a = module.negative_slope
-        return (lambda h: np.where(h > 0, h, a * h)), (lambda h: np.where(h > 0, 1.0, a))
-    if isinstance(module, nn.Tanh):
-        return np.tanh, (lambda h: 1 - np.tanh(h) ** 2)
-    if isinstance(module, nn.Sigmoid):
-        return _sigmoid, (lambda h: _sigmoid(h) * (1 - _sigmoid(h)))
-    if isinstance(module, GeneralRelu):
-        leak, sub, top = module.leak, module.sub, module.maxv if module.maxv is not None else np.inf
-
-        def shifted(h: np.ndarray) -> np.ndarray:
-            return np.where(h > 0, h, leak * h) - sub
-
-        return ((lambda h: np.minimum(shifted(h), top)),
-                (lambda h: np.where(shifted(h) >= top, 0.0, np.where(h > 0, 1.0, leak))))
-    if isinstance(module, nn.GELU):
-        return (lambda h: h * _erf_cdf(h)), (lambda h: _erf_cdf(h) + h * _phi(h))
-    return None
 
 
 def gaussian_moments(f: Callable, mean: float, var: float) -> tuple[float, float]:
@@ -107,29 +72,63 @@ def _conv_fans(m: nn.Module, in_size: Sequence[int]) -> tuple[float, float]:
 
 
 @torch.no_grad()
+def _trace(model: nn.Module, in_shape: Sequence[int]) -> tuple[bool, dict[str, tuple[int, ...]]]:
+    """One eval-mode forward of two zero samples: (whether the leaf modules form one chain,
+    each taking the previous one's output; conv input sizes, for padding-aware fans).
+    A residual add, a concatenation or a function applied between modules breaks the chain:
+    the theory then has no prediction."""
+    leaves = [(n, m) for n, m in model.named_modules() if n and is_leaf(m)]
+    outputs: list[torch.Tensor] = []  # kept alive so no tensor's identity is reused
+    sizes: dict[str, tuple[int, ...]] = {}
+    chain = [True]
+
+    def pre(name: str, m: nn.Module):
+        def hook(mod: nn.Module, args: tuple) -> None:
+            x = args[0] if args else None
+            if not outputs or x is not outputs[-1]:
+                chain[0] = False
+            if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) and isinstance(x, torch.Tensor):
+                sizes[name] = tuple(x.shape[2:])
+        return hook
+
+    def post(mod: nn.Module, args: tuple, out: object) -> None:
+        if isinstance(out, torch.Tensor):
+            outputs.append(out)
+        else:
+            chain[0] = False
+
+    x = torch.zeros(2, *in_shape, device=next(model.parameters()).device)
+    outputs.append(x)
+    handles = [h for n, m in leaves for h in (m.register_forward_pre_hook(pre(n, m)),
+                                              m.register_forward_hook(post))]
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(x)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return chain[0] and out is outputs[-1], sizes
+
+
+@torch.no_grad()
 def layer_specs(model: nn.Module, in_shape: Sequence[int] | None = None) -> dict[str, LayerSpec] | None:
-    """Specs of every leaf module by name; None for residual networks. `in_shape` lets conv
-    layers account for zero padding (one eval-mode forward of two zero samples)."""
-    if any(hasattr(m, "branch") for m in model.modules()):
-        return None
+    """Specs of every leaf module by name; None where the theory cannot predict (residual
+    networks, anything whose modules do not form one chain). `in_shape` lets the chain be
+    checked and conv layers account for zero padding."""
     sizes: dict[str, tuple[int, ...]] = {}
     if in_shape is not None:
-        convs = [(n, m) for n, m in model.named_modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))]
-        hooks = [m.register_forward_pre_hook(lambda mod, a, n=n: sizes.__setitem__(n, tuple(a[0].shape[2:])))
-                 for n, m in convs]
-        was_training = model.training
-        model.eval()
-        try:
-            model(torch.zeros(2, *in_shape, device=next(model.parameters()).device))
-        finally:
-            for h in hooks:
-                h.remove()
-            model.train(was_training)
+        chain, sizes = _trace(model, in_shape)
+        if not chain:
+            return None
+    elif any(hasattr(m, "branch") for m in model.modules()):
+        return None
     specs = {}
     for name, m in model.named_modules():
-        if not name or any(True for _ in m.children()):
+        if not name or not is_leaf(m):
             continue
-        if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+        if isinstance(m, WEIGHTED):
             w = m.weight.detach().double()
             if isinstance(m, nn.Linear):
                 fan_in, fan_out = m.in_features, m.out_features
@@ -142,14 +141,14 @@ def layer_specs(model: nn.Module, in_shape: Sequence[int] | None = None) -> dict
             b = m.bias.detach().double() if m.bias is not None else torch.zeros(1, dtype=torch.float64)
             specs[name] = LayerSpec(name, "weighted", float(w.var(correction=0)), fan_in, fan_out,
                                     float(b.mean()), float(b.var(correction=0)))
-        elif isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)):
+        elif isinstance(m, BATCH_NORMS):
             g = m.weight.detach().double() if m.weight is not None else torch.ones(1, dtype=torch.float64)
             bb = m.bias.detach().double() if m.bias is not None else torch.zeros(1, dtype=torch.float64)
             specs[name] = LayerSpec(name, "bn", gamma2=float((g * g).mean()), beta_mean=float(bb.mean()),
                                     beta_var=float(bb.var(correction=0)))
         elif isinstance(m, nn.Dropout):
             specs[name] = LayerSpec(name, "dropout", p=m.p)
-        elif (fns := activation_fns(m)) is not None:
+        elif (fns := acts.theory_fns(m)) is not None:
             specs[name] = LayerSpec(name, "act", fns=fns)
         else:
             specs[name] = LayerSpec(name, "other")

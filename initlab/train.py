@@ -1,15 +1,14 @@
-"""The training loop: step-0 statistics before any update, divergence as a result.
+"""The CLI's training loop: step-0 statistics before any update, divergence as a result.
 
-The loop fires a few named events (Lightning's names) on a list of callbacks; the
-progress bar is one of them. A non-finite loss raises `Diverged`, caught here once.
+Telemetry and the run's files go through `initlab.watch` (the public recorder), so the CLI
+is one more user of it. The loop fires a few named events (Lightning's names) on a list of
+callbacks; the progress bar is one of them. A non-finite loss raises `Diverged`, caught
+here once.
 """
 
 import math
-import signal
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,27 +17,22 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import nn
 
-from initlab.data import DeviceDataset
+from initlab.data.base import DeviceDataset
 from initlab.devices import synchronize
 from initlab.errors import Diverged, Interrupted
-from initlab.store import RunStore
-from initlab.telemetry import Schedule, Telemetry, first_nonfinite
+from initlab.registry import Registry
+from initlab.watcher import Watch
 
-OPTIMIZERS: dict[str, Callable[[Any, Mapping[str, Any]], torch.optim.Optimizer]] = {
-    "sgd": lambda p, c: torch.optim.SGD(
-        p, lr=c["lr"], momentum=c.get("momentum", 0.0), weight_decay=c.get("weight_decay", 0.0)
-    ),
-    "adam": lambda p, c: torch.optim.Adam(
-        p, lr=c["lr"], betas=tuple(c.get("betas", (0.9, 0.999))), weight_decay=c.get("weight_decay", 0.0)
-    ),
-}
+OPTIMIZERS: Registry[Callable[[Any, Mapping[str, Any]], torch.optim.Optimizer]] = Registry("optim.name")
+OPTIMIZERS.register("sgd")(lambda p, c: torch.optim.SGD(
+    p, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"]))
+OPTIMIZERS.register("adam")(lambda p, c: torch.optim.Adam(
+    p, lr=c["lr"], betas=tuple(c["betas"]), weight_decay=c["weight_decay"]))
 
 
 def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    name = cfg["name"]
-    if name not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {name!r}; choose from {sorted(OPTIMIZERS)}")
-    return OPTIMIZERS[name](model.parameters(), cfg)
+    """`optim.name` from the registry, with conf/optim/NAME.yaml's keys."""
+    return OPTIMIZERS.get(cfg["name"])(model.parameters(), cfg)
 
 
 class Callback:
@@ -81,30 +75,6 @@ class FitResult:
     train_s: float = 0.0
 
 
-@contextmanager
-def signals_deferred() -> Iterator[None]:
-    """SIGINT/SIGTERM arriving inside are held until the block is done, then handled as they
-    would have been, so an interrupted run's summary agrees with the rows it recorded.
-    (Masking the signal would not do: another thread may take it for the process.)"""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    caught: list[tuple[int, Any]] = []
-    old = {s: signal.signal(s, lambda n, f: caught.append((n, f))) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, handler in old.items():
-            signal.signal(s, handler)
-        if caught:
-            signum, frame = caught[0]
-            handler = old[signum]
-            if callable(handler):
-                handler(signum, frame)
-            elif handler != signal.SIG_IGN:
-                signal.raise_signal(signum)
-
-
 @torch.no_grad()
 def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int) -> tuple[float, float]:
     """Held-out loss and accuracy (eval mode, restored after)."""
@@ -118,6 +88,8 @@ def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int) -> tuple[fl
     model.train(was_training)
     loss_sum, correct = total.tolist()
     n = data.n_val
+    if not math.isfinite(loss_sum):  # no accuracy from non-finite logits
+        return math.nan, math.nan
     return loss_sum / n, correct / n
 
 
@@ -134,13 +106,12 @@ def fit(
     data: DeviceDataset,
     optimizer: torch.optim.Optimizer,
     train_cfg: Mapping[str, Any],
-    telemetry: Telemetry | None,
-    schedule: Schedule,
-    store: RunStore,
+    watch: Watch,
     seed: int,
     callbacks: Sequence[Callback] = (),
 ) -> FitResult:
-    """Train for `train_cfg['steps']` updates; steps=0 is the probe (one forward+backward)."""
+    """Train for `train_cfg['steps']` updates; steps=0 is the probe (one forward+backward).
+    `watch` records the scheduled steps and every metrics row."""
     steps, bs = int(train_cfg["steps"]), int(train_cfg["batch_size"])
     eval_every, stop_on_nonfinite = int(train_cfg["eval_every"]), bool(train_cfg["stop_on_nonfinite"])
     n_iter = max(steps, 1)
@@ -155,59 +126,47 @@ def fit(
     try:
         for step in range(n_iter):
             x, y = next(batches)
-            logged = telemetry is not None and schedule(step)
             synchronize(device)
             t0 = time.perf_counter()
-            optimizer.zero_grad(set_to_none=True)
-            with telemetry.record() if logged else nullcontext():
+            with watch.step(step):
+                optimizer.zero_grad(set_to_none=True)
                 loss, acc = forward_backward(model, x, y)
-            loss_v, acc_v = torch.stack([loss, acc]).tolist()  # the step's one sync for metrics
-            finite = math.isfinite(loss_v)
-            stepping = steps > 0 and (finite or not stop_on_nonfinite)
-            if logged:
-                telemetry.before_step()
-            if stepping:
-                optimizer.step()
-            if logged:
-                telemetry.after_step(stepping)
-            collected = telemetry.collect(step) if logged else None
+                loss_v, acc_v = torch.stack([loss, acc]).tolist()  # the step's one sync for metrics
+                finite = math.isfinite(loss_v)
+                if steps > 0 and (finite or not stop_on_nonfinite):
+                    optimizer.step()
             synchronize(device)
             row = {"step": step, "loss": loss_v, "accuracy": acc_v,
                    "lr": optimizer.param_groups[0]["lr"], "step_time": time.perf_counter() - t0,
                    "val_loss": math.nan, "val_accuracy": math.nan}  # fixed columns: parts share a schema
             if not finite and stop_on_nonfinite:
-                if collected is None and telemetry is not None:
+                if not watch.logs(step) and watch.telemetry is not None:
                     # The step was not scheduled: look again (weights unchanged) to find the layer.
-                    optimizer.zero_grad(set_to_none=True)
-                    with telemetry.record():
+                    with watch.step(step, force=True):
+                        optimizer.zero_grad(set_to_none=True)
                         forward_backward(model, x, y)
-                    telemetry.before_step()
-                    telemetry.after_step(False)
-                    collected = telemetry.collect(step)
-                with signals_deferred():
-                    result.rows.append(row)
-                    store.add_metrics(row)  # before the stats: a flush then covers the whole step
-                    store.add_stats(collected)
+                result.rows.append(row)
+                watch.log(**row)
                 raise Diverged(step, loss_v) from None
             if data.n_val and ((eval_every and (step + 1) % eval_every == 0) or step == last):
                 row["val_loss"], row["val_accuracy"] = evaluate(model, data, bs)
-            with signals_deferred():  # a step's records are written whole, or not at all
-                result.rows.append(row)
-                store.add_metrics(row)  # before the stats: a flush then covers the whole step
-                store.add_stats(collected)
-                result.steps_done = step + 1 if steps > 0 else 0
+            result.rows.append(row)
+            watch.log(**row)
             for cb in callbacks:
                 cb.on_step_end(step, row)
-    except Diverged as d:
+    except Diverged:
         result.status = "diverged"
-        where = first_nonfinite(collected[0] if collected else None)
-        result.diverged = {"step": d.step, "loss": d.loss,
-                           "layer": where[0] if where else None,
-                           "layer_idx": where[1] if where else None}
     except (KeyboardInterrupt, Interrupted):
         result.status = "interrupted"
     finally:
+        watch.flush()  # pending metric rows read and written: steps_done counts what is on disk
+        # a diverging step's row is written, but the step did not complete
+        done = watch.rows_logged - (1 if result.status == "diverged" else 0)
+        result.steps_done = max(done, 0) if steps > 0 else 0
         result.train_s = time.perf_counter() - t_start
         for cb in callbacks:
             cb.on_fit_end(result)
+    if result.status == "ok" and watch.diverged is not None:
+        result.status = "diverged"  # non-finite values, training went on (stop_on_nonfinite=false)
+    result.diverged = watch.diverged
     return result

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from initlab.cli import run_study
+from initlab.study import run_study
 
 # Small enough for a 2-core CPU, large enough to exercise every stage.
 SHRINK = [

@@ -76,7 +76,7 @@ def test_rows_in_memory_stay_under_the_flush_limit(run) -> None:
 
 def test_a_signal_inside_a_step_record_waits_for_it() -> None:
     """SIGTERM raised while a step's rows are written is handled right after, not inside."""
-    from initlab.train import signals_deferred
+    from initlab.signals import signals_deferred
 
     class Stop(Exception):
         pass

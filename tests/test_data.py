@@ -9,9 +9,9 @@ import torchvision
 
 from initlab.data import DeviceDataset, load_dataset
 from initlab.errors import InitlabError
-from initlab.fabricate import write_cifar10, write_mnist
+from initlab.testing import write_cifar10, write_mnist
 from initlab.store import load_run
-from initlab.vision import LoaderDataset
+from initlab.data.vision import LoaderDataset
 from tests.conftest import compose_cfg, run_cli
 
 

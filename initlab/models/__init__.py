@@ -6,8 +6,10 @@ from typing import Any
 
 from torch import nn
 
+from initlab.defaults import preset
 from initlab.errors import InitlabError
-from initlab.models.blocks import ACTIVATIONS, act_factory
+from initlab.nn import acts
+from initlab.registry import Registry
 
 
 @dataclass(frozen=True)
@@ -21,9 +23,9 @@ class ModelRequest:
 
     @property
     def act_layer(self) -> Callable[[], nn.Module] | None:
-        maxv = self.cfg.get("act_maxv")
-        return act_factory(self.cfg.get("act", "relu"), float(self.cfg.get("act_slope", 0.01)),
-                           float(self.cfg.get("act_sub", 0.4)), None if maxv is None else float(maxv))
+        maxv = self.cfg["act_maxv"]
+        return acts.make(self.cfg["act"], float(self.cfg["act_slope"]), float(self.cfg["act_sub"]),
+                         None if maxv is None else float(maxv))
 
     def norm_layer(self, dim: int) -> Callable[[int], nn.Module] | None:
         if not self.bn:
@@ -32,19 +34,12 @@ class ModelRequest:
 
     @property
     def bn_position(self) -> str:
-        return self.cfg.get("bn_position", "before_act")
+        return self.cfg["bn_position"]
 
 
 Builder = Callable[[ModelRequest], nn.Module]
-MODELS: dict[str, Builder] = {}
-
-
-def register(name: str) -> Callable[[Builder], Builder]:
-    def deco(fn: Builder) -> Builder:
-        MODELS[name] = fn
-        return fn
-
-    return deco
+MODELS: Registry[Builder] = Registry("model")
+register = MODELS.register
 
 
 class ShapeError(InitlabError):
@@ -67,14 +62,17 @@ def require_image(name: str, shape: tuple[int, ...], min_hw: int) -> None:
         raise ShapeError(name, shape, f"the smallest input it accepts is {min_hw}x{min_hw}")
 
 
-def build_model(name: str, cfg: Mapping[str, Any], in_shape: tuple[int, ...], num_classes: int, bn: bool) -> nn.Module:
-    """Build a registered model; unknown names list the valid ones."""
-    if name not in MODELS:
-        raise InitlabError(f"model={name!r} is invalid: choose from {', '.join(sorted(MODELS))}")
-    return MODELS[name](ModelRequest(dict(cfg), tuple(in_shape), num_classes, bn))
+def build_model(name: str, cfg: Mapping[str, Any] | None, in_shape: tuple[int, ...], num_classes: int,
+                bn: bool = False) -> nn.Module:
+    """Build a registered model; unknown names list the valid ones. `cfg` is merged over
+    conf/model/NAME.yaml, so a library caller gives only what differs."""
+    builder = MODELS.get(name)
+    full = preset("model", name, cfg)
+    return builder(ModelRequest(full, tuple(in_shape), num_classes, bn))
 
 
 # Importing the families fills the registry.
-from initlab.models import cnn, mlp, resnet  # noqa: E402,F401
+from initlab.models import cnn, external, mlp, nin, resnet  # noqa: E402,F401
 
+ACTIVATIONS = acts.ACTIVATIONS
 __all__ = ["ACTIVATIONS", "MODELS", "ModelRequest", "ShapeError", "build_model", "register"]

@@ -1,31 +1,14 @@
 """Shared building blocks. Layers take classes (norm_layer, act_layer), not flags."""
 
 from collections.abc import Callable
-from functools import partial
 
 import torch
 from torch import nn
 
+from initlab.nn.acts import ACTIVATIONS, GeneralRelu
+
 ModuleFactory = Callable[..., nn.Module]
-
-ACTIVATIONS = ("relu", "leaky_relu", "general_relu", "tanh", "sigmoid", "gelu", "linear")
 BN_POSITIONS = ("before_act", "after_act")
-
-
-class GeneralRelu(nn.Module):
-    """fast.ai's GeneralRelu: leaky_relu(x, leak) - sub, clipped at maxv. Subtracting `sub`
-    pulls the mean of a (leaky) ReLU's output back towards zero."""
-
-    def __init__(self, leak: float = 0.1, sub: float = 0.4, maxv: float | None = None) -> None:
-        super().__init__()
-        self.leak, self.sub, self.maxv = leak, sub, maxv
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = nn.functional.leaky_relu(x, self.leak) - self.sub
-        return x.clamp_max(self.maxv) if self.maxv is not None else x
-
-    def extra_repr(self) -> str:
-        return f"leak={self.leak}, sub={self.sub}, maxv={self.maxv}"
 
 
 class Scale(nn.Module):
@@ -48,24 +31,6 @@ class Bias(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.bias
-
-
-def act_factory(name: str, slope: float = 0.01, sub: float = 0.4,
-                maxv: float | None = None) -> Callable[[], nn.Module] | None:
-    """The activation class for `model.act`; None for `linear` (no module at all, so a
-    linear net's layer indices count only its Linear/Conv layers, as in the lesson)."""
-    table: dict[str, Callable[[], nn.Module] | None] = {
-        "relu": nn.ReLU,
-        "leaky_relu": partial(nn.LeakyReLU, negative_slope=slope),
-        "general_relu": partial(GeneralRelu, leak=slope, sub=sub, maxv=maxv),
-        "tanh": nn.Tanh,
-        "sigmoid": nn.Sigmoid,
-        "gelu": nn.GELU,
-        "linear": None,
-    }
-    if name not in table:
-        raise ValueError(f"unknown activation {name!r}; choose from {sorted(table)}")
-    return table[name]
 
 
 def _norm_act(
@@ -112,3 +77,6 @@ def linear_block(
     """linear -> [norm] -> [act] (or linear -> act -> norm)."""
     bias = _bias(norm_layer, act_layer, bn_position)
     return [nn.Linear(ni, nf, bias=bias), *_norm_act(nf, norm_layer, act_layer, bn_position)]
+
+
+__all__ = ["ACTIVATIONS", "BN_POSITIONS", "Bias", "GeneralRelu", "Scale", "conv_block", "linear_block"]

@@ -12,7 +12,7 @@ class Conv4(nn.Module):
 
     def __init__(self, req: ModelRequest) -> None:
         super().__init__()
-        c1, c2, c3 = (int(c) for c in req.cfg.get("channels", (8, 16, 32)))
+        c1, c2, c3 = (int(c) for c in req.cfg["channels"])
         norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
         self.features = nn.Sequential(
             *conv_block(req.in_shape[0], c1, 5, stride=2, norm_layer=norm, act_layer=act, bn_position=pos),
@@ -65,7 +65,7 @@ class LeNet(nn.Module):
     def __init__(self, req: ModelRequest) -> None:
         super().__init__()
         norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
-        pool = nn.AvgPool2d if req.cfg.get("pool", "avg") == "avg" else nn.MaxPool2d
+        pool = nn.AvgPool2d if req.cfg["pool"] == "avg" else nn.MaxPool2d
         self.features = nn.Sequential(
             *conv_block(req.in_shape[0], 6, 5, padding=2, norm_layer=norm, act_layer=act, bn_position=pos),
             pool(2, 2),
@@ -86,7 +86,7 @@ def _scaled(c: int, mult: float) -> int:
 
 def _variant(req: ModelRequest) -> str:
     """`auto`: the ImageNet layout from 64 px up, the small-image layout below."""
-    v = req.cfg.get("variant", "auto")
+    v = req.cfg["variant"]
     return ("classic" if min(req.in_shape[1:]) >= 64 else "small") if v == "auto" else v
 
 
@@ -96,7 +96,7 @@ class AlexNet(nn.Module):
 
     def __init__(self, req: ModelRequest) -> None:
         super().__init__()
-        w = float(req.cfg.get("width_mult", 1.0))
+        w = float(req.cfg["width_mult"])
         c = [_scaled(x, w) for x in (64, 192, 384, 256, 256)]
         norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
         kw = dict(norm_layer=norm, act_layer=act, bn_position=pos)
@@ -117,7 +117,7 @@ class AlexNet(nn.Module):
         self.flatten = nn.Flatten()
         hidden = _scaled(4096, w)
         self.classifier = _mlp_head(c[4] * out_hw * out_hw, [hidden, hidden], req.num_classes, req,
-                                    float(req.cfg.get("dropout", 0.5)), True)
+                                    float(req.cfg["dropout"]), True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))  # (B, C, 6, 6) classic, (B, C, 2, 2) small
@@ -139,13 +139,13 @@ class VGG(nn.Module):
 
     def __init__(self, req: ModelRequest) -> None:
         super().__init__()
-        w = float(req.cfg.get("width_mult", 1.0))
+        w = float(req.cfg["width_mult"])
         classic = _variant(req) == "classic"
-        compat = bool(req.cfg.get("torchvision_compat", False))
+        compat = bool(req.cfg["torchvision_compat"])
         norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
         layers: list[nn.Module] = []
         c_in = req.in_shape[0]
-        for v in VGG_PLANS[req.cfg.get("cfg", "vgg11")]:
+        for v in VGG_PLANS[req.cfg["cfg"]]:
             if v == "M":
                 layers.append(nn.MaxPool2d(2, 2, ceil_mode=not classic))
                 continue
@@ -163,7 +163,7 @@ class VGG(nn.Module):
         hidden = _scaled(4096 if classic else 512, w)
         head_req = ModelRequest(req.cfg, req.in_shape, req.num_classes, req.bn and not compat)
         self.classifier = _mlp_head(c_in * out_hw * out_hw, [hidden, hidden], req.num_classes, head_req,
-                                    float(req.cfg.get("dropout", 0.5)), False)
+                                    float(req.cfg["dropout"]), False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.avgpool(self.features(x))  # (B, C, 7, 7) classic, (B, C, 1, 1) small

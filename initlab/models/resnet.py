@@ -71,10 +71,10 @@ class ResNet(nn.Module):
 
     def __init__(self, req: ModelRequest) -> None:
         super().__init__()
-        width, blocks = int(req.cfg.get("width", 64)), [int(b) for b in req.cfg.get("blocks", [2, 2, 2, 2])]
-        kind = req.cfg.get("block", "basic")
+        width, blocks = int(req.cfg["width"]), [int(b) for b in req.cfg["blocks"]]
+        kind = req.cfg["block"]
         norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
-        stem = req.cfg.get("stem", "auto")
+        stem = req.cfg["stem"]
         large = min(req.in_shape[1:]) >= 64 if stem == "auto" else stem == "large"
         if large:  # ImageNet: 7x7 stride 2 + max-pool, /4 before the first stage
             self.stem = nn.Sequential(

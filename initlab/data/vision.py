@@ -21,12 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 
-from initlab.data import Batch, DeviceDataset, Normalizer, epoch_permutations, register
-from initlab.errors import InitlabError
-
-
-class MissingData(InitlabError):
-    """The dataset's files are not on disk (and could not be downloaded)."""
+from initlab.data.base import Batch, DeviceDataset, MissingData, Normalizer, epoch_permutations
 
 
 @dataclass(frozen=True)
@@ -34,21 +29,18 @@ class VisionSpec:
     cls: type
     folder: str  # where torchvision looks under root
     files: str  # what a user must put there by hand
-    shape: tuple[int, int, int] = (1, 28, 28)  # one image, for data.fallback=synthetic
-    num_classes: int = 10
 
 
-SPECS = {
+SPECS: dict[str, VisionSpec] = {
     "mnist": VisionSpec(datasets.MNIST, "MNIST/raw",
                         "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
                         "t10k-labels-idx1-ubyte (or their .gz)"),
     "fashion_mnist": VisionSpec(datasets.FashionMNIST, "FashionMNIST/raw",
                                 "the four Fashion-MNIST IDX files (train-/t10k- images and labels)"),
     "cifar10": VisionSpec(datasets.CIFAR10, "cifar-10-batches-py",
-                          "the extracted cifar-10-python.tar.gz (data_batch_1..5, test_batch, batches.meta)",
-                          (3, 32, 32)),
+                          "the extracted cifar-10-python.tar.gz (data_batch_1..5, test_batch, batches.meta)"),
     "cifar100": VisionSpec(datasets.CIFAR100, "cifar-100-python",
-                           "the extracted cifar-100-python.tar.gz (train, test, meta)", (3, 32, 32), 100),
+                           "the extracted cifar-100-python.tar.gz (train, test, meta)"),
 }
 
 
@@ -185,6 +177,3 @@ def load_vision(name: str, cfg: Mapping[str, Any], device: torch.device, seed: i
     return DeviceDataset(name, x_train.to(device), y_train.to(device), x_val.to(device), y_val.to(device),
                          num_classes, norm)
 
-
-for _name in SPECS:
-    register(_name)(lambda cfg, device, seed, _n=_name: load_vision(_n, cfg, device, seed))

@@ -1,0 +1,1 @@
+"""Layer knowledge shared by models, inits, telemetry and theory: one table each."""

@@ -1,0 +1,14 @@
+"""Which layers are which: the one place that says what counts as weighted or a norm."""
+
+from torch import nn
+
+WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+NORMS = (*BATCH_NORMS, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+         *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+# Modules that only reshape: never tracked by telemetry.
+RESHAPE = (nn.Flatten, nn.Unflatten, nn.Identity)
+
+
+def is_leaf(module: nn.Module) -> bool:
+    return not any(True for _ in module.children())

@@ -1,0 +1,231 @@
+"""Reducers: a tensor -> its row of statistics (STATS), by one of two paths chosen once.
+
+- CPU: single-pass numba kernels (`kernels`), read back as host numbers at once.
+- queued: every statistic a tensor op that stays on the device (CUDA/MPS, or the CPU
+  where numba is missing); no sync until the step's one transfer.
+Both give the same rows and histogram counts (tested).
+"""
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from initlab.nn import acts
+from initlab.telemetry.hist import HistSpec, hist_lut, sample_stride
+
+try:
+    from initlab.telemetry import kernels
+except ImportError:  # numba has no wheel for this platform yet: the CPU takes the tensor-op path
+    kernels = None
+
+# Per-row statistics, in the order of the tensor returned by tensor_stats().
+STATS = ("mean", "std", "min", "max", "zero_frac", "dead_frac", "dead_units", "nonfinite", "numel")
+NAN = float("nan")
+_NO_RANGE = (NAN,) * 5  # min, max, zero_frac, dead_frac, dead_units: not recorded for parameter kinds
+
+
+@dataclass(frozen=True)
+class DeadRegion:
+    """Where an activation is dead or saturated, as |x - center| > half_width, or x <= 0."""
+
+    relu: bool
+    center: float = 0.0
+    half_width: float = 0.0
+    nonneg: bool = False  # outputs are never negative (plain ReLU): cheaper counts
+
+
+def dead_region(module: nn.Module | None, thresholds: Mapping[str, float]) -> DeadRegion | None:
+    """The dead/saturated region of an activation module, from the activation table."""
+    act = acts.lookup(module) if module is not None else None
+    if act is None or act.region is None:
+        return None
+    if act.region == "relu":
+        return DeadRegion(relu=True, nonneg=act.nonneg)
+    if act.region == "tanh":
+        return DeadRegion(False, 0.0, thresholds["tanh"])
+    lo, hi = thresholds["sigmoid_low"], thresholds["sigmoid_high"]
+    return DeadRegion(False, (lo + hi) / 2, (hi - lo) / 2)
+
+
+def group_stats(xs: Sequence[torch.Tensor], deads: Sequence[DeadRegion | None]) -> torch.Tensor:
+    """Statistics of same-shaped tensors, reduced together as queued tensor ops (no sync):
+    float64[len(xs), len(STATS)].
+
+    Columns: mean, std, min, max, zero_frac, dead_frac, dead_units, nonfinite, numel.
+    Every statistic uses every element. Rows are scaled by 1/max|x| and centred, so the
+    100-layer N(0,1) net's 1e37 activations get a finite std instead of an overflowed
+    square; every branch is an always-on tensor op. The CPU's exact path for the rows its
+    kernels cannot serve (non-finite values).
+    """
+    x0 = xs[0]
+    shape = x0.shape
+    rows = [x.detach().reshape(-1) for x in xs]
+    X = rows[0][None] if len(rows) == 1 else torch.stack(rows)
+    if not X.is_floating_point() or X.dtype in (torch.float16, torch.bfloat16):
+        X = X.float()
+    L, n = X.shape
+    f64 = torch.float64
+    if n == 0:  # nothing to summarise: NaN statistics, no non-finite values, numel 0
+        return torch.tensor([[NAN] * 7 + [0.0, 0.0]] * L, dtype=f64, device=X.device)
+    hi, lo = X.amax(dim=1), X.amin(dim=1)
+    count_dtype = f64 if n >= 2**24 else None  # sums of +-1 are exact in float32 below 2**24
+    absmax = torch.maximum(-lo, hi)
+    scale = torch.where(torch.isfinite(absmax) & (absmax > 0), absmax, torch.ones_like(absmax))
+    Y = X / scale[:, None]
+    mean_y = Y.sum(dim=1) / n
+    var_y = torch.linalg.vector_norm(Y - mean_y[:, None], dim=1).square() / max(n - 1, 1)
+    mean, var = mean_y.to(f64) * scale.to(f64), var_y.to(f64) * scale.to(f64).square()
+    nonzero = (X != 0).sum(dim=1).to(f64)
+    pos_minus_neg = ((X > 0).sum(dim=1) - (X < 0).sum(dim=1)).to(f64)
+    nonfinite = torch.count_nonzero(X * 0, dim=1).to(f64)  # inf*0, nan*0 are NaN; 0 else
+    dead_frac = torch.full((L,), NAN, dtype=f64, device=X.device)
+    dead_units = dead_frac.clone()
+    units = (shape[0], shape[1], -1) if len(shape) > 1 else (1, shape[0], 1)
+    for region in {d for d in deads if d is not None}:
+        sel = [i for i, d in enumerate(deads) if d == region]
+        idx = torch.tensor(sel, device=X.device)
+        U = (X if len(sel) == L else X.index_select(0, idx)).view(len(sel), *units)  # (rows, batch, units, rest)
+        if region.relu:  # x <= 0 is dead; a unit is dead when its max over the batch is
+            positive = (nonzero[idx] + pos_minus_neg[idx]) / 2
+            dead_frac[idx] = (n - positive) / n
+            dead_units[idx] = (U.amax(dim=(1, 3)) <= 0).to(f64).mean(dim=1)
+        else:  # |x - center| > half_width is saturated
+            dist = (U - region.center).abs_() if region.center else U.abs()
+            above = torch.sign(dist - region.half_width).sum(dim=(1, 2, 3), dtype=count_dtype).to(f64)
+            dead_frac[idx] = (above + n) / (2 * n)
+            dead_units[idx] = (dist.amin(dim=(1, 3)) > region.half_width).to(f64).mean(dim=1)
+    return torch.stack([
+        mean, var.clamp_min(0).sqrt(), lo.to(f64), hi.to(f64), (n - nonzero) / n, dead_frac,
+        dead_units, nonfinite, torch.full((L,), float(n), dtype=f64, device=X.device),
+    ], dim=1)
+
+
+def tensor_stats(x: torch.Tensor, dead: DeadRegion | None = None) -> torch.Tensor:
+    """group_stats of a single tensor: float64[len(STATS)]."""
+    return group_stats([x], [dead])[0]
+
+
+CANCEL = 1e-4  # var below CANCEL * mean^2: the uncentred float64 sums may have lost digits; centre
+
+
+class CpuReducer:
+    """Rows of CPU tensors from the single-pass kernels, read straight back as host numbers.
+
+    The variance comes from float64 sums of the float32 values and their (exact) squares;
+    where the mean dwarfs the spread (var < CANCEL * mean^2, e.g. BatchNorm weights near 1)
+    a second, centred pass gives it exactly. Non-finite values make the sums non-finite:
+    those rows (and empty tensors) take the exact tensor-op path, which counts them.
+    """
+
+    def __init__(self, hist: HistSpec | None) -> None:
+        self.spec = hist
+        self._positions = np.empty(1 << 16, dtype=np.int32)  # kernel scratch, grown as needed
+        if hist is not None:
+            self._lut, self._edges = hist_lut(hist), hist.edges().astype(np.float32)
+
+    @staticmethod
+    def host(x: torch.Tensor) -> np.ndarray:
+        """x as a flat C-contiguous float32 numpy array (a view where it already is one)."""
+        x = x.detach()
+        if x.dtype != torch.float32 or not x.is_contiguous():
+            x = x.float().contiguous()
+        return x.numpy().reshape(-1)
+
+    def act_row(self, x: torch.Tensor, dead: DeadRegion | None, hist: bool = False
+                ) -> tuple[list[float], np.ndarray | None]:
+        """An activation or gradient: mean, std, min, max, zero and dead fractions, dead
+        units; and with `hist`, its histogram counts (see `hist`), from one host view."""
+        a = self.host(x)
+        counts = self.hist(a) if hist else None
+        n = a.size
+        if n == 0:
+            return tensor_stats(x, dead).tolist(), counts
+        units = x.shape[1] if x.dim() > 1 else n
+        rest = n // (x.shape[0] * units) if x.dim() > 1 else 1
+        if dead is None:
+            region, center, half_width = kernels.NO_REGION, 0.0, 0.0
+        elif dead.relu:
+            region, center, half_width = kernels.RELU_REGION, 0.0, 0.0
+        else:
+            region, center, half_width = kernels.BAND_REGION, dead.center, dead.half_width
+        if region != kernels.NO_REGION and units * rest > self._positions.size:
+            self._positions = np.empty(units * rest, dtype=np.int32)
+        lo, hi, s, sq, nz, n_dead, dead_units = kernels.act_moments(
+            a, units, rest, region, center, half_width, self._positions)
+        mean_std = self._mean_std(a, s, sq)
+        if mean_std is None:  # non-finite values: the exact path counts them
+            return tensor_stats(x, dead).tolist(), counts
+        dead_frac, dead_units = (n_dead / n, dead_units / units) if dead is not None else (NAN, NAN)
+        return [*mean_std, float(lo), float(hi), (n - nz) / n, dead_frac, dead_units, 0.0, float(n)], counts
+
+    def param_row(self, x: torch.Tensor) -> list[float]:
+        """A parameter or its gradient: mean, std, non-finite count (min, max, zeros: NaN)."""
+        return self._param_row(self.host(x))
+
+    def update_rows(self, after: torch.Tensor, before: torch.Tensor) -> tuple[list[float], list[float]]:
+        """Rows of the weights after the step and of before - after (collect() flips the
+        mean to the update's sign), in one pass over both."""
+        a, b = self.host(after), self.host(before)
+        s, sq, ds, dsq = kernels.update_sums(a, b)
+        n = a.size
+        if n and math.isfinite(ds) and math.isfinite(dsq):
+            mean, var = ds / n, (dsq - ds * ds / n) / max(n - 1, 1)
+            if var >= CANCEL * mean * mean:
+                return self._param_row(a, s, sq), [mean, math.sqrt(max(var, 0.0)), *_NO_RANGE, 0.0, float(n)]
+        with np.errstate(all="ignore"):  # rare: centre, or count non-finite values
+            return self._param_row(a, s, sq), self._param_row(b - a)
+
+    def _param_row(self, a: np.ndarray, s: float | None = None, sq: float | None = None) -> list[float]:
+        if s is None:
+            s, sq = kernels.sums(a)
+        n = a.size
+        mean_std = self._mean_std(a, s, sq) if n else (NAN, NAN)
+        if mean_std is not None:
+            return [*mean_std, *_NO_RANGE, 0.0, float(n)]
+        mean = s / n
+        var = (sq - s * mean) / max(n - 1, 1)
+        return [mean, math.sqrt(var) if var >= 0 else NAN, *_NO_RANGE, float(np.count_nonzero(~np.isfinite(a))),
+                float(n)]
+
+    @staticmethod
+    def _mean_std(a: np.ndarray, s: float, sq: float) -> tuple[float, float] | None:
+        """(mean, std) from the sums, centred where they cancel; None where they are not finite."""
+        if not (math.isfinite(s) and math.isfinite(sq)):
+            return None
+        n = a.size
+        mean = s / n
+        var = (sq - s * mean) / max(n - 1, 1)
+        if var < CANCEL * mean * mean:
+            var = kernels.centred_sq(a, mean) / max(n - 1, 1)
+        return mean, math.sqrt(max(var, 0.0))
+
+    def hist(self, a: np.ndarray) -> np.ndarray:
+        """int64 counts of the histogram sample of `a` (flat float32) over the layout bins,
+        then a NaN column."""
+        spec = self.spec
+        counts = np.zeros(spec.n_bins + 1, dtype=np.int64)
+        kernels.hist_sample(a, sample_stride(a.size, spec.sample), self._lut, self._edges, spec.k + 2, counts)
+        return counts
+
+
+def param_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
+    """mean, std and non-finite flag of many parameter tensors as queued ops: one multi-tensor
+    norm (torch._foreach_norm) and one sum per tensor, accumulated in float64; min, max and
+    zero counts are not recorded (NaN). The nonfinite column is -1 where a value is
+    non-finite (present, not counted: counting needs a sync)."""
+    ts = [t.detach() for t in tensors]
+    try:
+        norms = torch.stack(torch._foreach_norm(ts, 2, dtype=torch.float64))
+    except (TypeError, RuntimeError):  # torch releases before the dtype argument
+        norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in ts])
+    sums = torch.stack([t.sum(dtype=torch.float64) for t in ts])
+    numel = torch.tensor([t.numel() for t in ts], dtype=torch.float64, device=norms.device)
+    mean = sums / numel
+    var = (norms.square() - sums * mean) / (numel - 1).clamp_min(1)
+    nan = torch.full_like(mean, NAN)
+    nonfinite = torch.where(torch.isfinite(norms) & torch.isfinite(sums), 0.0, -1.0).to(torch.float64)
+    return torch.stack([mean, var.clamp_min(0).sqrt(), nan, nan, nan, nan, nan, nonfinite, numel], dim=1)
