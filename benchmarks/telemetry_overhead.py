@@ -127,8 +127,7 @@ def bench_case(label: str, device: torch.device, rounds: int, steps: int, long_s
     full_cfg = TelemetryConfig.of("full")
 
     def new_watch(mode: str, telemetry) -> Watch:
-        return Watch(model, opt, out=tmp / f"{label.replace(' ', '_')}_{mode}", telemetry=telemetry, plots=False,
-                     exist_ok=True)
+        return Watch(model, opt, out=tmp / f"{label.replace(' ', '_')}_{mode}", telemetry=telemetry, plots=False)
 
     watches = {"off": new_watch("off", "off"), "full": new_watch("full", full_cfg),
                "naive": new_watch("naive", full_cfg), "user_full": new_watch("user", full_cfg)}

@@ -12,7 +12,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from initlab.errors import InitlabError, Interrupted
-from initlab.store import write_json
+from initlab.store import RunDirTaken, write_json
 from initlab.study import run_study, versions
 from initlab.sweep import LAST_SWEEP
 
@@ -35,6 +35,12 @@ def app(cfg: DictConfig) -> float | None:
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         summary = run_study(cfg, run_dir)
+    except RunDirTaken as exc:  # another run's directory: write nothing into it
+        if multirun:
+            log.error("failed  %s", exc)
+            return None
+        print(f"initlab: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
     except InitlabError as exc:
         write_json(run_dir / "summary.json", {"status": "failed", "error": str(exc), "versions": versions()})
         if multirun:  # one bad job must not stop the sweep

@@ -155,3 +155,4 @@ def validate(cfg: DictConfig) -> None:
     check_int(cfg, "telemetry.first", 0)
     check_int(cfg, "telemetry.every", 1)
     check_int(cfg, "telemetry.flush_every", 1)
+    check_num(cfg, "telemetry.flush_seconds", 0.0, strict=True)

@@ -337,7 +337,7 @@ def apply_init(model: nn.Module, scheme: str | Mapping[str, Any] = "default", ac
     records = fn(model, cfg, InitContext(act, slope, batch_fn))
     if not records:
         raise InitlabError(f"init={name} touched no parameter of this model: nothing to initialise")
-    if cfg.get("zero_last_bn", False):
+    if cfg["zero_last_bn"]:
         zeroed = zero_last_bn(model)
         if not zeroed:
             raise InitlabError("init.zero_last_bn=true needs residual blocks with BatchNorm "

@@ -9,6 +9,9 @@ resolved config and versions in its schema metadata under the key `initlab`.
 
 import json
 import math
+import os
+import socket
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,7 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.dataset as ds
 import pyarrow.parquet as pq
+
+from initlab.errors import InitlabError
 
 META_KEY = b"initlab"
 STATS_DIR = "stats.parquet"
@@ -26,6 +32,72 @@ PROBE_FILE = "probe.parquet"
 METRICS_FILE = "metrics.parquet"
 METRICS_ROWS = 1000  # metric rows held in memory before a part is written, telemetry or not
 SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".initlab.lock"  # "pid host" of the process that owns the run directory
+
+
+class RunDirTaken(InitlabError):
+    """The run directory holds another run, or a live process is writing one there."""
+
+
+def _holds_run(run_dir: Path) -> bool:
+    return (run_dir / SUMMARY_FILE).exists() or any(
+        any((run_dir / d).glob("*.parquet")) for d in (STATS_DIR, METRICS_FILE, HIST_DIR))
+
+
+def _owner(lock: Path) -> tuple[int, str] | None:
+    try:
+        pid, host = lock.read_text().split()[:2]
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def claim(run_dir: Path) -> Path:
+    """Make `run_dir` this process's for one run: refused (RunDirTaken) if it already holds a
+    run's files or another live process holds its lock; a stale lock (its process gone) is
+    taken over. Returns the lock file, removed by `release`."""
+    run_dir = Path(run_dir)
+    if _holds_run(run_dir):
+        raise RunDirTaken(f"{run_dir} already holds a run: a run owns its directory, so choose another "
+                          "(e.g. hydra.run.dir=..., or a new `out`) or remove that one")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lock = run_dir / LOCK_FILE
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            owner = _owner(lock)
+            if owner is not None and owner[0] == os.getpid() and owner[1] == socket.gethostname():
+                return lock  # this process holds it already (the CLI claims before its watch does)
+            if owner is not None and owner[1] == socket.gethostname() and _alive(owner[0]):
+                raise RunDirTaken(f"{run_dir} is in use by a running initlab (pid {owner[0]}): a run owns "
+                                  "its directory, so choose another") from None
+            if owner is None and time.time() - lock.stat().st_mtime < 5:  # being written right now
+                time.sleep(0.2)
+                continue
+            lock.unlink(missing_ok=True)  # stale: its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        return lock
+    raise RunDirTaken(f"{run_dir} is in use by another initlab: a run owns its directory, so choose another")
+
+
+def release(lock: Path | None) -> None:
+    if lock is not None:
+        owner = _owner(lock)
+        if owner is not None and owner[0] == os.getpid():
+            lock.unlink(missing_ok=True)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -50,9 +122,12 @@ def write_json(path: Path, obj: Any) -> None:
 class RunStore:
     """Buffers telemetry columns and writes them as parquet parts."""
 
-    def __init__(self, run_dir: Path, metadata: dict[str, Any], flush_every: int = 50) -> None:
+    def __init__(self, run_dir: Path, metadata: dict[str, Any], flush_every: int = 50,
+                 flush_seconds: float = math.inf) -> None:
         self.run_dir = Path(run_dir)
         self.flush_every = flush_every
+        self.flush_seconds = flush_seconds
+        self._last_flush = time.monotonic()
         self._meta = {META_KEY: json.dumps(_jsonable(metadata)).encode()}
         self._stats: list[dict[str, np.ndarray]] = []
         self._hist: list[dict[str, np.ndarray]] = []
@@ -73,6 +148,14 @@ class RunStore:
             self._hist.append(hist)
         self.max_buffered = max(self.max_buffered, len(self._stats))
         if len(self._stats) >= self.flush_every:
+            self.flush()
+
+    def tick(self) -> None:
+        """At a whole-step boundary: flush when `flush_seconds` have passed since the last
+        flush, and step 0's rows at once, so a SIGKILL loses at most that window."""
+        if self._stats and (self._parts == 0 or time.monotonic() - self._last_flush >= self.flush_seconds):
+            self.flush()
+        elif self._metrics and time.monotonic() - self._last_flush >= self.flush_seconds:
             self.flush()
 
     def add_metrics(self, row: dict[str, Any]) -> None:
@@ -105,6 +188,7 @@ class RunStore:
 
     def flush(self) -> None:
         """Write what is buffered as the next part files; memory is released."""
+        self._last_flush = time.monotonic()
         self._flush_metrics()
         if not self._stats:
             return
@@ -132,9 +216,13 @@ class RunData:
 
 
 def _read_parts(path: Path) -> pd.DataFrame:
-    if not path.exists() or not any(path.glob("*.parquet")):
+    """A folder of parts as one table; parts whose columns differ (a user's `w.log` keys that
+    appear later in a run) are read under the union of their schemas."""
+    files = sorted(path.glob("*.parquet")) if path.exists() else []
+    if not files:
         return pd.DataFrame()
-    return pd.read_parquet(path)
+    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    return ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table().to_pandas()
 
 
 def read_stats(run_dir: Path) -> pd.DataFrame:

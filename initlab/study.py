@@ -28,7 +28,7 @@ from initlab.models import build_model
 from initlab.models.external import EXTERNAL
 from initlab.models.summary import describe
 from initlab.probe import headline, probe_seeds
-from initlab.store import PROBE_FILE, THEORY_FILE, read_stats
+from initlab.store import PROBE_FILE, THEORY_FILE, claim, read_stats, release
 from initlab.telemetry import TelemetryConfig
 from initlab.theory import layer_specs, predict
 from initlab.train import ProgressBar, build_optimizer, fit
@@ -107,6 +107,14 @@ def _check_external(cfg: DictConfig) -> None:
 def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Run one study into `run_dir`; returns the summary written to summary.json."""
     t0 = time.perf_counter()
+    lock = claim(run_dir)  # before any work: a run owns its directory
+    try:
+        return _run(cfg, run_dir, t0)
+    finally:
+        release(lock)
+
+
+def _run(cfg: DictConfig, run_dir: Path, t0: float) -> dict[str, Any]:
     validate(cfg)
     _check_external(cfg)
     configure_threads(cfg.threads)
@@ -145,7 +153,7 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
                      "`sample` elements per tensor; every other statistic uses all elements"}
             if tel_cfg.hist else None}
     watch = Watch(model, optimizer, out=run_dir, telemetry=tel_cfg, total_steps=max(cfg.train.steps, 1),
-                  plots=cfg.plots, meta=meta, exist_ok=True)
+                  plots=cfg.plots, meta=meta)
     setup_s = time.perf_counter() - t0
     callbacks = [ProgressBar(cfg.train.batch_size)] if cfg.train.progress else []
     log.info("train   %d steps of batch %d (%s)", cfg.train.steps, cfg.train.batch_size,

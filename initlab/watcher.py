@@ -30,9 +30,9 @@ from torch import nn
 
 from initlab.errors import InitlabError
 from initlab.signals import signals_deferred
-from initlab.store import RunStore, read_stats
+from initlab.store import RunStore, claim, read_stats, release
 from initlab.telemetry import Telemetry, TelemetryConfig, first_nonfinite
-from initlab.telemetry.columns import Columns
+from initlab.telemetry.columns import Columns, last_nonfinite
 
 log = logging.getLogger("initlab")
 PENDING_METRICS = 256  # metric rows held as tensors before they are read in one transfer
@@ -54,8 +54,7 @@ class Watch:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  out: str | Path | None = None, telemetry: Any = "default", total_steps: int | None = None,
-                 plots: bool = True, meta: Mapping[str, Any] | None = None, queued: bool = False,
-                 exist_ok: bool = False) -> None:
+                 plots: bool = True, meta: Mapping[str, Any] | None = None, queued: bool = False) -> None:
         self.model, self.optimizer = model, optimizer
         self.cfg = TelemetryConfig.of(telemetry)
         self.schedule = self.cfg.schedule(total_steps)
@@ -65,11 +64,11 @@ class Watch:
         self.plots = plots
         self.meta = dict(meta) if meta is not None else self._default_meta()
         self.store: RunStore | None = None
+        self._lock: Path | None = None
         if self.out is not None:
-            if not exist_ok and (self.out / "summary.json").exists():
-                raise InitlabError(f"{self.out} already holds a run (summary.json); choose another `out`")
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.store = RunStore(self.out, self.meta, flush_every=self.cfg.flush_every)
+            self._lock = claim(self.out)  # a run owns its directory: never two runs' files in one
+            self.store = RunStore(self.out, self.meta, flush_every=self.cfg.flush_every,
+                                  flush_seconds=self.cfg.flush_seconds)
         self.collected: list[tuple[Columns, Columns | None]] = []  # out=None: every logged step's columns
         self.metrics: list[dict[str, Any]] = []  # out=None: every metrics row
         self.status = "running"
@@ -146,12 +145,15 @@ class Watch:
             self._stepped = True
 
     def _check_nonfinite(self, step: int, cols: Columns) -> None:
-        """Non-finite activations or gradients are a result: the run is `diverged` from here."""
+        """Non-finite activations or gradients are a result: the run is `diverged` from here.
+        Where: the first non-finite activation in forward order, else the gradient where
+        the backward pass first went non-finite (the one nearest the output)."""
         if self.diverged is not None:
             return
-        where = first_nonfinite(cols, ("act", "grad"))
+        where, kind = first_nonfinite(cols, ("act",)), "act"
+        if where is None:
+            where, kind = last_nonfinite(cols, ("grad",)), "grad"
         if where is not None:
-            kind = "act" if first_nonfinite(cols, ("act",)) else "grad"
             self.diverged = {"step": step, "loss": None, "layer": where[0], "layer_idx": where[1], "kind": kind}
 
     # -- metrics -------------------------------------------------------------------------
@@ -190,6 +192,8 @@ class Watch:
                 self._note_loss(r)
                 self._add_metrics(r)
             self._flush_pending_stats()
+            if self.store is not None:
+                self.store.tick()
 
     def _note_loss(self, row: dict[str, Any]) -> None:
         loss = row.get("loss")
@@ -263,9 +267,15 @@ class Watch:
         stats = read_stats(self.out)
         summary["flags"] = diagnose(stats, summary, diagnose_cfg)
         self.store.write_summary(summary)
+        self.release()
         if self.plots if plots is None else plots:
             self.draw()
         return summary
+
+    def release(self) -> None:
+        """Give the run directory's lock back (the summary is written, or the run failed)."""
+        release(self._lock)
+        self._lock = None
 
     def draw(self) -> None:
         """The run's figures; a plotting failure is logged, never raised (the data is safe)."""
@@ -296,6 +306,8 @@ class Watch:
             if exc_type is None:
                 raise
             log.error("watch   could not finish the run's files: %s", write_exc)
+        finally:
+            self.release()
 
 
 def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, out: str | Path | None = None,

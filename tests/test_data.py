@@ -8,10 +8,10 @@ import torch
 import torchvision
 
 from initlab.data import DeviceDataset, load_dataset
-from initlab.errors import InitlabError
-from initlab.testing import write_cifar10, write_mnist
-from initlab.store import load_run
 from initlab.data.vision import LoaderDataset
+from initlab.errors import InitlabError
+from initlab.store import load_run
+from initlab.testing import write_cifar10, write_mnist
 from tests.conftest import compose_cfg, run_cli
 
 

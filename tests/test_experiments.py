@@ -57,6 +57,7 @@ def test_glorot_tanh(tmp_path: Path) -> None:
     assert default["max"] < 0.12 and xavier["min"] > 0.3  # over 5 seeds, the spreads do not overlap
 
 
+@pytest.mark.slow  # 35-120 s on the 2-core CPU: `make test-all` runs it
 def test_he_deep_relu(tmp_path: Path) -> None:
     df = sweep("he_deep_relu", tmp_path)
     xavier, kaiming = one(df, init="xavier"), one(df, init="kaiming")
@@ -66,6 +67,7 @@ def test_he_deep_relu(tmp_path: Path) -> None:
     assert kaiming["final_loss"] < xavier["final_loss"] - 0.2
 
 
+@pytest.mark.slow  # 35-120 s on the 2-core CPU: `make test-all` runs it
 def test_d2l_bn_lenet(tmp_path: Path) -> None:
     df = sweep("d2l_bn_lenet", tmp_path, f"data.root={tmp_path / 'no-data'}")
     plain, bn = one(df, bn=False), one(df, bn=True)
@@ -74,6 +76,7 @@ def test_d2l_bn_lenet(tmp_path: Path) -> None:
     assert bn["grad_std_ratio_first_last"] > 100 * plain["grad_std_ratio_first_last"]
 
 
+@pytest.mark.slow  # 35-120 s on the 2-core CPU: `make test-all` runs it
 def test_resnet_bn_ablation(tmp_path: Path) -> None:
     df = sweep("resnet_bn_ablation", tmp_path, f"data.root={tmp_path / 'no-data'}")
     assert len(df) == 4
@@ -84,6 +87,7 @@ def test_resnet_bn_ablation(tmp_path: Path) -> None:
         assert 0.3 < row["act_std_ratio"] < 2 and row["status"] == "ok"
 
 
+@pytest.mark.slow  # 35-120 s on the 2-core CPU: `make test-all` runs it
 def test_bn_position(tmp_path: Path) -> None:
     df = sweep("bn_position", tmp_path)
     assert len(df) == 6
@@ -92,6 +96,7 @@ def test_bn_position(tmp_path: Path) -> None:
     assert by.loc["after_act", "act_std_ratio"] > by.loc["before_act", "act_std_ratio"] + 0.15
 
 
+@pytest.mark.slow  # 35-120 s on the 2-core CPU: `make test-all` runs it
 def test_lsuv(tmp_path: Path) -> None:
     df = sweep("lsuv", tmp_path)
     lsuv, default, kaiming = one(df, init="lsuv"), one(df, init="default"), one(df, init="kaiming")

@@ -1,6 +1,7 @@
 """Models from outside the zoo through the CLI (torchvision by name, any class by
 `_target_`), NiN, and the Lightning callback on a real Trainer."""
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -61,20 +62,26 @@ def test_nin_trains_with_and_without_bn(run, bn: str) -> None:
     assert ("BatchNorm2d" in types) == (bn == "true")
 
 
-def test_external_model_errors_are_one_line(tmp_path: Path) -> None:
-    cases = [
-        (["model=torchvision", "data.shape=[1,28,28]"], "take 3-channel images"),
-        ([*TV, "bn=true"], "bn does not apply to model=torchvision"),
-        ([*TV, "bn=false"], "bn does not apply to model=torchvision"),
-        (["model=torchvision", "model.arch=resnet9000", "data.shape=[3,32,32]"], "model.arch='resnet9000' is invalid"),
-        (["model=target", "data.shape=[3,32,32]"], "needs model._target_"),
-        (["model=target", "model._target_=no.such.Thing", "data.shape=[3,32,32]"], "could not be built"),
-    ]
-    for args, fragment in cases:
-        proc = run_cli([*args, "train.steps=1", "train.progress=false", "device=cpu"], tmp_path)
-        lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("initlab: error:")]
-        assert proc.returncode == 2 and len(lines) == 1 and fragment in lines[0], (args, proc.stderr[-800:])
-        assert "Traceback" not in proc.stderr
+@pytest.mark.parametrize("args,fragment", [
+    (["model=torchvision", "data.shape=[1,28,28]"], "take 3-channel images"),
+    ([*TV, "bn=true"], "bn does not apply to model=torchvision"),
+    (["model=torchvision", "model.arch=resnet9000", "data.shape=[3,32,32]"], "model.arch='resnet9000' is invalid"),
+    (["model=target", "data.shape=[3,32,32]"], "needs model._target_"),
+    (["model=target", "model._target_=no.such.Thing", "data.shape=[3,32,32]"], "could not be built"),
+    (["model=target", "model._target_=torch.nn.Linear", "+model.in_features=32", "+model.out_features=10",
+      "model.num_classes=null", "data.shape=[3,32,32]"], "returns (2, 3, 32, 10)"),
+], ids=["channels", "bn-true", "arch", "no-target", "bad-target", "not-logits"])
+def test_external_model_errors_name_what_is_wrong(run, args: list[str], fragment: str) -> None:
+    with pytest.raises(InitlabError, match=re.escape(fragment)):
+        run(*args)
+
+
+def test_giving_bn_to_an_external_model_is_a_one_line_error(tmp_path: Path) -> None:
+    """Even bn=false: the user asked for something that would silently do nothing."""
+    proc = run_cli([*TV, "bn=false", "train.steps=1", "train.progress=false", "device=cpu"], tmp_path)
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.startswith("initlab: error:")]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-800:]
+    assert "bn does not apply to model=torchvision" in lines[0] and "Traceback" not in proc.stderr
 
 
 def test_build_model_takes_conf_defaults_for_missing_keys() -> None:

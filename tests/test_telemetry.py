@@ -410,7 +410,7 @@ def test_param_rows_centre_where_the_mean_dwarfs_the_spread() -> None:
 
 def test_without_numba_the_cpu_takes_the_tensor_op_path(monkeypatch) -> None:
     """Where numba cannot be imported the CPU runs the queued tensor ops: same rows."""
-    import initlab.telemetry as T
+    import initlab.telemetry.recorder as T
 
     model = nn.Sequential(nn.Linear(6, 5), nn.Tanh())
     x = torch.randn(9, 6)

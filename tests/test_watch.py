@@ -14,6 +14,7 @@ from torch import nn
 
 import initlab
 from initlab.report import main as report_main
+from initlab.store import RunDirTaken
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -209,5 +210,5 @@ def test_watch_refuses_a_directory_that_holds_a_run(tmp_path: Path) -> None:
     with initlab.watch(model, out=tmp_path / "x", plots=False) as w:
         with w.step(0):
             model(torch.randn(2, 3))
-    with pytest.raises(initlab.errors.InitlabError, match="already holds a run"):
+    with pytest.raises(RunDirTaken, match="already holds a run"):
         initlab.watch(model, out=tmp_path / "x")

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
 
 from initlab.data.base import Batch, DeviceDataset, MissingData, Normalizer, epoch_permutations
+from initlab.defaults import preset
 
 
 @dataclass(frozen=True)
@@ -155,23 +156,25 @@ def _limit(ds: Dataset, n: int | None) -> Dataset:
 
 
 def load_vision(name: str, cfg: Mapping[str, Any], device: torch.device, seed: int) -> DeviceDataset | LoaderDataset:
+    """A torchvision dataset; keys missing from `cfg` take conf/data/NAME.yaml's."""
+    cfg = preset("data", name, cfg)
     root = data_root(cfg)
-    download = bool(cfg.get("download", True))
+    download = bool(cfg["download"])
     train = _limit(open_split(name, root, True, download), cfg.get("train_size"))
     val = _limit(open_split(name, root, False, download), cfg.get("val_size"))
     x_train, y_train = as_uint8(train)
     mean, std = channel_stats(name, root, x_train)
-    normalize = bool(cfg.get("normalize", True))
+    normalize = bool(cfg["normalize"])
     num_classes = len(train.classes)
-    mode = cfg.get("loader", "auto")
+    mode = cfg["loader"]
     if mode == "auto":
-        budget = float(cfg.get("memory_budget_mb", 2048)) * 2**20
+        budget = float(cfg["memory_budget_mb"]) * 2**20
         mode = "resident" if x_train.numel() * 2 <= budget else "torch"  # train + a test-sized margin
     if mode == "torch":
         steps = [transforms.ToTensor()] + ([transforms.Normalize(mean, std)] if normalize else [])
         train.transform = val.transform = transforms.Compose(steps)
         return LoaderDataset(name, train, val, num_classes, tuple(x_train.shape[1:]), device,
-                             int(cfg.get("num_workers", 2)))
+                             int(cfg["num_workers"]))
     x_val, y_val = as_uint8(val)
     norm = Normalizer(torch.tensor(mean), torch.tensor(std), normalize)
     return DeviceDataset(name, x_train.to(device), y_train.to(device), x_val.to(device), y_val.to(device),

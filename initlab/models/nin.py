@@ -25,10 +25,12 @@ class NiN(nn.Module):
         c = [_scaled(x, w) for x in (96, 256, 384)]
         norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
 
-        def block(ni: int, nf: int, k: int, stride: int, padding: int) -> list[nn.Module]:
+        def block(ni: int, nf: int, k: int, stride: int, padding: int, last: bool = False) -> list[nn.Module]:
             kw = dict(norm_layer=norm, act_layer=act, bn_position=pos)
+            # the classifier (the last 1x1 conv) keeps d2l's ReLU but, as in every zoo model, no norm
+            end = conv_block(nf, nf, 1, padding=0, **{**kw, "norm_layer": None} if last else kw)
             return [*conv_block(ni, nf, k, stride=stride, padding=padding, **kw),
-                    *conv_block(nf, nf, 1, padding=0, **kw), *conv_block(nf, nf, 1, padding=0, **kw)]
+                    *conv_block(nf, nf, 1, padding=0, **kw), *end]
 
         if _variant(req) == "classic":
             first, pool = block(req.in_shape[0], c[0], 11, 4, 0), (lambda: nn.MaxPool2d(3, 2))
@@ -39,7 +41,7 @@ class NiN(nn.Module):
             *block(c[0], c[1], 5, 1, 2), pool(),
             *block(c[1], c[2], 3, 1, 1), pool(),
             nn.Dropout(float(req.cfg["dropout"])),
-            *block(c[2], req.num_classes, 3, 1, 1),  # one channel per class
+            *block(c[2], req.num_classes, 3, 1, 1, last=True),  # one channel per class
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.flatten = nn.Flatten()

@@ -9,7 +9,14 @@
 """
 
 from initlab.telemetry.columns import KINDS, PARAM_KINDS, Slot, first_nonfinite
-from initlab.telemetry.hist import Binner, HistSpec, SampleStage, hist_codes, hist_lut, sample_stride
+from initlab.telemetry.hist import (
+    Binner,
+    HistSpec,
+    SampleStage,
+    hist_codes,
+    hist_lut,
+    sample_stride,
+)
 from initlab.telemetry.recorder import Telemetry, tracked_modules
 from initlab.telemetry.reducers import (
     STATS,

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from initlab.nn.kinds import BATCH_NORMS, RESHAPE, is_leaf
-from initlab.telemetry.columns import PARAM_KINDS, Columns, Slot, hist_columns, stats_columns
+from initlab.telemetry.columns import Columns, Slot, hist_columns, stats_columns
 from initlab.telemetry.hist import Binner, SampleStage
 from initlab.telemetry.reducers import (
     STATS,

@@ -42,6 +42,7 @@ class TelemetryConfig:
     every: int = int(_SHIPPED["every"])
     log_points: int = int(_SHIPPED["log_points"])
     flush_every: int = int(_SHIPPED["flush_every"])
+    flush_seconds: float = float(_SHIPPED["flush_seconds"])
     name: str = "default"
 
     @classmethod
@@ -54,7 +55,7 @@ class TelemetryConfig:
         return cls(params=bool(c["params"]), bn=bool(c["bn"]), hist=hist, thresholds=dict(c["dead"] or {}),
                    modules=list(c["modules"] or []), enabled=bool(c["enabled"]), first=int(c["first"]),
                    every=int(c["every"]), log_points=int(c["log_points"]), flush_every=int(c["flush_every"]),
-                   name=str(c["name"]))
+                   flush_seconds=float(c["flush_seconds"]), name=str(c["name"]))
 
     @classmethod
     def of(cls, spec: "str | Mapping[str, Any] | TelemetryConfig | None") -> "TelemetryConfig":
@@ -81,6 +82,7 @@ class TelemetryConfig:
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "enabled": self.enabled, "first": self.first, "every": self.every,
-                "log_points": self.log_points, "flush_every": self.flush_every, "params": self.params,
+                "log_points": self.log_points, "flush_every": self.flush_every,
+                "flush_seconds": self.flush_seconds, "params": self.params,
                 "bn": self.bn, "modules": list(self.modules), "dead": dict(self.thresholds or {}),
                 "hist": self.hist.as_dict() if self.hist else None}
