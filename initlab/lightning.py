@@ -60,7 +60,7 @@ class InitlabCallback(pl.Callback):
         last = trainer.num_training_batches != float("inf") and batch_idx + 1 == trainer.num_training_batches
         if self._block is None or not ((batch_idx + 1) % acc == 0 or last):
             return
-        step = self.watch._step
+        step = self.watch.current_step
         self._close(None)
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
         row: dict[str, Any] = {"loss": loss} if loss is not None else {}

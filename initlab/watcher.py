@@ -93,6 +93,11 @@ class Watch:
                 "versions": versions(), "hist": self.cfg.hist.as_dict() if self.cfg.hist else None}
 
     # -- one step ----------------------------------------------------------------------
+    @property
+    def current_step(self) -> int | None:
+        """The step of the last `step()` block."""
+        return self._step
+
     def logs(self, step: int) -> bool:
         """Whether `step` is on the schedule."""
         return self.telemetry is not None and self.schedule(step)
