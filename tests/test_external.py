@@ -135,3 +135,13 @@ def test_lightning_callback_on_a_real_trainer(tmp_path: Path) -> None:
     assert (run.stats.kind == "update").any()
     assert "val_loss" in run.metrics and np.isfinite(run.metrics["val_loss"]).any()
     assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in trainer.lightning_module.modules()) == 0
+
+
+@pytest.mark.parametrize("arch", ["googlenet", "densenet121", "vit_b_16", "convnext_tiny"])
+def test_torchvision_builders_the_issue_names_take_cifar_sized_images(arch: str) -> None:
+    from initlab.models import build_model
+
+    model = build_model("torchvision", {"arch": arch}, (3, 32, 32), 10)
+    model.train()
+    out = model(torch.randn(2, 3, 32, 32))
+    assert isinstance(out, torch.Tensor) and out.shape == (2, 10)  # plain logits, also in training mode
