@@ -171,6 +171,9 @@ class Watch:
             raise InitlabError("w.log() needs a step: call it after `with w.step(step):` or pass step=")
         row: dict[str, Any] = {"step": int(step)}
         for k, v in metrics.items():
+            if isinstance(v, torch.Tensor) and v.numel() != 1:
+                raise InitlabError(f"w.log({k}=...) takes numbers or one-element tensors, not a tensor of "
+                                   f"shape {list(v.shape)}")
             row[k] = v.detach() if isinstance(v, torch.Tensor) else v
         if "lr" not in row and self.optimizer is not None:
             row["lr"] = self.optimizer.param_groups[0]["lr"]

@@ -212,3 +212,14 @@ def test_watch_refuses_a_directory_that_holds_a_run(tmp_path: Path) -> None:
             model(torch.randn(2, 3))
     with pytest.raises(RunDirTaken, match="already holds a run"):
         initlab.watch(model, out=tmp_path / "x")
+
+
+def test_log_takes_numbers_or_one_element_tensors() -> None:
+    w = initlab.watch(nn.Linear(2, 2))
+    with w.step(0):
+        pass
+    with pytest.raises(initlab.errors.InitlabError, match=r"w.log\(loss=...\) takes numbers or one-element"):
+        w.log(loss=torch.ones(3))
+    w.log(loss=torch.ones(1, 1), note="a string is kept as it is")
+    w.flush()
+    assert w.metrics[0]["loss"] == 1.0 and w.metrics[0]["note"].startswith("a string")
