@@ -5,6 +5,7 @@ this module catches what Hydra cannot know: impossible numbers, malformed shapes
 unknown activations, and so on. Keys absent from a model's config are simply skipped.
 """
 
+import math
 from collections.abc import Iterable
 from typing import Any
 
@@ -44,12 +45,12 @@ def check_num(cfg: DictConfig, key: str, lo: float, *, strict: bool, hi: float |
     v = _get(cfg, key)
     if v is _MISSING:
         return
-    ok = _is_num(v) and (v > lo if strict else v >= lo) and (hi is None or v < hi)
+    ok = _is_num(v) and math.isfinite(v) and (v > lo if strict else v >= lo) and (hi is None or v < hi)
     if not ok:
         bound = f"> {lo}" if strict else f">= {lo}"
         if hi is not None:
             bound += f" and < {hi}"
-        raise ConfigError(key, v, f"expected a number {bound}")
+        raise ConfigError(key, v, f"expected a finite number {bound}")
 
 
 def check_choice(cfg: DictConfig, key: str, choices: Iterable[str]) -> None:
@@ -78,6 +79,9 @@ def check_int_list(cfg: DictConfig, key: str, lengths: tuple[int, ...], what: st
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError on the first value that cannot work."""
     check_int(cfg, "seed", 0, "expected an integer >= 0")
+    seed = _get(cfg, "seed")
+    if _is_int(seed) and seed > 2**32 - 1:  # numpy's seed range
+        raise ConfigError("seed", seed, "expected an integer in [0, 4294967295]")
     check_bool(cfg, "bn")
     check_bool(cfg, "plots")
     # model
@@ -132,6 +136,9 @@ def validate(cfg: DictConfig) -> None:
     if data_seed is not _MISSING and data_seed is not None and not (_is_int(data_seed) and data_seed >= 0):
         raise ConfigError("data.seed", data_seed, "expected null or an integer >= 0")
     # optim
+    from initlab.train import OPTIMIZERS  # the registry is the list of names
+
+    check_choice(cfg, "optim.name", OPTIMIZERS.choices())
     check_num(cfg, "optim.lr", 0.0, strict=True)
     check_num(cfg, "optim.momentum", 0.0, strict=False, hi=1.0)
     check_num(cfg, "optim.weight_decay", 0.0, strict=False)
@@ -155,4 +162,27 @@ def validate(cfg: DictConfig) -> None:
     check_int(cfg, "telemetry.first", 0)
     check_int(cfg, "telemetry.every", 1)
     check_int(cfg, "telemetry.flush_every", 1)
+    check_int(cfg, "telemetry.log_points", 0)
+    check_bool(cfg, "telemetry.params")
+    check_bool(cfg, "telemetry.bn")
+    modules = _get(cfg, "telemetry.modules")
+    if modules is not _MISSING and not (isinstance(modules, list) and all(isinstance(m, str) for m in modules)):
+        raise ConfigError("telemetry.modules", modules, 'expected a list of class or module-name patterns, e.g. [Conv2d,"features.*"]')
+    check_bool(cfg, "telemetry.hist.enabled")
+    check_num(cfg, "telemetry.hist.min_abs", 0.0, strict=True)
+    check_num(cfg, "telemetry.hist.max_abs", 0.0, strict=True)
+    lo, hi = _get(cfg, "telemetry.hist.min_abs"), _get(cfg, "telemetry.hist.max_abs")
+    if _is_num(lo) and _is_num(hi) and hi <= lo:
+        raise ConfigError("telemetry.hist.max_abs", hi, f"expected a number > telemetry.hist.min_abs={lo}")
+    check_int(cfg, "telemetry.hist.bins_per_decade", 1)
+    check_int(cfg, "telemetry.hist.sample", 1)
+    check_num(cfg, "telemetry.dead.tanh", 0.0, strict=True, hi=1.0)
+    check_num(cfg, "telemetry.dead.sigmoid_low", 0.0, strict=False, hi=1.0)
+    check_num(cfg, "telemetry.dead.sigmoid_high", 0.0, strict=True, hi=1.0 + 1e-12)
+    low, high = _get(cfg, "telemetry.dead.sigmoid_low"), _get(cfg, "telemetry.dead.sigmoid_high")
+    if _is_num(low) and _is_num(high) and high <= low:
+        raise ConfigError("telemetry.dead.sigmoid_high", high, f"expected a number > telemetry.dead.sigmoid_low={low}")
+    # diagnose: thresholds
+    for key in ("vanishing_ratio", "exploding_ratio", "dead_frac", "update_ratio_low", "update_ratio_high"):
+        check_num(cfg, f"diagnose.{key}", 0.0, strict=True)
     check_num(cfg, "telemetry.flush_seconds", 0.0, strict=True)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from initlab.errors import InitlabError
 from initlab.nn.kinds import BATCH_NORMS, RESHAPE, is_leaf
 from initlab.telemetry.columns import Columns, Slot, hist_columns, stats_columns
 from initlab.telemetry.hist import Binner, SampleStage
@@ -93,6 +94,10 @@ class Telemetry:
         self.thresholds = {**_DEFAULT_THRESHOLDS, **(self.cfg.thresholds or {})}
         self.model = model
         self.modules = tracked_modules(model, self.cfg.modules)
+        if self.cfg.modules and not self.modules:  # recording nothing would read as "all is well"
+            types = sorted({type(m).__name__ for _, m in tracked_modules(model)})
+            raise InitlabError(f"telemetry.modules={list(self.cfg.modules)} matches no module of this model; "
+                               f"its leaf module types: {', '.join(types)}")
         self.params = [(mod_name, type(m).__name__, pname, p) for mod_name, m in model.named_modules()
                        for pname, p in m.named_parameters(recurse=False) if p.requires_grad]
         self._order: dict[tuple[str, int], int] = {}  # (name, call #) -> layer_idx
