@@ -32,7 +32,7 @@ from initlab.errors import InitlabError
 from initlab.signals import signals_deferred
 from initlab.store import RunStore, claim, read_stats, release
 from initlab.telemetry import Telemetry, TelemetryConfig, first_nonfinite
-from initlab.telemetry.columns import Columns, last_nonfinite
+from initlab.telemetry.columns import Columns
 
 log = logging.getLogger("initlab")
 PENDING_METRICS = 256  # metric rows held as tensors before they are read in one transfer
@@ -157,7 +157,7 @@ class Watch:
             return
         where, kind = first_nonfinite(cols, ("act",)), "act"
         if where is None:
-            where, kind = last_nonfinite(cols, ("grad",)), "grad"
+            where, kind = first_nonfinite(cols, ("grad",), last=True), "grad"
         if where is not None:
             self.diverged = {"step": step, "loss": None, "layer": where[0], "layer_idx": where[1], "kind": kind}
 

@@ -85,24 +85,15 @@ def hist_columns(cols: Columns, hist_rows: Sequence[int], counts: np.ndarray, sp
     }
 
 
-def first_nonfinite(cols: Columns | None, kinds: tuple[str, ...] = ("act",)) -> tuple[str, int] | None:
-    """(layer, layer_idx) of the earliest row of `kinds` holding a NaN or inf, if any."""
+def first_nonfinite(cols: Columns | None, kinds: tuple[str, ...] = ("act",), last: bool = False
+                    ) -> tuple[str, int] | None:
+    """(layer, layer_idx) of the earliest row of `kinds` in forward order holding a NaN or inf
+    (`last`: the latest, i.e. for gradients where the backward pass first went non-finite)."""
     if cols is None:
         return None
     mask = np.isin(cols["kind"], kinds) & (cols["nonfinite"] != 0)
     if not mask.any():
         return None
-    i = np.flatnonzero(mask)[np.argmin(cols["layer_idx"][mask])]
-    return str(cols["layer"][i]), int(cols["layer_idx"][i])
-
-
-def last_nonfinite(cols: Columns | None, kinds: tuple[str, ...] = ("grad",)) -> tuple[str, int] | None:
-    """(layer, layer_idx) of the latest row of `kinds` (in forward order) holding a NaN or inf:
-    for gradients, where the backward pass first went non-finite."""
-    if cols is None:
-        return None
-    mask = np.isin(cols["kind"], kinds) & (cols["nonfinite"] != 0)
-    if not mask.any():
-        return None
-    i = np.flatnonzero(mask)[np.argmax(cols["layer_idx"][mask])]
+    pick = np.argmax if last else np.argmin
+    i = np.flatnonzero(mask)[pick(cols["layer_idx"][mask])]
     return str(cols["layer"][i]), int(cols["layer_idx"][i])
