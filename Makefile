@@ -26,7 +26,7 @@ bench:  ## benchmarks/: measured tables written to benchmarks/results/
 	$(PYTHON) benchmarks/run_all.py
 
 lint:
-	$(PYTHON) -m ruff check initlab tests benchmarks
+	$(PYTHON) -m ruff check initlab hydra_plugins tests benchmarks
 
 clean:
 	rm -rf outputs/runs outputs/multirun .pytest_cache build *.egg-info

@@ -1,9 +1,12 @@
 """The `initlab` command: Hydra's entry point, signals and exit codes; the run itself is
 `initlab.study.run_study`."""
 
+import errno
 import logging
+import os
 import signal
 import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -12,6 +15,8 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from initlab.errors import InitlabError, Interrupted
+from initlab.keys import check_overrides
+from initlab.launchers import STOPPED, make_discoverable
 from initlab.store import RunDirTaken, write_json
 from initlab.study import run_study, versions
 from initlab.sweep import LAST_SWEEP
@@ -20,6 +25,10 @@ log = logging.getLogger("initlab")
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
+# conf/hydra/launcher/*.yaml set initlab's launchers as _target_ over the plugins' own schemas;
+# Hydra warns on every run that such a same-name merge is deprecated (it holds through 1.3).
+warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema")
+make_discoverable()
 
 
 def _raise_interrupted(signum: int, frame: object) -> None:
@@ -42,15 +51,28 @@ def app(cfg: DictConfig) -> float | None:
         print(f"initlab: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except InitlabError as exc:
-        write_json(run_dir / "summary.json", {"status": "failed", "error": str(exc), "versions": versions()})
+        _try_write_summary(run_dir, str(exc))
         if multirun:  # one bad job must not stop the sweep
             log.error("failed  %s", exc)
             return None
         print(f"initlab: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    except (KeyboardInterrupt, Interrupted):  # a second Ctrl-C, once the summary was on disk
+        if multirun:
+            return None
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # a bug or an environment failure (e.g. out of memory): still a verdict
+        if isinstance(exc, OSError) and _writing_failed(exc, run_dir):
+            # the disk filled up or went read-only mid-run: the parts already written agree
+            line = f"cannot write the run to {run_dir}: {exc.strerror or exc}"
+            _try_write_summary(run_dir, line)
+            if multirun:
+                log.error("failed  %s", line)
+                return None
+            print(f"initlab: error: {line}", file=sys.stderr)
+            sys.exit(1)
         line = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-        write_json(run_dir / "summary.json", {"status": "failed", "error": line, "versions": versions()})
+        _try_write_summary(run_dir, line)
         if multirun:
             log.exception("failed  %s", line)
             return None
@@ -59,11 +81,74 @@ def app(cfg: DictConfig) -> float | None:
         log.warning("interrupted: files so far are in %s", run_dir)
         if not multirun:
             sys.exit(EXIT_INTERRUPTED)
-    return summary["final"].get("loss")
+        if "BasicLauncher" in str(hc.launcher.get("_target_")):  # jobs in this process: stop the sweep here
+            raise KeyboardInterrupt  # (initlab's joblib launcher stops its own jobs)
+    return (summary.get("final") or {}).get("loss")
+
+
+def _writing_failed(exc: OSError, run_dir: Path) -> bool:
+    """An OSError from writing the run's own files (not, say, a model's or a loader's)."""
+    return exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT) or str(exc.filename or "").startswith(str(run_dir))
+
+
+def _try_write_summary(run_dir: Path, error: str) -> None:
+    try:
+        write_json(run_dir / "summary.json", {"status": "failed", "error": error, "versions": versions()})
+    except OSError:  # the same full or read-only disk: the one-line error says it
+        pass
+
+
+def _output_dir_problem(args: list[str]) -> str | None:
+    """Where Hydra would create the run (or sweep) directory cannot be written: a regular file
+    on the way, no permission, a read-only filesystem. Checked before Hydra, which would
+    answer with a traceback. Only the part before any ${...} is known here."""
+    multirun = "-m" in args or "--multirun" in args
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    given = [a.split("=", 1)[1] for a in args if a.startswith(key + "=")]
+    path = given[-1] if given else ("outputs/multirun" if multirun else "outputs/runs")
+    q = Path(path.split("${", 1)[0] or ".")
+    while not q.exists() and q != q.parent:
+        q = q.parent
+    if q.exists() and not q.is_dir():
+        return f"{key}={path} cannot be created: {q} is a file, not a directory"
+    if q.exists() and not os.access(q, os.W_OK | os.X_OK):
+        return f"{key}={path} cannot be created: {q} is not writable (permissions or a read-only filesystem)"
+    return None
+
+
+def _report_stopped_sweep() -> None:
+    sweep_dir = LAST_SWEEP.get("dir")
+    if sweep_dir is None:  # not a sweep, or stopped before its first job
+        return
+    from initlab.sweep import build_report
+
+    try:
+        table, _ = build_report(sweep_dir)
+        print(f"initlab: sweep interrupted; the jobs that ran are in {table}", file=sys.stderr)
+    except Exception as exc:  # the jobs' own files stay; the report can be rebuilt
+        print(f"initlab: sweep interrupted; its report failed ({exc}): `initlab-report {sweep_dir}`",
+              file=sys.stderr)
 
 
 def main() -> None:
-    app()
+    try:
+        check_overrides(sys.argv[1:])
+    except InitlabError as exc:
+        print(f"initlab: error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    problem = _output_dir_problem(sys.argv[1:])
+    if problem:
+        print(f"initlab: error: {problem}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    try:
+        app()
+    except KeyboardInterrupt:  # Ctrl-C in a sweep run in this process: the report covers what ran
+        _report_stopped_sweep()
+        sys.exit(EXIT_INTERRUPTED)
+    if STOPPED:  # Ctrl-C stopped a sweep: the report covers the jobs that ran
+        print(f"initlab: sweep interrupted; {LAST_SWEEP.get('jobs', 0)} jobs recorded in "
+              f"{LAST_SWEEP.get('dir', 'the sweep directory')}", file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     if LAST_SWEEP.get("failed"):  # set by the sweep callback after a multirun
         print(f"initlab: {LAST_SWEEP['failed']} of {LAST_SWEEP['jobs']} jobs failed; see "
               f"{LAST_SWEEP['dir'] / 'sweep.parquet'}", file=sys.stderr)

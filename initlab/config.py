@@ -125,6 +125,9 @@ def validate(cfg: DictConfig) -> None:
         if v is not _MISSING and v is not None and not (_is_int(v) and v >= lo):
             raise ConfigError(key, v, f"expected null (the whole split) or an integer >= {lo}")
     check_bool(cfg, "data.download")
+    root = _get(cfg, "data.root")
+    if root is not _MISSING and root is not None and not isinstance(root, str):
+        raise ConfigError("data.root", root, "expected null ($INITLAB_DATA or ~/.cache/initlab/data) or a directory path")
     fallback = _get(cfg, "data.fallback")
     if fallback is not _MISSING and fallback not in (None, "synthetic"):
         raise ConfigError("data.fallback", fallback, "expected null or synthetic")

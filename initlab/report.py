@@ -9,7 +9,7 @@ import pandas as pd
 from rich.console import Console
 
 from initlab.plots import plot_run
-from initlab.store import SUMMARY_FILE, load_run, write_json
+from initlab.store import SUMMARY_FILE, bad_parts, load_run, write_json
 from initlab.sweep import build_report, is_sweep_dir
 
 
@@ -25,9 +25,19 @@ def rebuilt_summary(metrics: pd.DataFrame) -> dict:
     }
 
 
+class NothingToDraw(Exception):
+    """The run directory holds no readable statistics or metrics."""
+
+
 def report_run(run_dir: Path) -> list[Path]:
-    """Re-plot one run directory (and rebuild a missing summary.json); training is never re-run."""
+    """Re-plot one run directory (and rebuild a missing summary.json) from its readable parts;
+    training is never re-run. Raises NothingToDraw, saying why, when no part can be read."""
     run = load_run(run_dir)
+    if run.stats.empty and run.metrics.empty:
+        status = run.summary.get("status", "no summary.json")
+        why = f": {run.summary['error']}" if run.summary.get("error") else ""
+        raise NothingToDraw(f"{run_dir}: nothing to draw, the run recorded no readable statistics or metrics "
+                            f"(status {status}{why})")
     made = []
     if not run.summary:
         write_json(run_dir / SUMMARY_FILE, rebuilt_summary(run.metrics))
@@ -76,7 +86,16 @@ def main(argv: list[str] | None = None) -> int:
                   f"(no {SUMMARY_FILE} or metrics.parquet)", file=sys.stderr)
             failed += 1
             continue
-        for p in report_run(path):
+        for part, why in bad_parts(path).items():
+            print(f"initlab-report: warning: skipped unreadable part {part} ({why}); drawing the rest",
+                  file=sys.stderr)
+        try:
+            made = report_run(path)
+        except NothingToDraw as exc:
+            print(f"initlab-report: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        for p in made:
             console.print(f"wrote {p}", markup=False)
     return 1 if failed else 0
 

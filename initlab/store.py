@@ -164,21 +164,40 @@ class RunStore:
         if len(self._metrics) >= METRICS_ROWS:
             self._flush_metrics()
 
-    def _write_table(self, folder: str, table: pa.Table, index: int) -> None:
+    def _write_table(self, folder: str, table: pa.Table, index: int) -> tuple[Path, Path]:
+        """Write a part under a temporary dotfile name (readers skip dotfiles); returns
+        (temporary, final) for `_publish`."""
         out = self.run_dir / folder
         out.mkdir(parents=True, exist_ok=True)
         tmp = out / f".part-{index:05d}.tmp"
-        pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **self._meta}), tmp)
-        tmp.replace(out / f"part-{index:05d}.parquet")  # atomic; readers skip dotfiles
+        try:
+            pq.write_table(table.replace_schema_metadata({**(table.schema.metadata or {}), **self._meta}), tmp)
+        except OSError:
+            tmp.unlink(missing_ok=True)
+            raise
+        return tmp, out / f"part-{index:05d}.parquet"
 
-    def _write_part(self, folder: str, buffer: list[dict[str, np.ndarray]]) -> None:
+    @staticmethod
+    def _publish(written: list[tuple[Path, Path]]) -> None:
+        for tmp, final in written:
+            tmp.replace(final)  # atomic, and needs no space: a full disk fails in the writes
+
+    @staticmethod
+    def _discard(written: list[tuple[Path, Path]]) -> None:
+        for tmp, _ in written:
+            tmp.unlink(missing_ok=True)
+
+    def _metrics_part(self) -> tuple[Path, Path]:
+        table = pa.Table.from_pandas(pd.DataFrame(self._metrics), preserve_index=False)
+        return self._write_table(METRICS_FILE, table, self._metric_parts)
+
+    def _stats_part(self, folder: str, buffer: list[dict[str, np.ndarray]]) -> tuple[Path, Path]:
         merged = {k: np.concatenate([b[k] for b in buffer]) for k in buffer[0]}
-        self._write_table(folder, pa.table(merged), self._parts)
+        return self._write_table(folder, pa.table(merged), self._parts)
 
     def _flush_metrics(self) -> None:
         if self._metrics:
-            table = pa.Table.from_pandas(pd.DataFrame(self._metrics), preserve_index=False)
-            self._write_table(METRICS_FILE, table, self._metric_parts)
+            self._publish([self._metrics_part()])
             self._metric_parts += 1
             self._metrics = []
 
@@ -187,16 +206,28 @@ class RunStore:
         return self._parts
 
     def flush(self) -> None:
-        """Write what is buffered as the next part files; memory is released."""
+        """Write what is buffered as the next part files; memory is released. The metrics,
+        stats and histogram parts of one flush appear together or not at all (a full or
+        read-only disk raises with nothing half-written), so they cover the same steps."""
         self._last_flush = time.monotonic()
-        self._flush_metrics()
-        if not self._stats:
-            return
-        self._write_part(STATS_DIR, self._stats)
-        if self._hist:
-            self._write_part(HIST_DIR, self._hist)
-        self._parts += 1
-        self._stats, self._hist = [], []
+        written: list[tuple[Path, Path]] = []
+        try:
+            if self._metrics:
+                written.append(self._metrics_part())
+            if self._stats:
+                written.append(self._stats_part(STATS_DIR, self._stats))
+                if self._hist:
+                    written.append(self._stats_part(HIST_DIR, self._hist))
+        except OSError:
+            self._discard(written)
+            raise
+        self._publish(written)
+        if self._metrics:
+            self._metric_parts += 1
+            self._metrics = []
+        if self._stats:
+            self._parts += 1
+            self._stats, self._hist = [], []
 
     def write_summary(self, summary: dict[str, Any]) -> None:
         write_json(self.run_dir / SUMMARY_FILE, summary)
@@ -215,14 +246,35 @@ class RunData:
     probe: pd.DataFrame  # probe.seeds > 1: step-0 statistics of every seed (empty otherwise)
 
 
+def readable_parts(path: Path) -> tuple[list[Path], dict[str, str]]:
+    """A folder's part files that parquet can open, and {file: what is wrong} for the rest
+    (a part torn by a crash or a disk fault is named, never allowed to sink the run)."""
+    good, bad = [], {}
+    for f in sorted(path.glob("*.parquet")) if path.exists() else []:
+        try:
+            pq.ParquetFile(f).close()
+            good.append(f)
+        except (pa.ArrowException, OSError) as exc:
+            bad[str(f)] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+    return good, bad
+
+
 def _read_parts(path: Path) -> pd.DataFrame:
-    """A folder of parts as one table; parts whose columns differ (a user's `w.log` keys that
-    appear later in a run) are read under the union of their schemas."""
-    files = sorted(path.glob("*.parquet")) if path.exists() else []
+    """A folder's readable parts as one table; parts whose columns differ (a user's `w.log`
+    keys that appear later in a run) are read under the union of their schemas."""
+    files, _ = readable_parts(path)
     if not files:
         return pd.DataFrame()
     schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
     return ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table().to_pandas()
+
+
+def bad_parts(run_dir: Path) -> dict[str, str]:
+    """Every unreadable part file of a run directory, with what is wrong."""
+    out: dict[str, str] = {}
+    for folder in (STATS_DIR, HIST_DIR, METRICS_FILE):
+        out.update(readable_parts(Path(run_dir) / folder)[1])
+    return out
 
 
 def read_stats(run_dir: Path) -> pd.DataFrame:
@@ -261,10 +313,12 @@ def read_metadata(run_dir: Path) -> dict[str, Any]:
     candidates = [*sorted((Path(run_dir) / METRICS_FILE).glob("*.parquet")),
                   *sorted((Path(run_dir) / STATS_DIR).glob("*.parquet"))]
     for f in candidates:
-        if f.exists():
+        try:
             meta = pq.read_schema(f).metadata or {}
-            if META_KEY in meta:
-                return json.loads(meta[META_KEY])
+        except (pa.ArrowException, OSError):  # an unreadable part: bad_parts names it
+            continue
+        if META_KEY in meta:
+            return json.loads(meta[META_KEY])
     return {}
 
 

@@ -3,6 +3,7 @@
 one log line per stage. `run_study(cfg, run_dir)` is what the `initlab` command calls."""
 
 import functools
+import json
 import logging
 import os
 import random
@@ -22,13 +23,22 @@ from rich.table import Table
 from initlab.config import validate
 from initlab.data import load_dataset
 from initlab.devices import resolve_device
-from initlab.errors import ConfigError
+from initlab.errors import ConfigError, Interrupted
 from initlab.init import apply_init
 from initlab.models import build_model
 from initlab.models.external import EXTERNAL
 from initlab.models.summary import describe
 from initlab.probe import headline, probe_seeds
-from initlab.store import PROBE_FILE, THEORY_FILE, claim, read_stats, release
+from initlab.signals import signals_deferred
+from initlab.store import (
+    PROBE_FILE,
+    SUMMARY_FILE,
+    THEORY_FILE,
+    claim,
+    read_stats,
+    release,
+    write_json,
+)
 from initlab.telemetry import TelemetryConfig
 from initlab.theory import layer_specs, predict
 from initlab.train import ProgressBar, build_optimizer, fit
@@ -114,7 +124,42 @@ def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         release(lock)
 
 
+class _Stage:
+    """Which part of the run is going on, for the summary of a run interrupted outside training."""
+
+    name = "setup"
+    watch: Watch | None = None
+
+
 def _run(cfg: DictConfig, run_dir: Path, t0: float) -> dict[str, Any]:
+    stage = _Stage()
+    try:
+        return _stages(cfg, run_dir, t0, stage)
+    except (KeyboardInterrupt, Interrupted):
+        with signals_deferred():  # a second Ctrl-C waits until the summary is on disk
+            return _interrupted(run_dir, stage)
+
+
+def _interrupted(run_dir: Path, stage: _Stage) -> dict[str, Any]:
+    """summary.json for a Ctrl-C/SIGTERM during set-up, theory, the probe, the summary or the
+    plots: status `interrupted`, where, and every step already done (the parts stay)."""
+    log.warning("interrupted during %s: files so far are in %s", stage.name, run_dir)
+    watch = stage.watch
+    if watch is None:  # set-up: nothing recorded yet
+        summary = {"status": "interrupted", "interrupted_during": stage.name, "steps_done": 0,
+                   "versions": versions()}
+        write_json(run_dir / SUMMARY_FILE, summary)
+        return summary
+    if not watch.finished:
+        watch.status = "interrupted"
+        return watch.finish({"interrupted_during": stage.name}, plots=False)
+    summary = json.loads((run_dir / SUMMARY_FILE).read_text())  # written; the plots were under way
+    summary.update(status="interrupted", interrupted_during=stage.name)
+    write_json(run_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[str, Any]:
     validate(cfg)
     _check_external(cfg)
     configure_threads(cfg.threads)
@@ -154,6 +199,7 @@ def _run(cfg: DictConfig, run_dir: Path, t0: float) -> dict[str, Any]:
             if tel_cfg.hist else None}
     watch = Watch(model, optimizer, out=run_dir, telemetry=tel_cfg, total_steps=max(cfg.train.steps, 1),
                   plots=cfg.plots, meta=meta)
+    stage.watch, stage.name = watch, "training"
     setup_s = time.perf_counter() - t0
     callbacks = [ProgressBar(cfg.train.batch_size)] if cfg.train.progress else []
     log.info("train   %d steps of batch %d (%s)", cfg.train.steps, cfg.train.batch_size,
@@ -162,8 +208,12 @@ def _run(cfg: DictConfig, run_dir: Path, t0: float) -> dict[str, Any]:
         result = fit(model, data, optimizer, cfg.train, watch, cfg.seed, callbacks)
     finally:
         watch.flush()  # whatever happens, what was recorded reaches the disk
+    stage.name = "theory"
     _theory(run_dir, specs, batch0)
-    probe = _probe(run_dir, cfg, batch0(), lambda s: make_model(s)[0], tel_cfg, device) if cfg.probe.seeds > 1 else None
+    stage.name = "probe"
+    probe = None
+    if cfg.probe.seeds > 1 and result.status != "interrupted":  # Ctrl-C in training: no probe after it
+        probe = _probe(run_dir, cfg, batch0(), lambda s: make_model(s)[0], tel_cfg, device)
     step_times = [r["step_time"] for r in result.rows]
     watch.status = result.status
     extra: dict[str, Any] = {
@@ -187,9 +237,11 @@ def _run(cfg: DictConfig, run_dir: Path, t0: float) -> dict[str, Any]:
     }
     if probe is not None:
         extra["probe"] = probe
+    stage.name = "summary"
     summary = watch.finish(extra, OmegaConf.to_container(cfg.diagnose), plots=False)
     _flag_table(summary["flags"])
     if cfg.plots:
+        stage.name = "plots"
         watch.draw()
     final = summary["final"]
     if summary["status"] == "diverged":

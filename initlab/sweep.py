@@ -136,6 +136,9 @@ class SweepReport(Callback):
     """Hydra callback: build the sweep report when a multirun ends, and remember how
     many jobs failed so `initlab -m` can exit non-zero."""
 
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        LAST_SWEEP["dir"] = Path(config.hydra.sweep.dir)  # for a sweep stopped before its end
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:

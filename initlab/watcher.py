@@ -85,7 +85,8 @@ class Watch:
         self._stepped = False
         self._t_step = 0.0
         self._step_time = math.nan
-        self._finished = False
+        self._finishing = False  # finish() began (the block's exit must not run it again)
+        self._finished = False  # summary.json is written
 
     def _default_meta(self) -> dict[str, Any]:
         return {"config": {"model": {"name": type(self.model).__name__}, "telemetry": self.cfg.as_dict(),
@@ -265,20 +266,27 @@ class Watch:
         """Flush, then write summary.json (with flags) and the plots; returns the summary."""
         if self._finished:
             raise InitlabError("this watch has already finished")
-        self._finished = True
+        self._finishing = True
         self.flush()
         summary = {**self.summary(), **(extra or {})}
         if self.out is None:
+            self._finished = True
             return summary
         from initlab.diagnose import diagnose  # pandas: only once the run is over
 
         stats = read_stats(self.out)
         summary["flags"] = diagnose(stats, summary, diagnose_cfg)
         self.store.write_summary(summary)
+        self._finished = True
         self.release()
         if self.plots if plots is None else plots:
             self.draw()
         return summary
+
+    @property
+    def finished(self) -> bool:
+        """summary.json is written (by finish)."""
+        return self._finished
 
     def release(self) -> None:
         """Give the run directory's lock back (the summary is written, or the run failed)."""
@@ -298,7 +306,7 @@ class Watch:
         return self
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
-        if self._finished:
+        if self._finishing:
             return
         if exc_type is not None:
             if issubclass(exc_type, KeyboardInterrupt):

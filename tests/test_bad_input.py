@@ -6,7 +6,9 @@ from torch import nn
 
 from initlab.config import validate
 from initlab.errors import ConfigError, InitlabError
+from initlab.keys import check_overrides, known_keys
 from initlab.telemetry import Telemetry, TelemetryConfig
+from tests.conftest import run_cli
 
 BAD = [
     ("optim.name=rmsprop", "optim.name='rmsprop' is invalid: choose from adam, sgd"),
@@ -23,6 +25,18 @@ BAD = [
     ("diagnose.vanishing_ratio=abc", "diagnose.vanishing_ratio='abc' is invalid: expected a finite number > 0"),
     ("optim.lr=inf", "optim.lr=inf is invalid: expected a finite number > 0"),
     ("init=normal init.std=inf", "init.std=inf is invalid: expected a finite number >= 0"),
+    ("model=mlp model.depth=-1", "model.depth=-1 is invalid: expected an integer >= 1"),
+    ("model=mlp model.width=0", "model.width=0 is invalid: expected an integer >= 1"),
+    ("train.steps=abc", "train.steps='abc' is invalid: expected an integer >= 0"),
+    ("train.batch_size=0", "train.batch_size=0 is invalid: expected an integer >= 1"),
+    ("optim.lr=0", "optim.lr=0 is invalid: expected a finite number > 0"),
+    ("optim.lr=-1e-3", "optim.lr=-0.001 is invalid: expected a finite number > 0"),
+    ("init=normal init.std=-1", "init.std=-1 is invalid: expected a finite number >= 0"),
+    ("data.shape=[0,28]", "data.shape=[0, 28] is invalid: expected [N] for flat inputs or [C,H,W]"),
+    ("data.shape=[1,28]", "data.shape=[1, 28] is invalid: expected [N] for flat inputs or [C,H,W]"),
+    ("data.shape=foo", "data.shape='foo' is invalid: expected [N] for flat inputs or [C,H,W]"),
+    ("model.act=swish", "model.act='swish' is invalid: choose from relu, leaky_relu"),
+    ("data=mnist data.root=5", "data.root=5 is invalid: expected null ($INITLAB_DATA or ~/.cache/initlab/data) or a"),
 ]
 
 
@@ -42,3 +56,46 @@ def test_modules_matching_nothing_is_an_error_not_an_empty_verdict() -> None:
     model = nn.Sequential(nn.Linear(2, 2), nn.ReLU())
     with pytest.raises(InitlabError, match=r"telemetry.modules=\['NoSuchLayer'\] matches no module.*Linear, ReLU"):
         Telemetry(model, TelemetryConfig(modules=["NoSuchLayer"]))
+
+
+UNKNOWN = [
+    ("modle=mlp", "modle is not a setting: did you mean model?"),
+    ("train.step=5", "train.step is not a setting: did you mean train.steps? (train has: batch_size,"),
+    ("telemetry.hist.sampel=9", "telemetry.hist.sampel is not a setting: did you mean telemetry.hist.sample?"),
+]
+
+
+@pytest.mark.parametrize("override,message", UNKNOWN, ids=[u[0] for u in UNKNOWN])
+def test_an_unknown_key_names_the_keys_nearby(override: str, message: str) -> None:
+    with pytest.raises(InitlabError) as err:
+        check_overrides([override])
+    assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("args", [["model=mlp", "model.depth=3"], ["+model.zero_init_residual=true"],
+                                  ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], ["-m", "init=default,kaiming"],
+                                  ["experiment=smoke", "model=target", "model._target_=x.y"], ["--cfg", "job"]])
+def test_known_keys_new_keys_and_hydra_keys_pass(args: list[str]) -> None:
+    check_overrides(args)
+
+
+def test_every_shipped_key_is_known(make_cfg) -> None:
+    """known_keys reads conf/ itself: every node of the composed default config is in it."""
+    from omegaconf import OmegaConf
+
+    def paths(node: object, prefix: str = "") -> list[str]:
+        if not isinstance(node, dict):
+            return [prefix]
+        return [prefix] * bool(prefix) + [p for k, v in node.items() for p in paths(v, f"{prefix}.{k}" if prefix else k)]
+
+    cfg = OmegaConf.to_container(make_cfg("model=mlp"), resolve=False)
+    assert set(paths(cfg)) - known_keys() == set()
+
+
+def test_the_command_line_refuses_an_unknown_key_in_one_line(tmp_path) -> None:
+    proc = run_cli(["train.step=5"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("initlab: error: train.step is not a setting: did you mean train.steps? (train has: "
+                                   "batch_size, eval_every, progress, steps, stop_on_nonfinite; +train.step=... adds "
+                                   "a new key)")
+    assert not (tmp_path / "outputs").exists()

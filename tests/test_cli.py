@@ -45,23 +45,14 @@ def test_smoke_experiment_and_report(tmp_path: Path) -> None:
     assert sorted(p.name for p in (run_dir / "plots").glob("*.png")) == ALL_PLOTS
 
 
+# One CLI case per stage that can refuse (validation, device, model, data); every value
+# validate() refuses is a row of tests/test_bad_input.py, checked in-process.
 @pytest.mark.parametrize(
     "args,expected",
     [
-        (["model=mlp", "model.depth=-1"], "model.depth=-1 is invalid: expected an integer >= 1"),
-        (["model=mlp", "model.width=0"], "model.width=0 is invalid: expected an integer >= 1"),
         (["train.steps=-5"], "train.steps=-5 is invalid: expected an integer >= 0"),
-        (["train.steps=abc"], "train.steps='abc' is invalid: expected an integer >= 0"),
-        (["train.batch_size=0"], "train.batch_size=0 is invalid: expected an integer >= 1"),
-        (["optim.lr=0"], "optim.lr=0 is invalid: expected a finite number > 0"),
-        (["optim.lr=-1e-3"], "optim.lr=-0.001 is invalid"),
-        (["init=normal", "init.std=-1"], "init.std=-1 is invalid: expected a finite number >= 0"),
         (["device=cuda:7"], "device='cuda:7' is invalid"),
         (["device=tpu"], "device='tpu' is invalid: expected one of auto, cpu, cuda, cuda:N, mps"),
-        (["data.shape=[0,28]"], "data.shape=[0, 28] is invalid: expected [N] for flat inputs or [C,H,W]"),
-        (["data.shape=[1,28]"], "data.shape=[1, 28] is invalid"),
-        (["data.shape=foo"], "data.shape='foo' is invalid"),
-        (["model.act=swish"], "model.act='swish' is invalid: choose from relu, leaky_relu"),
         (["data.shape=[256]"], "model=conv4 cannot take input shape [256]: it needs images [C,H,W]"),
         (["train.batch_size=9999"], "train.batch_size=9999 is invalid: expected at most data.train_size=4096"),
     ],

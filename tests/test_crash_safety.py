@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 LONG = ["model=mlp", "model.depth=3", "model.width=32", "data.shape=[64]", "telemetry=full",
         "telemetry.flush_every=5", "train.steps=1000000", "train.batch_size=16", "train.eval_every=0"]
@@ -97,3 +98,74 @@ def test_a_signal_inside_a_step_record_waits_for_it() -> None:
         assert signal.getsignal(signal.SIGTERM) is handler  # restored
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _summary(run_dir: Path) -> dict:
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def test_ctrl_c_during_setup_is_interrupted_not_a_traceback(run, monkeypatch) -> None:
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("initlab.study.build_model", ctrl_c)
+    summary, run_dir = run()
+    assert summary["status"] == "interrupted" and summary["interrupted_during"] == "setup"
+    assert _summary(run_dir)["steps_done"] == 0 and not (run_dir / ".initlab.lock").exists()
+
+
+def test_ctrl_c_during_the_probe_keeps_every_trained_step(run, monkeypatch) -> None:
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("initlab.study.probe_seeds", ctrl_c)
+    summary, run_dir = run("probe.seeds=3", "train.steps=4")
+    on_disk = _summary(run_dir)
+    assert on_disk["status"] == "interrupted" and on_disk["interrupted_during"] == "probe"
+    assert on_disk["steps_done"] == 4 and "flags" in on_disk  # the trained steps, described
+    assert len(pd.read_parquet(run_dir / "metrics.parquet")) == 4
+
+
+def test_ctrl_c_during_plots_marks_the_finished_run_interrupted(run, monkeypatch) -> None:
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("initlab.report.report_run", ctrl_c)
+    summary, run_dir = run("plots=true")
+    on_disk = _summary(run_dir)
+    assert on_disk["status"] == "interrupted" and on_disk["interrupted_during"] == "plots"
+    assert on_disk["steps_done"] == 2 and on_disk["timings"]["train_s"] > 0  # the whole summary kept
+
+
+def test_a_second_ctrl_c_while_the_summary_is_written_does_not_lose_it(run, tmp_path: Path, monkeypatch) -> None:
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    def second_ctrl_c(*args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # arrives while the interrupted summary is being written
+        return []
+
+    monkeypatch.setattr("initlab.study.probe_seeds", ctrl_c)
+    monkeypatch.setattr("initlab.diagnose.diagnose", second_ctrl_c)
+    with pytest.raises(KeyboardInterrupt):  # delivered once the summary is on disk
+        run("probe.seeds=3")
+    assert _summary(tmp_path / "run0")["status"] == "interrupted"
+
+
+def test_sigint_during_the_probe_on_the_command_line(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "initlab", "model=mlp", "data.shape=[64]", "train.steps=3",
+                             "train.progress=false", "probe.seeds=1000000", "device=cpu"], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 90
+    while not list(tmp_path.glob("outputs/runs/*/*/theory.parquet")):  # written just before the probe
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    run_dir = next(tmp_path.glob("outputs/runs/*/*/theory.parquet")).parent
+    summary = _summary(run_dir)
+    assert summary["status"] == "interrupted" and summary["interrupted_during"] == "probe"
+    assert summary["steps_done"] == 3

@@ -3,15 +3,17 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torchvision
 
 from initlab.data import DeviceDataset, load_dataset
+from initlab.data.base import CorruptData
 from initlab.data.vision import LoaderDataset
 from initlab.errors import InitlabError
 from initlab.store import load_run
-from initlab.testing import write_cifar10, write_mnist
+from initlab.testing import _write_idx, write_cifar10, write_mnist
 from tests.conftest import compose_cfg, run_cli
 
 
@@ -35,7 +37,7 @@ def cifar_checksums(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_cifar_integrity_check_is_real(tmp_path: Path) -> None:
     write_cifar10(tmp_path)  # torchvision's published md5s do not match fabricated files
-    with pytest.raises(InitlabError, match="no dataset files under"):
+    with pytest.raises(CorruptData, match=r"data=cifar10: .*data_batch_1 is corrupt: its md5 is not torchvision's"):
         load_dataset(_cfg("cifar10", tmp_path), torch.device("cpu"), 0)
 
 
@@ -135,3 +137,45 @@ def test_fallback_uses_the_real_files_when_present(run, tmp_path: Path) -> None:
 def test_fallback_only_takes_synthetic(run, tmp_path: Path) -> None:
     with pytest.raises(InitlabError, match="data.fallback"):
         run("data=mnist", f"data.root={tmp_path}", "data.fallback=cifar10")
+
+
+def _mnist_raw(tmp_path: Path) -> Path:
+    return write_mnist(tmp_path, n_train=64, n_test=16)
+
+
+@pytest.mark.parametrize("damage,message", [
+    (lambda p: p.write_bytes(np.random.default_rng(0).bytes(5000)), "is corrupt: not a uint8 IDX file"),
+    (lambda p: p.write_bytes(p.read_bytes()[:-100]), "is corrupt: 50092 bytes where its header (64x28x28) needs 50192"),
+    (lambda p: p.write_bytes(p.read_bytes()[:6]), "is corrupt: truncated inside its header"),
+])
+def test_corrupt_files_are_one_line_naming_the_file_and_never_fall_back(tmp_path: Path, damage, message: str) -> None:
+    """Break 6 of issue 15: random bytes gave a bare AssertionError, and corrupt files were
+    called missing, so data.fallback=synthetic quietly swapped in synthetic data."""
+    images = _mnist_raw(tmp_path) / "train-images-idx3-ubyte"
+    damage(images)
+    for extra in ([], ["data.fallback=synthetic"]):
+        with pytest.raises(CorruptData) as err:
+            load_dataset(_cfg("mnist", tmp_path, *extra), torch.device("cpu"), 0)
+        assert str(err.value).startswith(f"data=mnist: {images} {message}") and "\n" not in str(err.value)
+
+
+def test_images_and_labels_must_agree_in_count(tmp_path: Path) -> None:
+    raw = _mnist_raw(tmp_path)
+    _write_idx(raw / "train-labels-idx1-ubyte", np.zeros(50, dtype=np.uint8))  # 64 images, 50 labels
+    with pytest.raises(CorruptData, match="the train split under .* has 64 images but 50 labels"):
+        load_dataset(_cfg("mnist", tmp_path), torch.device("cpu"), 0)
+
+
+def test_statistics_cache_follows_the_files_not_the_count(tmp_path: Path) -> None:
+    """Files replaced in place with the same count used to keep the old statistics (batches of
+    mean 0.98 instead of 0)."""
+    raw = _mnist_raw(tmp_path)
+    load_dataset(_cfg("mnist", tmp_path), torch.device("cpu"), 0)
+    images = raw / "train-images-idx3-ubyte"
+    brighter = np.frombuffer(images.read_bytes()[16:], dtype=np.uint8).reshape(64, 28, 28) // 2 + 120
+    _write_idx(images, brighter)
+    data = load_dataset(_cfg("mnist", tmp_path), torch.device("cpu"), 0)
+    x = data.transform(data.x_train).double()
+    assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-3
+    cached = json.loads((tmp_path / "initlab-stats" / "mnist.json").read_text())
+    assert cached["files"][0][0] == "train-images-idx3-ubyte" and cached["files"][0][1] == images.stat().st_size

@@ -19,6 +19,9 @@ def test_regular_install_runs_from_another_directory(tmp_path: Path) -> None:
     assert build.returncode == 0, build.stderr
     assert (target / "initlab" / "conf" / "config.yaml").exists()
     assert (target / "initlab" / "conf" / "model" / "conv4.yaml").exists()
+    assert (target / "initlab" / "conf" / "hydra" / "launcher" / "joblib.yaml").exists()
+    assert (target / "hydra_plugins" / "initlab_launchers" / "joblib_launcher.py").exists()  # Hydra's namespace
+    assert not (target / "hydra_plugins" / "__init__.py").exists()  # stays a namespace package
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}

@@ -109,3 +109,84 @@ def test_watch_releases_its_lock_and_a_finished_directory_stays_closed(tmp_path:
     assert not (tmp_path / "w" / LOCK_FILE).exists()
     with pytest.raises(RunDirTaken, match="already holds a run"):
         initlab.watch(model, out=tmp_path / "w")
+
+
+FULL_DISK = """
+import errno, pyarrow.parquet as pq
+_real, _calls = pq.write_table, [0]
+def write_table(table, where, *a, **k):
+    _calls[0] += 1
+    if _calls[0] > {ok}:  # the disk fills up after {ok} part files
+        raise OSError(errno.ENOSPC, "No space left on device", str(where))
+    return _real(table, where, *a, **k)
+pq.write_table = write_table
+"""
+
+
+def test_a_disk_that_fills_up_mid_run_is_one_line_and_the_parts_agree(tmp_path: Path) -> None:
+    """Only whole flushes reach the disk: the metrics and stats parts cover the same steps."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(FULL_DISK.format(ok=3))  # step 0's metrics+stats+hist, then full
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": f"{hook}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    proc = subprocess.run([sys.executable, "-m", "initlab", "model=mlp", "data.shape=[64]", "train.steps=400",
+                           "telemetry=full", "telemetry.flush_every=5", "train.progress=false", "plots=false",
+                           "device=cpu", "hydra.run.dir=run"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("initlab: error:")]
+    run_dir = tmp_path / "run"
+    assert errors == [f"initlab: error: cannot write the run to {run_dir}: No space left on device"]
+    assert not list(run_dir.rglob(".part-*"))  # no half-written part left behind
+    metrics = pd.read_parquet(run_dir / "metrics.parquet")
+    stats = pd.read_parquet(run_dir / "stats.parquet")
+    assert sorted(stats["step"].unique()) == [0] and sorted(metrics["step"]) == [0]
+
+
+def test_an_output_directory_under_a_file_is_one_line_before_any_work(tmp_path: Path) -> None:
+    (tmp_path / "afile").write_text("")
+    proc = run_cli(["hydra.run.dir=afile/run"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == ("initlab: error: hydra.run.dir=afile/run cannot be created: afile is a file, "
+                                   "not a directory")
+
+
+def test_a_read_only_output_directory_is_refused(tmp_path: Path, monkeypatch) -> None:
+    """os.access answers for permissions and read-only mounts alike (root ignores permissions, so
+    the read-only answer is stood in for)."""
+    from initlab.cli import _output_dir_problem
+
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == ro else real(p, mode))
+    assert _output_dir_problem([f"hydra.run.dir={ro}/x/${{now:%H}}"]) == (
+        f"hydra.run.dir={ro}/x/${{now:%H}} cannot be created: {ro} is not writable (permissions or a read-only "
+        "filesystem)")
+    assert _output_dir_problem(["-m", f"hydra.sweep.dir={ro}/s"]).startswith(f"hydra.sweep.dir={ro}/s cannot")
+    assert _output_dir_problem([f"hydra.run.dir={tmp_path}/fine"]) is None
+
+
+def test_report_salvages_the_readable_parts_and_names_the_corrupt_one(run, capsys) -> None:
+    _, run_dir = run("telemetry.flush_every=1", "telemetry.log_points=0", "train.steps=4")  # a part per step
+    parts = sorted((run_dir / "stats.parquet").glob("part-*.parquet"))
+    assert len(parts) >= 3
+    bad = parts[1]
+    bad.write_bytes(bad.read_bytes()[: len(bad.read_bytes()) // 2])  # torn, as by a crash
+    assert report_main([str(run_dir)]) == 0
+    err = capsys.readouterr().err
+    assert f"skipped unreadable part {bad}" in err
+    stats = initlab.load_run(run_dir).stats
+    assert 0 < stats["step"].nunique() < 4  # every other part is read
+    assert (run_dir / "plots" / "grad_flow.png").exists()
+
+
+def test_report_on_a_failed_run_with_no_parts_says_so(tmp_path: Path, capsys) -> None:
+    run_dir = tmp_path / "failed"
+    run_dir.mkdir()
+    (run_dir / "summary.json").write_text(json.dumps({"status": "failed", "error": "device='cuda:7' is invalid"}))
+    assert report_main([str(run_dir)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == (f"initlab-report: error: {run_dir}: nothing to draw, the run recorded no readable "
+                           "statistics or metrics (status failed: device='cuda:7' is invalid)")
+    assert not (run_dir / "plots").exists()

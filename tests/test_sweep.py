@@ -1,6 +1,11 @@
 """Multirun studies: every job leaves a verdict, the sweep leaves a table and plots."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -64,6 +69,102 @@ def test_joblib_sweep(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     table = pd.read_parquet(_sweep_dir(tmp_path) / "sweep.parquet")
     assert len(table) == 2 and set(table["status"]) == {"ok"}
+
+
+def _start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
+    env = {**os.environ, "COLUMNS": "120", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-m", "initlab", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _wait_for_locks(root: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> list[Path]:
+    """The lock files ("pid host") of the first `n` jobs to start, once they all hold one."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        locks = sorted(root.glob("outputs/multirun/*/*/*/.initlab.lock"))
+        if len(locks) >= n and all(p.read_text().strip() for p in locks):
+            return locks
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    proc.kill()
+    raise AssertionError(f"no {n} running jobs after {timeout} s")
+
+
+def _wait_for_step(job_dir: Path, timeout: float = 60) -> None:
+    """Until the job has flushed its step-0 statistics: it is training."""
+    end = time.monotonic() + timeout
+    while not any((job_dir / "stats.parquet").glob("part-*.parquet")):
+        assert time.monotonic() < end, f"{job_dir} never reached step 0"
+        time.sleep(0.2)
+
+
+LONG = [*(a for a in SMALL if not a.startswith("train.steps")), "plots=false"]  # per-job figures are not the point here
+
+
+def test_joblib_sweep_survives_a_killed_job(tmp_path: Path) -> None:  # ~32 s, kept fast: it guards every sweep
+    """Break 4 of issue 15: under the stock plugin a SIGKILLed job broke loky's pool, killed its
+    sibling, ran nothing after it and wrote no report (traceback, exit 1)."""
+    proc = _start_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "train.steps=5000,20,20", *LONG],
+                      tmp_path)
+    lock = next(p for p in _wait_for_locks(tmp_path, 1, proc) if p.parent.name == "0")
+    _wait_for_step(lock.parent)
+    os.kill(int(lock.read_text().split()[0]), signal.SIGKILL)  # as the OOM killer would
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1, err
+    assert "1 of 3 jobs failed" in err and "Traceback" not in err
+    sweep = _sweep_dir(tmp_path)
+    table = pd.read_parquet(sweep / "sweep.parquet").set_index("job")
+    assert list(table["status"]) == ["failed", "ok", "ok"]  # the sibling and the job after it both ran
+    assert "SIGKILL" in table.loc["0", "error"]
+    killed = sweep / "0"
+    assert not (killed / ".initlab.lock").exists()
+    assert report_main([str(killed)]) == 0  # what it flushed before dying still draws
+
+
+@pytest.mark.slow  # 22 s: three CLI processes; the killed-job test above keeps the launcher in the fast suite
+def test_ctrl_c_stops_a_joblib_sweep(tmp_path: Path) -> None:
+    """One Ctrl-C stops the whole sweep: running jobs write `interrupted`, the rest never start,
+    the report covers what ran, exit 130."""
+    proc = _start_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "seed=0,1,2", "train.steps=5000",
+                       *LONG], tmp_path)
+    for lock in _wait_for_locks(tmp_path, 2, proc):
+        _wait_for_step(lock.parent)
+    proc.send_signal(signal.SIGINT)  # the launcher forwards it to each running job
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "sweep interrupted" in err
+    sweep = _sweep_dir(tmp_path)
+    table = pd.read_parquet(sweep / "sweep.parquet")
+    assert sorted(table["job"]) == ["0", "1"] and set(table["status"]) == {"interrupted"}
+    assert (table["steps_done"] >= 1).all()  # each kept the steps it had done
+    assert not (sweep / "2").exists()  # never started
+
+
+def test_ctrl_c_stops_a_sweep_run_in_this_process(tmp_path: Path) -> None:
+    """The basic launcher ran the next job after an interrupted one; now one Ctrl-C ends it."""
+    proc = _start_cli(["-m", "seed=0,1,2", "train.steps=100000", *LONG], tmp_path)
+    (lock,) = _wait_for_locks(tmp_path, 1, proc)
+    _wait_for_step(lock.parent)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    sweep = _sweep_dir(tmp_path)
+    table = pd.read_parquet(sweep / "sweep.parquet")
+    assert list(table["job"]) == ["0"] and list(table["status"]) == ["interrupted"]
+    assert not (sweep / "1").exists()
+
+
+@pytest.mark.slow  # ~40 s: submitit starts a python per job
+def test_submitit_sweep_survives_a_killed_job(tmp_path: Path) -> None:
+    proc = _start_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
+                       "train.steps=5000,20", *LONG], tmp_path)
+    lock = next(p for p in _wait_for_locks(tmp_path, 1, proc) if p.parent.name == "0")
+    _wait_for_step(lock.parent)
+    os.kill(int(lock.read_text().split()[0]), signal.SIGKILL)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 1 and "1 of 2 jobs failed" in err, err
+    table = pd.read_parquet(_sweep_dir(tmp_path) / "sweep.parquet").set_index("job")
+    assert list(table["status"]) == ["failed", "ok"] and "left no result" in table.loc["0", "error"]
 
 
 @pytest.mark.slow

@@ -12,7 +12,13 @@ Batch = tuple[torch.Tensor, torch.Tensor]
 
 
 class MissingData(InitlabError):
-    """The dataset's files are not on disk (and could not be downloaded)."""
+    """The dataset's files are not on disk (and could not be downloaded): the one case
+    `data.fallback=synthetic` stands in for."""
+
+
+class CorruptData(InitlabError):
+    """The dataset's files are there but unreadable or inconsistent: never replaced by a
+    fallback, since the user's data is what is wrong."""
 
 
 def epoch_permutations(n: int, seed: int) -> Iterator[torch.Tensor]:

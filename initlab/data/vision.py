@@ -12,6 +12,7 @@ same seed gives identical batches in either mode.
 
 import json
 import os
+import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,8 +21,16 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset
 from torchvision import datasets, transforms
+from torchvision.datasets.utils import check_integrity
 
-from initlab.data.base import Batch, DeviceDataset, MissingData, Normalizer, epoch_permutations
+from initlab.data.base import (
+    Batch,
+    CorruptData,
+    DeviceDataset,
+    MissingData,
+    Normalizer,
+    epoch_permutations,
+)
 from initlab.defaults import preset
 
 
@@ -35,7 +44,7 @@ class VisionSpec:
 SPECS: dict[str, VisionSpec] = {
     "mnist": VisionSpec(datasets.MNIST, "MNIST/raw",
                         "train-images-idx3-ubyte, train-labels-idx1-ubyte, t10k-images-idx3-ubyte, "
-                        "t10k-labels-idx1-ubyte (or their .gz)"),
+                        "t10k-labels-idx1-ubyte"),
     "fashion_mnist": VisionSpec(datasets.FashionMNIST, "FashionMNIST/raw",
                                 "the four Fashion-MNIST IDX files (train-/t10k- images and labels)"),
     "cifar10": VisionSpec(datasets.CIFAR10, "cifar-10-batches-py",
@@ -53,18 +62,68 @@ def data_root(cfg: Mapping[str, Any]) -> Path:
     return Path(root).expanduser()
 
 
+def split_files(name: str, train: bool) -> list[tuple[str, str | None]]:
+    """(file name, md5 or None) of one split, from torchvision's own class attributes."""
+    cls = SPECS[name].cls
+    if issubclass(cls, datasets.MNIST):
+        prefix = "train" if train else "t10k"
+        return [(f"{prefix}-{kind}", None) for kind in ("images-idx3-ubyte", "labels-idx1-ubyte")]
+    listed = cls.train_list if train else cls.test_list
+    return [(f, md5) for f, md5 in listed] + [(cls.meta["filename"], cls.meta["md5"])]
+
+
+def _idx_problem(path: Path) -> str | None:
+    """What is wrong with an IDX file (MNIST's format), or None: magic, dims and size."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+        if len(head) < 4 or head[:2] != b"\0\0" or head[2] != 0x08 or not 1 <= head[3] <= 3:
+            return "not a uint8 IDX file (its first 4 bytes are not 00 00 08 0N)"
+        raw = f.read(4 * head[3])
+    if len(raw) < 4 * head[3]:
+        return "truncated inside its header"
+    dims = struct.unpack(f">{head[3]}I", raw)
+    expected = 4 + 4 * len(dims) + int(torch.tensor(dims).prod())
+    size = path.stat().st_size
+    if size != expected:
+        return f"{size} bytes where its header ({'x'.join(map(str, dims))}) needs {expected}: truncated or padded"
+    return None
+
+
+def _corrupt(name: str, where: Path, train: bool) -> CorruptData | None:
+    """The first file of the split that is present but unreadable, named."""
+    for fname, md5 in split_files(name, train):
+        path = where / fname
+        problem = _idx_problem(path) if md5 is None else (
+            None if check_integrity(str(path), md5) else "its md5 is not torchvision's (a partial or altered copy)")
+        if problem:
+            return CorruptData(f"data={name}: {path} is corrupt: {problem}; replace it with {SPECS[name].files}")
+    return None
+
+
 def open_split(name: str, root: Path, train: bool, download: bool, transform: Any = None) -> Dataset:
-    """The torchvision dataset, or one line saying where it was looked for and how to get it."""
+    """The torchvision dataset; or one line: files absent (MissingData: where they were
+    looked for, how to get them) or present but corrupt (CorruptData naming the file)."""
     spec = SPECS[name]
     where = root / spec.folder
-    try:
-        return spec.cls(str(root), train=train, download=False, transform=transform)
-    except RuntimeError:
-        pass  # torchvision's "Dataset not found or corrupted"
+    absent = [f for f, _ in split_files(name, train) if not (where / f).is_file()]
+    if not absent:
+        problem = _corrupt(name, where, train)
+        if problem is not None:
+            raise problem
+        try:
+            ds = spec.cls(str(root), train=train, download=False, transform=transform)
+        except Exception as exc:  # torchvision's own checks, past ours
+            raise CorruptData(f"data={name}: files under {where} could not be read "
+                              f"({type(exc).__name__}: {str(exc).strip()[:160]})") from None
+        if len(ds.data) != len(ds.targets):
+            raise CorruptData(f"data={name}: the {'train' if train else 'test'} split under {where} has "
+                              f"{len(ds.data)} images but {len(ds.targets)} labels")
+        return ds
     if not download:
         raise MissingData(
-            f"data={name}: no dataset files under {where}; set data.download=true to fetch them, "
-            f"or put {spec.files} there (data.root or $INITLAB_DATA chooses the directory)")
+            f"data={name}: no dataset files under {where} (missing {', '.join(absent)}); set "
+            f"data.download=true to fetch them, or put {spec.files} there (data.root or $INITLAB_DATA "
+            "chooses the directory)")
     try:
         return spec.cls(str(root), train=train, download=True, transform=transform)
     except Exception as exc:  # offline: URLError, timeouts, HTTP errors, bad archives
@@ -73,6 +132,12 @@ def open_split(name: str, root: Path, train: bool, download: bool, transform: An
         raise MissingData(
             f"data={name}: not found under {where} and the download failed ({reason}); "
             f"put {spec.files} there, or run with network access") from None
+
+
+def file_identity(name: str, root: Path) -> list[list[Any]]:
+    """(name, size, mtime) of the training files: what the statistics cache is keyed on."""
+    where = root / SPECS[name].folder
+    return [[f, (where / f).stat().st_size, (where / f).stat().st_mtime_ns] for f, _ in split_files(name, True)]
 
 
 def as_uint8(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,17 +150,22 @@ def as_uint8(ds: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
 
 def channel_stats(name: str, root: Path, x: torch.Tensor) -> tuple[list[float], list[float]]:
     """Per-channel mean/std of the training split in [0, 1], computed once and cached
-    next to the data (initlab-stats/NAME.json)."""
+    next to the data (initlab-stats/NAME.json), keyed on the sample count and the files'
+    size and mtime: files replaced in place are measured again."""
     cache = root / "initlab-stats" / f"{name}.json"
+    key = {"n": len(x), "files": file_identity(name, root)}
     if cache.exists():
-        saved = json.loads(cache.read_text())
-        if saved.get("n") == len(x):
+        try:
+            saved = json.loads(cache.read_text())
+        except ValueError:  # a torn cache is only a recomputation
+            saved = {}
+        if all(saved.get(k) == v for k, v in key.items()):
             return saved["mean"], saved["std"]
     flat = x.transpose(0, 1).reshape(x.shape[1], -1).double() / 255  # (C, N*H*W)
     mean, std = flat.mean(1).tolist(), flat.std(1, correction=0).tolist()
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        cache.write_text(json.dumps({"n": len(x), "mean": mean, "std": std}))
+        cache.write_text(json.dumps({**key, "mean": mean, "std": std}))
     except OSError:
         pass  # a read-only data directory only costs recomputation
     return mean, std
