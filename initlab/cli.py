@@ -1,5 +1,6 @@
 """The `initlab` command: Hydra's entry point, signals and exit codes; the run itself is
-`initlab.study.run_study`."""
+`initlab.study.run_study`. Imports stay light here: `--help`, `--cfg` and each shell
+completion Tab press never load torch."""
 
 import errno
 import logging
@@ -16,10 +17,7 @@ from omegaconf import DictConfig
 
 from initlab.errors import InitlabError, Interrupted
 from initlab.keys import check_overrides
-from initlab.launchers import STOPPED, make_discoverable
-from initlab.store import RunDirTaken, write_json
-from initlab.study import run_study, versions
-from initlab.sweep import LAST_SWEEP
+from initlab.launchers import LAST_SWEEP, STOPPED, make_discoverable
 
 log = logging.getLogger("initlab")
 
@@ -38,6 +36,9 @@ def _raise_interrupted(signum: int, frame: object) -> None:
 @hydra.main(version_base="1.3", config_path="pkg://initlab.conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the final loss so sweepers can optimise it."""
+    # torch, pandas: only for a run (not --help, --cfg, completion)
+    from initlab.store import RunDirTaken
+    from initlab.study import run_study
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -92,6 +93,9 @@ def _writing_failed(exc: OSError, run_dir: Path) -> bool:
 
 
 def _try_write_summary(run_dir: Path, error: str) -> None:
+    from initlab.store import write_json
+    from initlab.study import versions
+
     try:
         write_json(run_dir / "summary.json", {"status": "failed", "error": error, "versions": versions()})
     except OSError:  # the same full or read-only disk: the one-line error says it

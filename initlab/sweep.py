@@ -14,12 +14,12 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
 from initlab.diagnose import depth_ratio
+from initlab.launchers import LAST_SWEEP
 from initlab.store import STATS_DIR, SUMMARY_FILE
 
 log = logging.getLogger("initlab")
 SWEEP_FILE = "sweep.parquet"
 WEIGHTED = ("Linear", "Conv1d", "Conv2d", "Conv3d")
-LAST_SWEEP: dict[str, Any] = {}  # filled by the callback; `initlab` reads it for its exit code
 
 
 def is_sweep_dir(path: Path) -> bool:

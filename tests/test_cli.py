@@ -1,6 +1,8 @@
 """The command line as a user types it: files, exit codes, and one-line errors."""
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -72,3 +74,19 @@ def test_unknown_group_option_gets_hydras_available_options(tmp_path: Path) -> N
     proc = run_cli(["model=transformer"], cwd=tmp_path)
     assert proc.returncode != 0
     assert "Available options in 'model'" in proc.stderr and "conv4" in proc.stderr
+
+
+HEAVY = ("torch", "torchvision", "pandas", "pyarrow", "numpy", "matplotlib", "numba")
+
+
+def test_the_command_imports_nothing_heavy_before_a_run(tmp_path: Path) -> None:
+    """`initlab --cfg job`, `--help` and each shell-completion Tab press stop before the run:
+    they must not pay for torch (seconds), pandas or plotting."""
+    code = f"import sys, initlab.cli; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr
+    probe = ("import runpy, sys; sys.argv = ['initlab', '--cfg', 'job']\n"
+             "try:\n    runpy.run_module('initlab', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+             f"print('LOADED', ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert "seed: 0" in proc.stdout and proc.stdout.strip().endswith("LOADED"), proc.stdout[-300:] + proc.stderr

@@ -10,6 +10,7 @@ import torchvision
 from torch import nn
 
 from initlab.models import MODELS, ShapeError, build_model
+from initlab.models.summary import describe
 
 SMALL = {  # CPU-sized knobs so the whole matrix runs in seconds
     "mlp": {"depth": 2, "width": 16},
@@ -160,3 +161,35 @@ def test_smallest_accepted_sizes_work() -> None:
     _build("lenet", (1, 12, 12), False)(torch.randn(2, 1, 12, 12))
     build_model("alexnet", {"width_mult": 0.0625, "variant": "classic"}, (3, 63, 63), 10, False)(
         torch.randn(2, 3, 63, 63))
+
+
+def _flop_counter_macs(model: nn.Module, shape: tuple[int, ...]) -> int:
+    """torch's own count; train mode and the math attention kernel, whose matmuls it sees (the
+    fused eval-mode attention and the CPU flash kernel it does not count)."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model.train()
+    with torch.no_grad(), sdpa_kernel(SDPBackend.MATH), FlopCounterMode(display=False) as counter:
+        model(torch.zeros((2, *shape)))
+    return counter.get_total_flops() // 2 // 2  # FLOPs -> MACs, per sample
+
+
+def _external(name: str) -> nn.Module:
+    import torchvision
+
+    if name == "vit":
+        return torchvision.models.VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2,
+                                                    hidden_dim=16, mlp_dim=32, num_classes=10)
+    if name == "resnet18":
+        return torchvision.models.resnet18(num_classes=10)
+    return nn.Sequential(nn.ConvTranspose2d(3, 4, 3, stride=2), nn.Flatten())
+
+
+@pytest.mark.parametrize("name,shape", [("mlp", (256,)), ("conv4", (1, 28, 28)), ("lenet", (1, 28, 28)),
+                                        ("alexnet", (3, 32, 32)), ("vgg", (3, 32, 32)), ("resnet", (3, 32, 32)),
+                                        ("nin", (3, 32, 32)), ("vit", (3, 32, 32)), ("resnet18", (3, 64, 64)),
+                                        ("conv_transpose", (3, 8, 8))])
+def test_macs_from_hooks_equal_torchs_flop_counter(name: str, shape: tuple[int, ...]) -> None:
+    model = build_model(name, {}, shape, 10, bn=True) if name in MODELS.choices() else _external(name)
+    assert describe(model, shape).macs == _flop_counter_macs(model, shape) > 0

@@ -16,8 +16,6 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 
-from initlab.store import LOCK_FILE, SUMMARY_FILE, read_metrics, write_json
-
 log = logging.getLogger("initlab")
 
 
@@ -33,6 +31,7 @@ def make_discoverable() -> None:
 
 FINAL = ("ok", "diverged", "failed", "interrupted")  # a summary with one of these is the job's own verdict
 STOPPED: dict[str, Any] = {}  # set when Ctrl-C stopped a sweep; `initlab -m` reads it for its exit code
+LAST_SWEEP: dict[str, Any] = {}  # filled by the sweep callback; `initlab -m` reads it for its exit code
 
 
 def how_it_died(exitcode: int | None) -> str:
@@ -53,6 +52,8 @@ def job_dir(sweep_config: Any) -> Path:
 def record_death(run_dir: Path | None, how: str) -> None:
     """A job whose process ended without its own verdict: summary.json says `failed` and how it
     died; every part it flushed stays (initlab-report draws them)."""
+    from initlab.store import LOCK_FILE, SUMMARY_FILE, read_metrics, write_json  # pandas: only now
+
     if run_dir is None or not run_dir.is_dir():
         return
     summary = run_dir / SUMMARY_FILE

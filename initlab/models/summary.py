@@ -1,11 +1,17 @@
-"""Know the model: per-layer output shapes, parameters, and multiply-accumulates."""
+"""Know the model: per-layer output shapes, parameters, and multiply-accumulates.
 
+MACs are counted from forward hooks on the layers that multiply (linear, convolution,
+attention), with the formulas torch's FlopCounterMode uses; the tests hold the two equal.
+FlopCounterMode itself is not used here: entering any dispatch mode imports torch._dynamo,
+about 2 s of every run's start-up on a 2-core CPU.
+"""
+
+import math
 from dataclasses import dataclass
 
 import torch
 from rich.table import Table
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 
 @dataclass
@@ -25,12 +31,32 @@ class ModelInfo:
         return t
 
 
+def _macs(m: nn.Module, args: tuple, out: object) -> int:
+    """Multiply-accumulates of one call of `m` on the batch (0 for layers that do not multiply)."""
+    if isinstance(m, nn.Linear) and isinstance(out, torch.Tensor):
+        return out.numel() * m.in_features
+    if isinstance(m, nn.modules.conv._ConvNd) and isinstance(out, torch.Tensor):
+        k = math.prod(m.kernel_size)
+        if m.transposed:  # every input element meets out_channels/groups * k weights
+            return args[0].numel() * (m.out_channels // m.groups) * k
+        return out.numel() * (m.in_channels // m.groups) * k
+    if isinstance(m, nn.MultiheadAttention):
+        q, kv = args[0], args[1]
+        lq, lk = (q.shape[1], kv.shape[1]) if m.batch_first else (q.shape[0], kv.shape[0])
+        batch = q.numel() // (lq * q.shape[-1])
+        e, kdim, vdim = m.embed_dim, m.kdim, m.vdim
+        proj = lq * e * e + lk * kdim * e + lk * vdim * e + lq * e * e  # q, k, v and out projections
+        return batch * (proj + 2 * lq * lk * e)  # plus q @ k^T and attn @ v
+    return 0
+
+
 @torch.no_grad()
 def describe(model: nn.Module, in_shape: tuple[int, ...]) -> ModelInfo:
     """One forward of a 2-sample batch on the CPU in eval mode; the model is left unchanged."""
     rows: list[tuple[str, str, str, int]] = []
+    total = [0]
 
-    def hook(name: str):
+    def row(name: str):
         def fn(m: nn.Module, args: object, out: object) -> None:
             shape = list(out.shape[1:]) if isinstance(out, torch.Tensor) else "-"
             n = sum(p.numel() for p in m.parameters(recurse=False))
@@ -38,17 +64,23 @@ def describe(model: nn.Module, in_shape: tuple[int, ...]) -> ModelInfo:
 
         return fn
 
+    def count(m: nn.Module, args: tuple, out: object) -> None:
+        total[0] += _macs(m, args, out)
+
     leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
-    handles = [m.register_forward_hook(hook(n)) for n, m in leaves]
+    handles = [m.register_forward_hook(row(n)) for n, m in leaves]
+    # attention modules multiply through their own weights, not by calling their out_proj child
+    handles += [m.register_forward_hook(count) for m in model.modules()
+                if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention))
+                and not any(isinstance(p, nn.MultiheadAttention) and m is p.out_proj for p in model.modules())]
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     try:
-        with FlopCounterMode(display=False) as counter:
-            model(torch.zeros((2, *in_shape), device=device))
+        model(torch.zeros((2, *in_shape), device=device))
     finally:
         for h in handles:
             h.remove()
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())
-    return ModelInfo(rows, params, counter.get_total_flops() // 2 // 2)  # FLOPs -> MACs, per sample
+    return ModelInfo(rows, params, total[0] // 2)  # per sample
