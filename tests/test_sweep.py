@@ -101,7 +101,7 @@ def _wait_for_step(job_dir: Path, timeout: float = 60) -> None:
 LONG = [*(a for a in SMALL if not a.startswith("train.steps")), "plots=false"]  # per-job figures are not the point here
 
 
-def test_joblib_sweep_survives_a_killed_job(tmp_path: Path) -> None:  # ~32 s, kept fast: it guards every sweep
+def test_joblib_sweep_survives_a_killed_job(tmp_path: Path) -> None:  # ~23 s, kept fast: it guards every sweep
     """Break 4 of issue 15: under the stock plugin a SIGKILLed job broke loky's pool, killed its
     sibling, ran nothing after it and wrote no report (traceback, exit 1)."""
     proc = _start_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "train.steps=5000,20,20", *LONG],
@@ -121,7 +121,6 @@ def test_joblib_sweep_survives_a_killed_job(tmp_path: Path) -> None:  # ~32 s, k
     assert report_main([str(killed)]) == 0  # what it flushed before dying still draws
 
 
-@pytest.mark.slow  # 22 s: three CLI processes; the killed-job test above keeps the launcher in the fast suite
 def test_ctrl_c_stops_a_joblib_sweep(tmp_path: Path) -> None:
     """One Ctrl-C stops the whole sweep: running jobs write `interrupted`, the rest never start,
     the report covers what ran, exit 130."""

@@ -86,7 +86,7 @@ def _signals_stop(jobs: _Jobs) -> Iterator[None]:
 
 def _context() -> Any:
     ctx = multiprocessing.get_context("forkserver")  # fork from a clean, single-threaded server
-    ctx.set_forkserver_preload(["initlab.cli"])  # torch and initlab imported once, not per job
+    ctx.set_forkserver_preload(["initlab.cli", "initlab.study"])  # torch and initlab imported once, not per job
     return ctx
 
 
