@@ -237,6 +237,8 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
     }
     if probe is not None:
         extra["probe"] = probe
+    if result.status == "interrupted":
+        extra["interrupted_during"] = "training"
     stage.name = "summary"
     summary = watch.finish(extra, OmegaConf.to_container(cfg.diagnose), plots=False)
     _flag_table(summary["flags"])

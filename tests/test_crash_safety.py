@@ -60,7 +60,7 @@ def test_sigterm_flushes_and_reports_interrupted(tmp_path: Path) -> None:
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     summary = json.loads((run_dir / "summary.json").read_text())
-    assert summary["status"] == "interrupted"
+    assert summary["status"] == "interrupted" and summary["interrupted_during"] == "training"
     metrics = pd.read_parquet(run_dir / "metrics.parquet")
     stats = pd.read_parquet(run_dir / "stats.parquet")
     assert stats["step"].max() >= metrics["step"].max() - 1  # the buffered tail was flushed too

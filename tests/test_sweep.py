@@ -77,11 +77,13 @@ def _start_cli(args: list[str], cwd: Path) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _wait_for_locks(root: Path, n: int, proc: subprocess.Popen, timeout: float = 120) -> list[Path]:
-    """The lock files ("pid host") of the first `n` jobs to start, once they all hold one."""
+def _wait_for_locks(root: Path, n: int, proc: subprocess.Popen, timeout: float = 120,
+                    job: str = "*") -> list[Path]:
+    """The lock files ("pid host") of the first `n` jobs (or of job `job`) to start, once they
+    all hold one."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        locks = sorted(root.glob("outputs/multirun/*/*/*/.initlab.lock"))
+        locks = sorted(root.glob(f"outputs/multirun/*/*/{job}/.initlab.lock"))
         if len(locks) >= n and all(p.read_text().strip() for p in locks):
             return locks
         assert proc.poll() is None, proc.communicate()
@@ -106,7 +108,7 @@ def test_joblib_sweep_survives_a_killed_job(tmp_path: Path) -> None:  # ~23 s, k
     sibling, ran nothing after it and wrote no report (traceback, exit 1)."""
     proc = _start_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "train.steps=5000,20,20", *LONG],
                       tmp_path)
-    lock = next(p for p in _wait_for_locks(tmp_path, 1, proc) if p.parent.name == "0")
+    (lock,) = _wait_for_locks(tmp_path, 1, proc, job="0")
     _wait_for_step(lock.parent)
     os.kill(int(lock.read_text().split()[0]), signal.SIGKILL)  # as the OOM killer would
     _, err = proc.communicate(timeout=300)
@@ -157,7 +159,7 @@ def test_ctrl_c_stops_a_sweep_run_in_this_process(tmp_path: Path) -> None:
 def test_submitit_sweep_survives_a_killed_job(tmp_path: Path) -> None:
     proc = _start_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
                        "train.steps=5000,20", *LONG], tmp_path)
-    lock = next(p for p in _wait_for_locks(tmp_path, 1, proc) if p.parent.name == "0")
+    (lock,) = _wait_for_locks(tmp_path, 1, proc, job="0")
     _wait_for_step(lock.parent)
     os.kill(int(lock.read_text().split()[0]), signal.SIGKILL)
     _, err = proc.communicate(timeout=300)

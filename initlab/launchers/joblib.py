@@ -50,7 +50,7 @@ class _Jobs:
 
     def __init__(self) -> None:
         self.stop = threading.Event()
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()  # with n_jobs=1 the main thread both starts jobs and takes Ctrl-C
         self.live: dict[int, Any] = {}
 
     def forward(self, signum: int) -> None:
@@ -91,12 +91,12 @@ def _context() -> Any:
 
 
 def _run_isolated(jobs: _Jobs, num: int, overrides: list[str], blob: bytes) -> JobReturn | None:
-    if jobs.stop.is_set():
-        return None  # never started: the sweep was interrupted
     ctx = _context()
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(send, blob), name=f"initlab-job-{num}")
-    with jobs.lock:
+    with jobs.lock:  # a Ctrl-C either stops this job from starting or reaches it
+        if jobs.stop.is_set():
+            return None  # never started: the sweep was interrupted
+        recv, send = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_child, args=(send, blob), name=f"initlab-job-{num}")
         proc.start()
         jobs.live[num] = proc
     send.close()
