@@ -2,7 +2,7 @@
 PYTHON ?= python
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all smoke sweep plots bench lint clean
+.PHONY: install test test-all smoke warm sweep plots bench lint clean
 
 install:  ## editable install with the dev tools
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -15,6 +15,10 @@ test-all:  ## everything that can run here, slow tests included
 
 smoke:  ## the CI smoke study: seconds on a 2-core CPU
 	$(PYTHON) -m initlab experiment=smoke
+
+warm:  ## compile the CPU statistics kernels ahead (numba caches them on disk; else the first run pays)
+	d=$$(mktemp -d) && $(PYTHON) -m initlab experiment=smoke plots=false train.progress=false \
+	  hydra.run.dir=$$d/run > /dev/null && rm -rf $$d
 
 sweep:  ## demonstration study: conv4 x 4 inits x bn on/off on synthetic data
 	$(PYTHON) -m initlab -m model=conv4 init=default,xavier,kaiming,normal bn=false,true train.steps=100
