@@ -9,13 +9,14 @@ import signal
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from initlab.errors import InitlabError, Interrupted
+from initlab.errors import InitlabError, Interrupted, RunDirTaken
 from initlab.keys import check_overrides
 from initlab.launchers import LAST_SWEEP, STOPPED, make_discoverable
 
@@ -29,21 +30,31 @@ warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated
 make_discoverable()
 
 
+SIGNALLED: list[int] = []  # every SIGINT/SIGTERM taken, in case an import swallowed the exception
+
+
 def _raise_interrupted(signum: int, frame: object) -> None:
+    SIGNALLED.append(signum)
     raise Interrupted(f"signal {signum}")
+
+
+def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
+    SIGNALLED.append(signum)
+    raise KeyboardInterrupt  # outside the run, through Hydra (which would report an Exception as an error)
 
 
 @hydra.main(version_base="1.3", config_path="pkg://initlab.conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the final loss so sweepers can optimise it."""
-    # torch, pandas: only for a run (not --help, --cfg, completion)
-    from initlab.store import RunDirTaken
-    from initlab.study import run_study
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
     signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
+        from initlab.study import run_study  # torch: only for a run (not --help, --cfg, completion)
+
+        if SIGNALLED:  # a Ctrl-C during those imports that one of them swallowed (a run once went on)
+            raise KeyboardInterrupt
         summary = run_study(cfg, run_dir)
     except RunDirTaken as exc:  # another run's directory: write nothing into it
         if multirun:
@@ -58,9 +69,13 @@ def app(cfg: DictConfig) -> float | None:
             return None
         print(f"initlab: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    except (KeyboardInterrupt, Interrupted):  # a second Ctrl-C, once the summary was on disk
+    except (KeyboardInterrupt, Interrupted):  # before the run began, or a second Ctrl-C once its summary was on disk
         if multirun:
+            if _in_process(hc):
+                raise KeyboardInterrupt from None  # stop the sweep here
             return None
+        if not (run_dir / "summary.json").exists():
+            print("initlab: interrupted before the run began; nothing was recorded", file=sys.stderr)
         sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # a bug or an environment failure (e.g. out of memory): still a verdict
         if isinstance(exc, OSError) and _writing_failed(exc, run_dir):
@@ -82,9 +97,14 @@ def app(cfg: DictConfig) -> float | None:
         log.warning("interrupted: files so far are in %s", run_dir)
         if not multirun:
             sys.exit(EXIT_INTERRUPTED)
-        if "BasicLauncher" in str(hc.launcher.get("_target_")):  # jobs in this process: stop the sweep here
-            raise KeyboardInterrupt  # (initlab's joblib launcher stops its own jobs)
+        if _in_process(hc):  # (initlab's joblib launcher stops its own jobs)
+            raise KeyboardInterrupt  # stop the sweep here
     return (summary.get("final") or {}).get("loss")
+
+
+def _in_process(hc: Any) -> bool:
+    """The sweep's jobs run one after another in this process (Hydra's basic launcher)."""
+    return "BasicLauncher" in str(hc.launcher.get("_target_"))
 
 
 def _writing_failed(exc: OSError, run_dir: Path) -> bool:
@@ -123,6 +143,7 @@ def _output_dir_problem(args: list[str]) -> str | None:
 def _report_stopped_sweep() -> None:
     sweep_dir = LAST_SWEEP.get("dir")
     if sweep_dir is None:  # not a sweep, or stopped before its first job
+        print("initlab: interrupted before the run began; nothing was recorded", file=sys.stderr)
         return
     from initlab.sweep import build_report
 
@@ -144,9 +165,11 @@ def main() -> None:
     if problem:
         print(f"initlab: error: {problem}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the run itself turns SIGTERM into Interrupted
+        signal.signal(signum, _raise_keyboard_interrupt)
     try:
         app()
-    except KeyboardInterrupt:  # Ctrl-C in a sweep run in this process: the report covers what ran
+    except KeyboardInterrupt:  # before a run began, or in a sweep run in this process
         _report_stopped_sweep()
         sys.exit(EXIT_INTERRUPTED)
     if STOPPED:  # Ctrl-C stopped a sweep: the report covers the jobs that ran

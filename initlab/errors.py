@@ -13,6 +13,10 @@ class ConfigError(InitlabError):
         super().__init__(f"{key}={value!r} is invalid: {accepted}")
 
 
+class RunDirTaken(InitlabError):
+    """The run directory holds another run, or a live process is writing one there."""
+
+
 class Diverged(Exception):
     """Raised inside the training loop when the loss becomes non-finite."""
 

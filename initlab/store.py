@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from initlab.errors import InitlabError
+from initlab.errors import RunDirTaken
 
 META_KEY = b"initlab"
 STATS_DIR = "stats.parquet"
@@ -33,10 +33,6 @@ METRICS_FILE = "metrics.parquet"
 METRICS_ROWS = 1000  # metric rows held in memory before a part is written, telemetry or not
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = ".initlab.lock"  # "pid host" of the process that owns the run directory
-
-
-class RunDirTaken(InitlabError):
-    """The run directory holds another run, or a live process is writing one there."""
 
 
 def _holds_run(run_dir: Path) -> bool:

@@ -169,3 +169,24 @@ def test_sigint_during_the_probe_on_the_command_line(tmp_path: Path) -> None:
     summary = _summary(run_dir)
     assert summary["status"] == "interrupted" and summary["interrupted_during"] == "probe"
     assert summary["steps_done"] == 3
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_signal_while_the_run_starts_up_is_exit_130_without_a_traceback(tmp_path: Path, signum: int) -> None:
+    """Early enough that torch is still importing (or the set-up has begun): no traceback, no
+    summary claiming more than happened."""
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.Popen([sys.executable, "-m", "initlab", "train.progress=false", "hydra.run.dir=run"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (tmp_path / "run" / ".hydra").exists():  # Hydra has composed; initlab's run is starting
+        assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()
+        time.sleep(0.02)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    summary = tmp_path / "run" / "summary.json"
+    if summary.exists():
+        assert json.loads(summary.read_text())["status"] == "interrupted"
+    else:
+        assert "interrupted before the run began; nothing was recorded" in err
