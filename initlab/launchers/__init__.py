@@ -1,8 +1,8 @@
 """Sweep launchers where one job's death is that job's verdict, not the sweep's.
 
 `hydra/launcher=joblib` and `hydra/launcher=submitit_local|submitit_slurm` resolve to the
-classes here (conf/hydra/launcher/ shadows the plugins' configs; each plugin stays an
-optional extra). Under the stock plugins a job killed by SIGKILL or the OOM killer ends the
+thin plugin classes in hydra_plugins/initlab_launchers, whose `launch` is in this package
+(conf/hydra/launcher/ shadows the plugins' configs; each plugin stays an optional extra). Under the stock plugins a job killed by SIGKILL or the OOM killer ends the
 whole sweep: loky kills every sibling with it, submitit raises when its result is read, and
 no report is written. Here the dead job gets a `failed` summary.json naming how it died,
 the other jobs run on and the sweep report is built as usual.
@@ -28,6 +28,7 @@ def make_discoverable() -> None:
     folder = str(Path(ours.__file__).parent.parent)
     if folder not in list(hydra_plugins.__path__):
         hydra_plugins.__path__.append(folder)
+
 
 FINAL = ("ok", "diverged", "failed", "interrupted")  # a summary with one of these is the job's own verdict
 STOPPED: dict[str, Any] = {}  # set when Ctrl-C stopped a sweep; `initlab -m` reads it for its exit code
