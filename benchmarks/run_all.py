@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-BENCHMARKS = ["benchmarks.loader", "benchmarks.telemetry_overhead", "benchmarks.model_steps"]
+BENCHMARKS = ["benchmarks.loader", "benchmarks.telemetry_overhead", "benchmarks.model_steps", "benchmarks.waiting"]
 
 if __name__ == "__main__":
     extra = sys.argv[1:]

@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from initlab.errors import InitlabError, Interrupted, RunDirTaken
+from initlab.help import help_text, wants_help
 from initlab.keys import check_overrides
 from initlab.launchers import LAST_SWEEP, STOPPED, make_discoverable
 
@@ -155,12 +156,31 @@ def _report_stopped_sweep() -> None:
               file=sys.stderr)
 
 
+def _print_help(args: list[str]) -> None:
+    """`--help` without Hydra's slow group listing; the same config Hydra would compose."""
+    from hydra.errors import HydraException
+
+    try:
+        text = help_text([a for a in args if not a.startswith("-")])
+    except HydraException as exc:
+        print(f"initlab: error: {str(exc).splitlines()[0]}", file=sys.stderr)
+        sys.exit(EXIT_BAD_INPUT)
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:  # `initlab --help | head`
+        sys.stderr.close()
+    sys.exit(0)
+
+
 def main() -> None:
     try:
         check_overrides(sys.argv[1:])
     except InitlabError as exc:
         print(f"initlab: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
+    if wants_help(sys.argv[1:]):
+        _print_help(sys.argv[1:])
     problem = _output_dir_problem(sys.argv[1:])
     if problem:
         print(f"initlab: error: {problem}", file=sys.stderr)

@@ -11,7 +11,8 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from initlab.errors import ConfigError
+from initlab.defaults import preset
+from initlab.errors import ConfigError, InitlabError
 from initlab.models.blocks import ACTIVATIONS
 from initlab.models.cnn import VGG_PLANS
 
@@ -60,6 +61,20 @@ def check_choice(cfg: DictConfig, key: str, choices: Iterable[str]) -> None:
     choices = list(choices)
     if v not in choices:
         raise ConfigError(key, v, f"choose from {', '.join(choices)}")
+
+
+def _check_inits(cfg: DictConfig) -> None:
+    """probe.inits: a list of init scheme names, each one of conf/init/."""
+    inits = _get(cfg, "probe.inits")
+    if inits is _MISSING:
+        return
+    if not isinstance(inits, list) or not all(isinstance(i, str) for i in inits):
+        raise ConfigError("probe.inits", inits, "expected a list of init schemes, e.g. [default,xavier,kaiming]")
+    for name in inits:
+        try:
+            preset("init", name)
+        except InitlabError as exc:
+            raise ConfigError("probe.inits", name, str(exc).split(": ", 1)[-1]) from None
 
 
 def check_bool(cfg: DictConfig, key: str) -> None:
@@ -152,6 +167,8 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("optim.betas", betas, "expected two numbers in [0, 1), e.g. [0.9,0.999]")
     # train
     check_int(cfg, "probe.seeds", 1)
+    check_bool(cfg, "probe.stacked")
+    _check_inits(cfg)
     check_int(cfg, "train.steps", 0)
     check_int(cfg, "train.batch_size", 1)
     check_int(cfg, "train.eval_every", 0)

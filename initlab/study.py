@@ -22,13 +22,14 @@ from rich.table import Table
 
 from initlab.config import validate
 from initlab.data import load_dataset
+from initlab.defaults import preset
 from initlab.devices import resolve_device
 from initlab.errors import ConfigError, Interrupted
 from initlab.init import apply_init
 from initlab.models import build_model
 from initlab.models.external import EXTERNAL
 from initlab.models.summary import describe
-from initlab.probe import headline, probe_seeds
+from initlab.probe import headline, probe
 from initlab.signals import signals_deferred
 from initlab.store import (
     PROBE_FILE,
@@ -175,12 +176,12 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
     icfg = OmegaConf.to_container(cfg.init, resolve=True)
     batch0 = first_batch(data, cfg)
 
-    def make_model(seed: int) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+    def make_model(seed: int, init: dict[str, Any] = icfg) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
         """Seeded, built and initialised on the CPU: the same seed gives the same weights on
         every device, whatever the data loading drew before."""
         seed_everything(seed)
         model = build_model(mcfg["name"], mcfg, data.in_shape, data.num_classes, cfg.bn)
-        report = apply_init(model, icfg, mcfg["act"], float(mcfg["act_slope"]), batch=lambda: batch0()[0].cpu())
+        report = apply_init(model, init, mcfg["act"], float(mcfg["act_slope"]), batch=lambda: batch0()[0].cpu())
         return model, report
 
     model, init_report = make_model(cfg.seed)
@@ -212,8 +213,11 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
     _theory(run_dir, specs, batch0)
     stage.name = "probe"
     probe = None
-    if cfg.probe.seeds > 1 and result.status != "interrupted":  # Ctrl-C in training: no probe after it
-        probe = _probe(run_dir, cfg, batch0(), lambda s: make_model(s)[0], tel_cfg, device)
+    if (cfg.probe.seeds > 1 or cfg.probe.inits) and result.status != "interrupted":  # not after a Ctrl-C
+        schemes = {name: icfg if name == cfg.init.name else preset("init", name)
+                   for name in cfg.probe.inits or [cfg.init.name]}
+        probe = _probe(run_dir, cfg, batch0(), lambda init, s: make_model(s, schemes[init])[0], list(schemes),
+                       tel_cfg, device)
     step_times = [r["step_time"] for r in result.rows]
     watch.status = result.status
     extra: dict[str, Any] = {
@@ -272,15 +276,18 @@ def _theory(run_dir: Path, specs: dict | None, batch0: Callable[[], tuple[torch.
 
 
 def _probe(run_dir: Path, cfg: DictConfig, batch: tuple[torch.Tensor, torch.Tensor], make_model: Any,
-           tel_cfg: TelemetryConfig, device: torch.device) -> dict[str, Any]:
-    """probe.seeds=N: step 0 again for seeds seed..seed+N-1, same batch -> probe.parquet."""
-    seeds = range(cfg.seed, cfg.seed + cfg.probe.seeds)
+           inits: list[str], tel_cfg: TelemetryConfig, device: torch.device) -> dict[str, Any]:
+    """probe.seeds=N: step 0 again for seeds seed..seed+N-1 under each init scheme, same
+    batch -> probe.parquet."""
+    draws = [(init, s) for init in inits for s in range(cfg.seed, cfg.seed + cfg.probe.seeds)]
     t0 = time.perf_counter()
-    per_seed = probe_seeds(make_model, batch, seeds, tel_cfg, device)
-    per_seed.to_parquet(run_dir / PROBE_FILE, index=False)
-    out = headline(per_seed)
+    per_draw, how = probe(make_model, batch, draws, tel_cfg, device, cfg.probe.stacked)
+    per_draw.to_parquet(run_dir / PROBE_FILE, index=False)
+    seconds = time.perf_counter() - t0
+    out = {**headline(per_draw), "path": how, "seconds": seconds}
     act = out.get("act_std_last_over_first")
-    log.info("probe   %d seeds in %.1f s%s", len(seeds), time.perf_counter() - t0,
+    log.info("probe   %d draws (%d inits x %d seeds) in %.1f s (%s)%s", len(draws), len(inits), cfg.probe.seeds,
+             seconds, how,
              f": activation std last/first layer {act['mean']:.3g} (sd {act['sd']:.2g}, "
              f"{act['min']:.3g}..{act['max']:.3g})" if act else "")
     return out

@@ -2,7 +2,7 @@
 
 import os
 import subprocess
-import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,10 +12,11 @@ from omegaconf import DictConfig
 
 from initlab.study import run_study
 
-# Small enough for a 2-core CPU, large enough to exercise every stage.
+# Small enough for a 2-core CPU, large enough to exercise every stage. Figures are drawn by
+# the tests that look at them ("plots=true"): drawing is most of a shrunk run's time.
 SHRINK = [
     "train.steps=2", "train.batch_size=8", "train.eval_every=0", "train.progress=false",
-    "data.train_size=64", "data.val_size=16", "device=cpu",
+    "data.train_size=64", "data.val_size=16", "device=cpu", "plots=false",
 ]
 
 
@@ -43,13 +44,39 @@ def run(tmp_path: Path, make_cfg) -> Callable[..., tuple[dict, Path]]:
     return _run
 
 
+_FORKSERVER = None
+
+
+def _forkserver():
+    """A multiprocessing forkserver with the CLI's imports preloaded, started on first use."""
+    global _FORKSERVER
+    if _FORKSERVER is None:
+        import multiprocessing
+
+        from tests.cli_child import PRELOAD
+
+        _FORKSERVER = multiprocessing.get_context("forkserver")
+        _FORKSERVER.set_forkserver_preload(PRELOAD)
+    return _FORKSERVER
+
+
 def run_cli(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The real command line, as a user types it, in `cwd`."""
+    """The real command line, as a user types it, in `cwd`: `initlab.cli.main()` with these
+    arguments in a fresh process (forked from a server that has imported the CLI's modules
+    once, see tests/cli_child.py); its exit code, stdout and stderr."""
+    from tests.cli_child import run_initlab
+
     env = {**os.environ, "COLUMNS": "120", "PYTHONWARNINGS": "ignore"}
-    return subprocess.run(
-        [sys.executable, "-m", "initlab", *args], cwd=cwd, capture_output=True, text=True,
-        timeout=timeout, env=env,
-    )
+    with tempfile.TemporaryDirectory() as capture:
+        out, err = Path(capture) / "stdout", Path(capture) / "stderr"
+        proc = _forkserver().Process(target=run_initlab, args=(list(args), str(cwd), env, str(out), str(err)))
+        proc.start()
+        proc.join(timeout)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+            raise subprocess.TimeoutExpired(["initlab", *args], timeout)
+        return subprocess.CompletedProcess(["initlab", *args], proc.exitcode, out.read_text(), err.read_text())
 
 
 def only_run_dir(root: Path) -> Path:

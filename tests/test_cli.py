@@ -85,8 +85,23 @@ def test_the_command_imports_nothing_heavy_before_a_run(tmp_path: Path) -> None:
     code = f"import sys, initlab.cli; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr
-    probe = ("import runpy, sys; sys.argv = ['initlab', '--cfg', 'job']\n"
-             "try:\n    runpy.run_module('initlab', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-             f"print('LOADED', ','.join(m for m in {HEAVY!r} if m in sys.modules))")
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=60)
-    assert "seed: 0" in proc.stdout and proc.stdout.strip().endswith("LOADED"), proc.stdout[-300:] + proc.stderr
+    for argv in (["--cfg", "job"], ["--help"]):
+        probe = (f"import runpy, sys; sys.argv = ['initlab', *{argv!r}]\n"
+                 "try:\n    runpy.run_module('initlab', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+                 f"print('LOADED', ','.join(m for m in {HEAVY!r} if m in sys.modules))")
+        proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True,
+                              timeout=60)
+        assert "seed: 0" in proc.stdout and proc.stdout.strip().endswith("LOADED"), proc.stdout[-300:] + proc.stderr
+
+
+def test_help_lists_the_groups_and_the_config_the_overrides_compose(tmp_path: Path) -> None:
+    """initlab's --help (Hydra's group listing is 2 s; this lists conf/): the same groups,
+    the config as composed with the overrides given, exit 0; a bad group is one line, exit 2."""
+    proc = run_cli(["model=mlp", "model.depth=7", "--help"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert "init: default, fixup, kaiming, lsuv, normal, orthogonal, skipinit, xavier\n" in proc.stdout
+    assert "model: alexnet, conv4, lenet, mlp, nin, resnet, target, torchvision, vgg\n" in proc.stdout
+    assert "  name: mlp\n  depth: 7\n" in proc.stdout and "hydra:" not in proc.stdout
+    proc = run_cli(["model=nosuch", "--help"], cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.strip() == "initlab: error: In 'config': Could not find 'model/nosuch'"
+    assert not list(tmp_path.iterdir())  # help writes no run

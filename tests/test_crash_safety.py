@@ -118,7 +118,7 @@ def test_ctrl_c_during_the_probe_keeps_every_trained_step(run, monkeypatch) -> N
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("initlab.study.probe_seeds", ctrl_c)
+    monkeypatch.setattr("initlab.study.probe", ctrl_c)
     summary, run_dir = run("probe.seeds=3", "train.steps=4")
     on_disk = _summary(run_dir)
     assert on_disk["status"] == "interrupted" and on_disk["interrupted_during"] == "probe"
@@ -145,7 +145,7 @@ def test_a_second_ctrl_c_while_the_summary_is_written_does_not_lose_it(run, tmp_
         signal.raise_signal(signal.SIGINT)  # arrives while the interrupted summary is being written
         return []
 
-    monkeypatch.setattr("initlab.study.probe_seeds", ctrl_c)
+    monkeypatch.setattr("initlab.study.probe", ctrl_c)
     monkeypatch.setattr("initlab.diagnose.diagnose", second_ctrl_c)
     with pytest.raises(KeyboardInterrupt):  # delivered once the summary is on disk
         run("probe.seeds=3")

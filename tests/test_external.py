@@ -19,7 +19,7 @@ TV = ["model=torchvision", "model.arch=resnet18", "data.shape=[3,32,32]"]
 
 
 def test_torchvision_resnet18_by_name_with_kaiming(run) -> None:
-    summary, run_dir = run(*TV, "init=kaiming")
+    summary, run_dir = run(*TV, "init=kaiming", "plots=true")
     assert summary["status"] == "ok" and summary["steps_done"] == 2
     touched = {r["module"] for r in summary["init"]}
     import torchvision

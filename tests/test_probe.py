@@ -10,7 +10,7 @@ MLP = ["model=mlp", "model.depth=6", "model.width=64", "data.shape=[64]", "train
 
 
 def test_probe_repeats_step0_over_seeds_and_reports_the_spread(run) -> None:
-    summary, run_dir = run(*MLP, "init=kaiming", "train.steps=0", "probe.seeds=4", "seed=7")
+    summary, run_dir = run(*MLP, "init=kaiming", "train.steps=0", "probe.seeds=4", "seed=7", "plots=true")
     data = load_run(run_dir)
     probe = data.probe
     assert sorted(probe["seed"].unique()) == [7, 8, 9, 10]
@@ -46,3 +46,71 @@ def test_probe_seeds_must_be_positive(run) -> None:
 
     with pytest.raises(InitlabError, match="probe.seeds"):
         run(*MLP, "probe.seeds=0")
+
+
+KEY = ["seed", "kind", "layer_idx", "param"]
+EXACT = ["numel", "nonfinite"]
+CLOSE = ["mean", "std", "min", "max", "zero_frac", "dead_frac", "dead_units", "norm", "ratio", "absmax"]
+
+
+@pytest.mark.parametrize("arch", [MLP, ["model=conv4"], ["model=conv4", "bn=true"]], ids=["mlp", "conv4", "conv4_bn"])
+def test_the_stacked_probe_gives_the_per_draw_rows(run, arch) -> None:
+    """One vmapped pass over the stacked draws and one draw at a time: the same rows (kinds,
+    layers, parameters, BatchNorm rows), the same numbers within float32 tolerance."""
+    summary, stacked_dir = run(*arch, "train.steps=0", "probe.seeds=3", "plots=false")
+    ref_summary, ref_dir = run(*arch, "train.steps=0", "probe.seeds=3", "plots=false", "probe.stacked=false")
+    assert summary["probe"]["path"] == "stacked" and ref_summary["probe"]["path"].startswith("per draw")
+    got, ref = load_run(stacked_dir).probe, load_run(ref_dir).probe
+    assert len(got) == len(ref) and not got.duplicated(KEY).any()
+    j = got.merge(ref, on=KEY, how="outer", suffixes=("", "_ref"), validate="one_to_one", indicator=True)
+    assert (j["_merge"] == "both").all()  # the same rows, no row only on one side
+    assert (j["layer"] == j["layer_ref"]).all() and (j["module_type"] == j["module_type_ref"]).all()
+    for col in EXACT:
+        assert (j[col] == j[f"{col}_ref"]).all(), col
+    for col in CLOSE:  # NaN exactly where the reference has NaN; numbers to float32 accuracy
+        a, b = j[col].to_numpy(float), j[f"{col}_ref"].to_numpy(float)
+        assert (np.isnan(a) == np.isnan(b)).all(), col
+        scale = np.abs(b) + (j["std_ref"].to_numpy(float) if col == "mean" else 0) + 1e-12
+        assert np.nanmax(np.abs(a - b) / scale) < 1e-4, col
+    if "bn=true" in arch:
+        assert {"bn_running_mean", "bn_batch_var"} <= set(got["kind"])
+    # the headline the summary reports is the same
+    for key in ("act_std_last_over_first", "grad_std_first_over_last"):
+        assert summary["probe"][key]["mean"] == pytest.approx(ref_summary["probe"][key]["mean"], rel=1e-4)
+
+
+def test_models_the_stacked_probe_cannot_take_run_one_draw_at_a_time() -> None:
+    """Dropout draws a mask per draw: the stacked path says so and the per-draw path runs."""
+    import torch
+    from torch import nn
+
+    from initlab.probe import probe
+    from initlab.telemetry import TelemetryConfig
+
+    def make(init: str, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.5), nn.Linear(16, 3))
+
+    batch = (torch.randn(4, 8), torch.tensor([0, 1, 2, 0]))
+    table, how = probe(make, batch, [("default", 0), ("default", 1)], TelemetryConfig(), torch.device("cpu"))
+    assert how.startswith("per draw") and "Dropout" in how and "random mask" in how
+    assert sorted(table["seed"].unique()) == [0, 1] and (table["kind"] == "act").sum() == 8
+
+
+def test_probe_inits_draws_every_scheme_in_one_pass(run) -> None:
+    """probe.inits=[...]: the same seeds under each scheme, side by side in one table and one
+    figure; the run's own scheme gives the run's own step 0."""
+    summary, run_dir = run(*MLP, "init=kaiming", "train.steps=0", "probe.seeds=2", "probe.inits=[kaiming,normal]",
+                           "plots=true")
+    data = load_run(run_dir)
+    probe = data.probe
+    assert summary["probe"]["path"] == "stacked"
+    assert set(probe.groupby("init")["seed"].unique().apply(tuple)) == {(0, 1)}
+    assert set(summary["probe"]["inits"]) == {"kaiming", "normal"}
+    mine = probe[(probe.init == "kaiming") & (probe.seed == 0)].set_index(["kind", "layer_idx", "param"])["std"]
+    main = data.stats[data.stats.step == 0].set_index(["kind", "layer_idx", "param"])["std"]
+    assert np.allclose(mine.sort_index(), main.reindex(mine.sort_index().index), rtol=1e-5)
+    # N(0, 0.01^2) weights shrink the activations layer after layer; Kaiming keeps them
+    ratio = {k: v["act_std_last_over_first"]["mean"] for k, v in summary["probe"]["inits"].items()}
+    assert ratio["normal"] < 1e-3 < 0.2 < ratio["kaiming"] < 5, ratio
+    assert (run_dir / "plots" / "probe.png").exists()

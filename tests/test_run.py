@@ -40,7 +40,7 @@ def test_every_model_init_bn_trains_two_steps(make_cfg, model: str, init: str, b
 
 @pytest.mark.parametrize("model", MODELS)
 def test_run_writes_every_file(run, model: str) -> None:
-    summary, run_dir = run(f"model={model}", "train.steps=4", "train.eval_every=2")
+    summary, run_dir = run(f"model={model}", "train.steps=4", "train.eval_every=2", "plots=true")
     assert summary["status"] == "ok" and summary["steps_done"] == 4
     for f in ("stats.parquet", "metrics.parquet", "summary.json", "plots/step0_std.png",
               "plots/telemetry.png", "plots/metrics.png"):
@@ -93,7 +93,7 @@ def test_parts_are_flushed_during_the_run(run) -> None:
 
 def test_diverging_training_is_a_result(run) -> None:
     summary, run_dir = run("model=mlp", "init=normal", "init.std=3.0", "optim.lr=1e6",
-                           "train.steps=30", "telemetry.first=1", "telemetry.every=1000")
+                           "train.steps=30", "telemetry.first=1", "telemetry.every=1000", "plots=true")
     assert summary["status"] == "diverged"
     d = summary["diverged"]
     assert 0 < d["step"] < 30

@@ -55,7 +55,7 @@ def tracked_modules(model: nn.Module, patterns: Sequence[str] = ()) -> list[tupl
     return out
 
 
-def _first_tensor(out: object) -> torch.Tensor | None:
+def first_tensor(out: object) -> torch.Tensor | None:
     """A module's output tensor: the tensor itself, or the first of a tuple/list (e.g.
     nn.MultiheadAttention's (output, weights), an LSTM's (output, state)); else None."""
     if isinstance(out, torch.Tensor):
@@ -145,7 +145,7 @@ class Telemetry:
         bn = self.cfg.bn and isinstance(module, BATCH_NORMS)
 
         def hook(module: nn.Module, args: tuple, out: object) -> None:
-            t = _first_tensor(out)
+            t = first_tensor(out)
             if t is None or self._passes > 1:
                 return
             slot = self._slot(name, module)

@@ -61,10 +61,19 @@ def group_stats(xs: Sequence[torch.Tensor], deads: Sequence[DeadRegion | None]) 
     square; every branch is an always-on tensor op. The CPU's exact path for the rows its
     kernels cannot serve (non-finite values).
     """
-    x0 = xs[0]
-    shape = x0.shape
     rows = [x.detach().reshape(-1) for x in xs]
-    X = rows[0][None] if len(rows) == 1 else torch.stack(rows)
+    return _rows_stats(rows[0][None] if len(rows) == 1 else torch.stack(rows), xs[0].shape, deads)
+
+
+def stacked_stats(X: torch.Tensor, dead: DeadRegion | None = None) -> torch.Tensor:
+    """group_stats of the tensors X[0], X[1], ... stacked along dim 0 (one per weight draw of
+    a stacked probe), without copying them apart: float64[len(X), len(STATS)]."""
+    X = X.detach()
+    return _rows_stats(X.reshape(len(X), -1), X.shape[1:], [dead] * len(X))
+
+
+def _rows_stats(X: torch.Tensor, shape: torch.Size, deads: Sequence[DeadRegion | None]) -> torch.Tensor:
+    """group_stats of the rows of X (L, n), each row a tensor of `shape` flattened."""
     if not X.is_floating_point() or X.dtype in (torch.float16, torch.bfloat16):
         X = X.float()
     L, n = X.shape

@@ -1,0 +1,118 @@
+"""Where users wait: start-up of the commands, a run's figures, and a step-0 probe over
+many weight draws (stacked against one draw at a time), measured side by side in one run.
+
+Start-up: wall time of fresh processes (the interpreter, imports, Hydra, the run), the
+median of `--rounds`, the reference commands interleaved with initlab's in each round.
+Figures: `plot_run` on the default study's own tables (a run made once with plots=false).
+Probe: `run_study` in this process, the two probe paths interleaved."""
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from benchmarks.common import write_table
+
+
+def wall(cmd: list[str], cwd: Path) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def spread(xs: list[float], unit: str = "s", digits: int = 2) -> str:
+    xs = sorted(xs)
+    mid = xs[len(xs) // 2] if len(xs) % 2 else (xs[len(xs) // 2 - 1] + xs[len(xs) // 2]) / 2
+    return f"{mid:.{digits}f} {unit}" + (f" ({xs[0]:.{digits}f}–{xs[-1]:.{digits}f})" if len(xs) > 1 else "")
+
+
+def start_up(rounds: int, tmp: Path) -> list[list[str]]:
+    py = sys.executable
+    smoke = [py, "-m", "initlab", "experiment=smoke", "plots=false", "train.progress=false"]
+    commands = {
+        "python -c 'import torch'": [py, "-c", "import torch"],
+        "python -c 'import torch, torch._dynamo'": [py, "-c", "import torch, torch._dynamo"],
+        "initlab --help": [py, "-m", "initlab", "--help"],
+        "initlab --cfg job": [py, "-m", "initlab", "--cfg", "job"],
+        "initlab experiment=smoke plots=false": smoke,
+    }
+    times: dict[str, list[float]] = {k: [] for k in commands}
+    wall(smoke + [f"hydra.run.dir={tmp / 'warm'}"], tmp)  # numba's kernel cache, the page cache
+    for r in range(rounds):
+        for name, cmd in commands.items():
+            extra = [f"hydra.run.dir={tmp / f'smoke{r}'}"] if cmd is smoke else []
+            times[name].append(wall(cmd + extra, tmp))
+    torch_s = sorted(times["python -c 'import torch'"])[rounds // 2]
+    return [[name, spread(ts), f"{sorted(ts)[rounds // 2] - torch_s:+.2f} s"] for name, ts in times.items()]
+
+
+def figures(rounds: int, tmp: Path) -> tuple[list[str], int]:
+    from initlab.plots import plot_run
+    from initlab.store import load_run
+    from initlab.study import run_study
+    from tests.conftest import compose_cfg
+
+    run_dir = tmp / "default"
+    run_dir.mkdir()
+    run_study(compose_cfg(["plots=false", "train.progress=false"]), run_dir)
+    run = load_run(run_dir)
+    times = []
+    for r in range(rounds + 1):  # the first round loads matplotlib's fonts: not counted
+        t0 = time.perf_counter()
+        made = plot_run(run.stats, run.metrics, run.config, tmp / f"plots{r}", run.hist, run.probe)
+        if r:
+            times.append(time.perf_counter() - t0)
+    return [spread(times)], len(made)
+
+
+def probe(rounds: int, tmp: Path, seeds: int) -> dict[str, list[float]]:
+    from initlab.study import run_study
+    from tests.conftest import compose_cfg
+
+    base = ["model=mlp", "model.depth=10", "model.width=256", "train.steps=0", "plots=false",
+            "train.progress=false", f"probe.seeds={seeds}"]
+    out: dict[str, list[float]] = {"stacked": [], "per draw": []}
+    for r in range(rounds):
+        for path, flag in (("stacked", "true"), ("per draw", "false")):
+            d = tmp / f"probe_{flag}_{r}"
+            d.mkdir()
+            summary = run_study(compose_cfg([*base, f"probe.stacked={flag}"]), d)
+            out[path].append(summary["probe"]["seconds"])
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="1 round, 10 seeds")
+    args = parser.parse_args()
+    rounds, seeds = (1, 10) if args.quick else (args.rounds, args.seeds)
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        rows = [[name, t, "", over] for name, t, over in start_up(rounds, tmp)]
+        (fig_time,), n_figs = figures(rounds, tmp)
+        rows.append([f"the default study's {n_figs} figures (plot_run, in process)", fig_time, "", ""])
+        p = probe(rounds, tmp, seeds)
+    speed = sorted(a / b for a, b in zip(p["per draw"], p["stacked"]))
+    rows.append([f"probe.seeds={seeds}, MLP 10x256, batch 64: stacked (vmap)", spread(p["stacked"]),
+                 f"{speed[len(speed) // 2]:.1f}x faster", ""])
+    rows.append([f"probe.seeds={seeds}, MLP 10x256, batch 64: one draw at a time", spread(p["per draw"]), "1.0x", ""])
+    write_table(
+        "waiting_cpu",
+        "Where users wait: start-up, figures, probes",
+        ["what", "median (min–max)", "probe paths", "over `import torch`"],
+        rows,
+        [f"{rounds} rounds; start-up rows are fresh processes, interleaved in each round, after one warm-up run "
+         "(numba's on-disk kernel cache and the page cache warm).",
+         "The smoke run includes torch._dynamo's import (its row above), which torch.optim pays at the first "
+         "optimizer call (Optimizer.add_param_group and step() are wrapped in torch._disable_dynamo).",
+         "Probe rows: the probe stage's own time (summary.json probe.seconds), building and initialising each draw "
+         "included; the same run_study otherwise."],
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,132 @@
+"""What every figure shares: a fixed layout, plain tick labels, the axes initlab draws on
+(steps, log values, histogram bins), and one way of writing a figure to disk.
+
+Speed comes from what is not done: no pyplot (no figure manager), no tight_layout (it draws
+every figure a second time to measure it; margins here are fixed in inches), no mathtext
+tick labels (parsing '$10^{-2}$' costs more than drawing the line), one legend position
+chosen rather than searched for."""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+
+FORMATS = ("png", "svg", "pdf")
+MAX_LINES = 10  # layers drawn as separate lines in one panel; more become unreadable
+DPI = 100
+
+
+def plain(value: float, _pos: Any = None) -> str:
+    """'0.01', '1', '100', '1e+06': a number, not mathtext."""
+    return f"{value:g}"
+
+
+PLAIN = FuncFormatter(plain)
+
+
+def figure(rows: int, cols: int, panel: tuple[float, float] = (4.6, 3.3), *, sharex: bool = False,
+           sharey: bool = False, left: float = 0.8, right: float = 0.25, bottom: float = 0.6, top: float = 0.55,
+           wspace: float = 1.0, hspace: float = 0.6) -> tuple[Figure, np.ndarray]:
+    """A rows x cols grid of panels of `panel` inches, margins in inches: the layout is known
+    before anything is drawn, so the figure is drawn once."""
+    width = left + right + cols * panel[0] + (cols - 1) * wspace
+    height = top + bottom + rows * panel[1] + (rows - 1) * hspace
+    fig = Figure(figsize=(width, height))
+    axes = fig.subplots(rows, cols, squeeze=False, sharex=sharex, sharey=sharey)
+    fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
+                        top=1 - top / height, wspace=wspace / panel[0], hspace=hspace / panel[1])
+    return fig, axes
+
+
+def save(fig: Figure, path: Path, title: str | None = None, fmt: str = "png") -> Path:
+    """Title, write as `fmt` (the suffix follows it), done: every figure ends the same way."""
+    if title:
+        fig.suptitle(title, fontsize=10)
+    path = path.with_suffix(f".{fmt}")
+    fig.savefig(path, dpi=DPI, format=fmt)
+    return path
+
+
+def panel_title(ax: Axes, text: str, size: float = 9) -> None:
+    """A panel's title at a fixed height: matplotlib otherwise measures every tick label
+    of the panel (and of the panels it shares axes with) to place it."""
+    ax.set_title(text, fontsize=size, y=1.0)
+
+
+def colors(name: str, n: int) -> list[Any]:
+    """n colours spread over a sequential colormap."""
+    cmap = colormaps[name]
+    return [cmap(i / max(n - 1, 1)) for i in range(n)]
+
+
+def log_axis(ax: Axes, which: str = "y") -> None:
+    """Log scale with decade ticks written as plain numbers and unlabelled minor ticks."""
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    axis.set_major_formatter(PLAIN)
+    axis.set_minor_locator(NullLocator())  # eight ticks a decade, each a Line2D and a Text to lay out
+
+
+def step_axis(ax: Axes, steps: np.ndarray) -> None:
+    """Steps on x. The telemetry schedule logs steps log-spaced (dense early, sparse late),
+    so a long run gets a symmetric-log axis: linear up to step 1, then logarithmic."""
+    ax.set_xlabel("step")
+    if len(steps) and np.nanmax(steps) >= 50:
+        ax.set_xscale("symlog", linthresh=1, linscale=0.4)
+        ax.xaxis.set_major_formatter(PLAIN)
+        ax.xaxis.set_minor_locator(NullLocator())
+    else:
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def layer_axis(ax: Axes, n_layers: int) -> None:
+    """The layer index on x, whole numbers only."""
+    ax.set_xlabel("layer index (forward order)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(10, max(n_layers, 1))))
+
+
+class BinAxis:
+    """Positions along the fixed histogram layout, labelled with the values the bins hold.
+
+    A histogram's bins (from hist.parquet: bin, lo, hi) are drawn one unit wide, in value
+    order, so every bin is visible whether it holds 1e-8 or 1e3; the tick labels are the
+    decade edges in values (-10, -0.1, 0, 0.1, 10), a symmetric log axis."""
+
+    def __init__(self, bins: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> None:
+        self.n_bins = int(bins.max()) + 1
+        self.lo = np.full(self.n_bins, np.nan)
+        self.hi = np.full(self.n_bins, np.nan)
+        self.lo[bins], self.hi[bins] = lo, hi
+
+    def ticks(self, first: int, last: int, most: int = 7) -> tuple[list[float], list[str]]:
+        """Tick positions and labels between bins `first` and `last` (inclusive): 0 and the
+        bin edges that are whole decades, every n-th decade on each side so that at most
+        `most` remain (n the same on both sides, so the axis reads symmetric)."""
+        zero, decades = [], []  # decades: (exponent, position, value)
+        for b in range(first, last + 1):
+            if self.lo[b] == 0 and self.hi[b] == 0:  # the exactly-zero bin
+                zero.append(b + 0.5)
+            edge = self.hi[b]
+            if np.isfinite(edge) and edge != 0 and b < last:
+                exponent = np.log10(abs(edge))
+                if abs(exponent - round(exponent)) < 1e-6:
+                    decades.append((round(exponent), b + 1.0, float(edge)))
+        # the smallest decade sits two bins from 0 (the underflow bin between): labels collide
+        decades = [d for d in decades if all(abs(d[1] - z) > 3 for z in zero)]
+        every = 1
+        while len(zero) + sum(1 for e, _, _ in decades if e % every == 0) > most:
+            every += 1
+        kept = [(p, plain(v)) for e, p, v in decades if e % every == 0] + [(p, "0") for p in zero]
+        kept.sort()
+        return [p for p, _ in kept], [t for _, t in kept]
+
+    def label(self, axis: Any, first: int, last: int) -> None:
+        pos, labels = self.ticks(first, last)
+        axis.set_major_locator(FixedLocator(pos))
+        text = {round(p, 6): t for p, t in zip(pos, labels)}
+        axis.set_major_formatter(FuncFormatter(lambda v, _pos: text.get(round(v, 6), "")))
+        axis.set_minor_locator(NullLocator())

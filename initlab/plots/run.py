@@ -1,0 +1,355 @@
+"""The figures of one run: statistics at step 0, telemetry over training, histograms,
+gradient flow, update ratios, the probe's spread over weight draws, and the loss curves."""
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from matplotlib.axes import Axes
+
+from initlab.plots import base
+from initlab.plots.base import (
+    BinAxis,
+    colors,
+    figure,
+    layer_axis,
+    log_axis,
+    panel_title,
+    save,
+    step_axis,
+)
+
+
+def title_of(config: dict[str, Any]) -> str:
+    """'conv4 · init=default · bn=false' from a run's config."""
+    model = config.get("model", {}).get("arch") or config.get("model", {}).get("name", "?")
+    act = config.get("model", {}).get("act")
+    title = f"{model}" + (f" ({act})" if act else "")
+    if "init" in config:
+        title += f" · init={config['init'].get('name', '?')}"
+    if "bn" in config:
+        title += f" · bn={str(config['bn']).lower()}"
+    return title
+
+
+def _first_nonfinite_idx(df: pd.DataFrame) -> int | None:
+    bad = df[(df["nonfinite"] > 0) | ~np.isfinite(df["std"])]
+    return int(bad["layer_idx"].min()) if len(bad) else None
+
+
+def _theory_line(ax: Axes, t: pd.DataFrame, label: str) -> None:
+    """The predicted std per layer, dashed, where it is finite."""
+    t = t[np.isfinite(t["theory_std"]) & (t["theory_std"] > 0)].sort_values("layer_idx")
+    ax.plot(t["layer_idx"], t["theory_std"], ls="--", color="black", lw=1, marker="x", ms=3, label=label)
+
+
+def _depth_axis(ax: Axes, ylabel: str, n_layers: int) -> None:
+    """Per-layer std against forward order: log scale, the unit line dotted."""
+    log_axis(ax)
+    layer_axis(ax, n_layers)
+    ax.set_ylabel(ylabel)
+    ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    ax.grid(alpha=0.3, which="major")
+
+
+KINDS = (("act", "activation std"), ("grad", "gradient std (dL/d output)"))
+
+
+def plot_step0(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> Path | None:
+    """Per-layer activation and gradient std at init against layer index, log scale."""
+    s0 = stats[stats["step"] == stats["step"].min()]
+    if s0.empty:
+        return None
+    fig, axes = figure(1, 2, sharex=True)
+    n_layers = int(s0["layer_idx"].max()) + 1
+    for ax, (kind, label) in zip(axes[0], KINDS):
+        d = s0[s0["kind"] == kind].sort_values("layer_idx")
+        finite = d[np.isfinite(d["std"]) & (d["std"] > 0)]
+        ax.plot(finite["layer_idx"], finite["std"], marker="o", ms=3, lw=1.2, label="measured")
+        if "theory_std" in d and d["theory_std"].notna().any():
+            _theory_line(ax, d, "theory (mean field, actual weights)")
+            ax.legend(fontsize=7, loc="lower left")
+        _depth_axis(ax, label, n_layers)
+        bad = _first_nonfinite_idx(d) if not d.empty else None
+        if bad is not None:
+            ax.axvline(bad, color="red", ls="--", lw=1)
+            ax.text(bad, 0.95, f" non-finite from layer {bad}", color="red",
+                    transform=ax.get_xaxis_transform(), va="top", fontsize=8)
+    return save(fig, path, f"{title}: statistics at step 0", fmt)
+
+
+def probe_spread(per_draw: pd.DataFrame) -> pd.DataFrame:
+    """Per init scheme, layer and kind (act, grad) of a probe: mean, sd, min and max of the
+    std over seeds."""
+    d = per_draw[per_draw["kind"].isin(["act", "grad"])]
+    if "init" not in d:
+        d = d.assign(init="")
+    order = {name: i for i, name in enumerate(dict.fromkeys(d["init"]))}  # as given, not alphabetical
+    band = (d.groupby(["init", "kind", "layer_idx", "layer", "module_type"], sort=False)["std"]
+            .agg(std_mean="mean", std_sd="std", std_min="min", std_max="max", seeds="count").reset_index())
+    return band.sort_values(["init", "kind", "layer_idx"], key=lambda c: c.map(order) if c.name == "init" else c,
+                            kind="stable", ignore_index=True)
+
+
+def plot_probe(per_draw: pd.DataFrame, theory: pd.DataFrame | None, title: str, path: Path,
+               fmt: str = "png") -> Path | None:
+    """probe.seeds=N: per-layer std at init, mean over the seeds with the min-max band (one
+    line per init scheme of probe.inits), beside the theory's prediction for the run's own
+    draw (a single scheme only: the theory reads the run's weights)."""
+    if per_draw.empty:
+        return None
+    band = probe_spread(per_draw)
+    n = int(per_draw["seed"].nunique())
+    inits = list(dict.fromkeys(band["init"]))
+    fig, axes = figure(1, 2, sharex=True)
+    n_layers = int(band["layer_idx"].max()) + 1
+    for ax, (kind, label) in zip(axes[0], KINDS):
+        for init, color in zip(inits, colors("tab10", 10)):
+            d = band[(band["init"] == init) & (band["kind"] == kind) & np.isfinite(band["std_mean"])
+                     & (band["std_mean"] > 0)]
+            name = f"{init}: " if len(inits) > 1 else ""
+            ax.plot(d["layer_idx"], d["std_mean"], marker="o", ms=3, lw=1.2, color=color,
+                    label=f"{name}mean over {n} seeds")
+            if n > 1:
+                ax.fill_between(d["layer_idx"], d["std_min"], d["std_max"], color=color, alpha=0.25, lw=0,
+                                label=None if len(inits) > 1 else "min-max over seeds")
+        if theory is not None and not theory.empty and len(inits) == 1:
+            _theory_line(ax, theory[theory["kind"] == kind], "theory (seed of the run)")
+        _depth_axis(ax, label, n_layers)
+        ax.legend(fontsize=7, loc="best")  # few lines: searching for the emptiest corner is cheap
+    schemes = f" × {len(inits)} init schemes" if len(inits) > 1 else ""
+    return save(fig, path, f"{title}: step 0 over {n} seeds{schemes}", fmt)
+
+
+def _pick_layers(d: pd.DataFrame) -> list[tuple[int, str]]:
+    """At most MAX_LINES layers, evenly spread over the depth, first and last included."""
+    layers = d[["layer_idx", "layer"]].drop_duplicates().sort_values("layer_idx")
+    keep = np.unique(np.linspace(0, len(layers) - 1, min(base.MAX_LINES, len(layers))).round().astype(int))
+    return [tuple(r) for r in layers.iloc[keep].itertuples(index=False)]
+
+
+def plot_over_steps(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> Path | None:
+    """fast.ai-style telemetry: per-layer mean, std and zero fraction over steps."""
+    d = stats[stats["kind"] == "act"]
+    if d["step"].nunique() < 2:
+        return None
+    fig, axes = figure(1, 3, (4.2, 3.2), sharex=True, wspace=0.6)
+    picked = _pick_layers(d)
+    for (idx, layer), color in zip(picked, colors("viridis", len(picked))):
+        rows = d[d["layer_idx"] == idx].sort_values("step")
+        for ax, col in zip(axes[0], ("mean", "std", "zero_frac")):
+            ax.plot(rows["step"], rows[col], color=color, lw=1, label=f"{idx}: {layer}")
+    for ax, col in zip(axes[0], ("mean", "std", "fraction exactly zero")):
+        panel_title(ax, col, 9)
+        step_axis(ax, d["step"].to_numpy())
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=6, loc="upper left")
+    return save(fig, path, f"{title}: activations over training", fmt)
+
+
+def plot_metrics(metrics: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> Path | None:
+    """Loss and accuracy curves (what was logged of them), training batches and held-out
+    evaluations. Nothing to draw for a probe (fewer than two logged steps)."""
+    panels = [(name, val) for name, val in (("loss", "val_loss"), ("accuracy", "val_accuracy"))
+              if name in metrics or val in metrics]
+    if metrics.empty or not panels or metrics["step"].nunique() < 2:
+        return None
+    fig, axes = figure(1, len(panels), (4.6, 3.3))
+    for ax, (name, val) in zip(axes[0], panels):
+        if name in metrics:
+            m = metrics.dropna(subset=[name])
+            ax.plot(m["step"], m[name], lw=1, label="train")
+        if val in metrics:
+            v = metrics.dropna(subset=[val])
+            ax.plot(v["step"], v[val], "o-", ms=4, label="held-out")
+        if name == "loss" and name in metrics:
+            finite = metrics["loss"][np.isfinite(metrics["loss"])]
+            if len(finite) and (finite > 0).all():
+                log_axis(ax)
+        ax.set_xlabel("step")
+        panel_title(ax, name, 9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc="upper right" if name == "loss" else "lower right")
+    return save(fig, path, title, fmt)
+
+
+def _grid(n: int, panel: tuple[float, float] = (2.9, 2.1), **kw: Any) -> tuple[Any, list[Axes]]:
+    """n small panels, four to a row, the unused ones hidden; inner tick labels only where
+    the axes are not shared."""
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = figure(rows, cols, panel, wspace=0.45, hspace=0.55, left=1.0, bottom=0.65, **kw)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def _hist_axis(d: pd.DataFrame) -> tuple[BinAxis, int, int]:
+    """The bin axis of a histogram table and the range of bins any of its rows fills."""
+    axis = BinAxis(d["bin"].to_numpy(), d["lo"].to_numpy(), d["hi"].to_numpy())
+    used = d.loc[d["count"] > 0, "bin"]
+    first, last = (int(used.min()), int(used.max())) if len(used) else (0, axis.n_bins - 1)
+    return axis, max(first - 1, 0), min(last + 1, axis.n_bins - 1)
+
+
+def plot_hist_image(hist: pd.DataFrame, title: str, path: Path, kind: str = "act",
+                    fmt: str = "png") -> Path | None:
+    """fast.ai's 'colorful dimension': per layer, the histogram at every logged step, values
+    up (symmetric log: the fixed bins), steps across (each logged step as wide as the
+    steps it stands for), colour = log(1 + count)."""
+    d = hist[hist["kind"] == kind]
+    if d.empty or d["step"].nunique() < 2:
+        return None
+    bins, first, last = _hist_axis(d)
+    picked = _pick_layers(d)
+    fig, axes = _grid(len(picked), sharex=True, sharey=True)
+    steps = np.sort(d["step"].unique())
+    col_of = {s: i for i, s in enumerate(steps)}
+    x_edges = np.concatenate([[steps[0] - 0.5], (steps[:-1] + steps[1:]) / 2, [steps[-1] + 0.5]])
+    y_edges = np.arange(first, last + 2)
+    for ax, (idx, layer) in zip(axes, picked):
+        img = np.zeros((bins.n_bins, len(steps)))
+        rows = d[d["layer_idx"] == idx]
+        img[rows["bin"].to_numpy(), rows["step"].map(col_of).to_numpy()] = rows["count"].to_numpy()
+        ax.pcolormesh(x_edges, y_edges, np.log1p(img[first:last + 1]), cmap="viridis", shading="flat",
+                      rasterized=True)
+        panel_title(ax, f"{idx}: {layer}", 8)
+        ax.tick_params(labelsize=6)
+    step_axis(axes[0], steps)
+    bins.label(axes[0].yaxis, first, last)
+    for ax in axes:
+        ax.label_outer()
+        ax.xaxis.label.set_fontsize(7)
+    fig.supylabel(f"{kind} value (fixed bins, symmetric log)", fontsize=8)
+    return save(fig, path, f"{title}: {kind} histograms over training", fmt)
+
+
+def plot_dead(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> Path | None:
+    """Dead (ReLU family) or saturated (tanh, sigmoid) fraction per activation layer, and
+    the fraction of units that never fired in the batch."""
+    d = stats[(stats["kind"] == "act") & stats["dead_frac"].notna()] if "dead_frac" in stats else stats.iloc[:0]
+    if d.empty or d["step"].nunique() < 2:
+        return None
+    fig, axes = figure(1, 2, sharex=True)
+    ax_f, ax_u = axes[0]
+    picked = _pick_layers(d)
+    for (idx, layer), color in zip(picked, colors("plasma", len(picked))):
+        rows = d[d["layer_idx"] == idx].sort_values("step")
+        ax_f.plot(rows["step"], rows["dead_frac"], color=color, lw=1,
+                  label=f"{idx}: {layer} ({rows['module_type'].iloc[0]})")
+        ax_u.plot(rows["step"], rows["dead_units"], color=color, lw=1)
+    panel_title(ax_f, "fraction of elements dead / saturated", 9)
+    panel_title(ax_u, "fraction of units dead for the whole batch", 9)
+    for ax in (ax_f, ax_u):
+        step_axis(ax, d["step"].to_numpy())
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    ax_f.legend(fontsize=6, loc="upper left")
+    return save(fig, path, title, fmt)
+
+
+def plot_grad_flow(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> Path | None:
+    """Gradient flow: per-layer norm of dLoss/d output at a few steps."""
+    d = stats[stats["kind"] == "grad"]
+    if d.empty:
+        return None
+    steps = np.sort(d["step"].unique())
+    chosen = steps[np.unique(np.linspace(0, len(steps) - 1, min(5, len(steps))).round().astype(int))]
+    fig, axes = figure(1, 1, (6.5, 3.4))
+    ax = axes[0][0]
+    for step, color in zip(chosen, colors("cividis", len(chosen))):
+        rows = d[(d["step"] == step) & np.isfinite(d["norm"]) & (d["norm"] > 0)].sort_values("layer_idx")
+        ax.plot(rows["layer_idx"], rows["norm"], marker="o", ms=3, lw=1, color=color, label=f"step {step}")
+    log_axis(ax)
+    layer_axis(ax, int(d["layer_idx"].max()) + 1)
+    ax.set_ylabel("gradient norm (dL/d output)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+    return save(fig, path, f"{title}: gradient flow", fmt)
+
+
+def plot_update_ratio(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> Path | None:
+    """log10(update std / weight std) per weight tensor over steps; Karpathy's 1e-3 line."""
+    d = stats[(stats["kind"] == "update") & (stats["param"] == "weight")] if "param" in stats else stats.iloc[:0]
+    d = d[np.isfinite(d["ratio"]) & (d["ratio"] > 0)]
+    if d.empty:
+        return None
+    fig, axes = figure(1, 1, (6.5, 3.4))
+    ax = axes[0][0]
+    order = d.groupby("layer", sort=False)["layer_idx"].first().sort_values()
+    for layer, color in zip(order.index, colors("viridis", len(order))):
+        rows = d[d["layer"] == layer].sort_values("step")
+        ax.plot(rows["step"], np.log10(rows["ratio"]), lw=1, color=color,
+                marker="." if len(rows) < 3 else None, label=layer if len(order) <= 12 else None)
+    ax.axhline(-3, color="black", ls="--", lw=1, label="1e-3")
+    step_axis(ax, d["step"].to_numpy())
+    ax.set_ylabel("log10(update std / weight std)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, ncol=2, loc="upper right")
+    return save(fig, path, f"{title}: update:data ratio", fmt)
+
+
+def plot_hist_first_last(hist: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> Path | None:
+    """Activation and gradient histograms at the first and the last logged step, one ridge
+    per layer (each scaled to its own peak), every bin drawn, values across on the fixed bins."""
+    if hist.empty:
+        return None
+    first_step, last_step = hist["step"].min(), hist["step"].max()
+    picked = _pick_layers(hist[hist["kind"] == "act"])
+    if not picked:
+        return None
+    ends = hist[hist["step"].isin([first_step, last_step])]
+    bins, lo, hi = _hist_axis(ends)
+    fig, axes = figure(1, 2, (5.2, 0.45 * len(picked) + 1.2), sharex=True, left=1.5, wspace=1.4)
+    edges = np.arange(lo, hi + 2)
+    steps = [(first_step, "-")] + ([(last_step, "--")] if last_step != first_step else [])
+    for ax, (kind, color, name) in zip(axes[0], (("act", "tab:blue", "activations"),
+                                                 ("grad", "tab:orange", "gradients (dL/d output)"))):
+        d = ends[ends["kind"] == kind]
+        for row, (idx, _layer) in enumerate(picked):
+            counts = {}
+            for step, _ls in steps:
+                r = d[(d["step"] == step) & (d["layer_idx"] == idx)]
+                if len(r):
+                    c = np.zeros(bins.n_bins)
+                    c[r["bin"].to_numpy()] = r["count"].to_numpy()
+                    counts[step] = c[lo:hi + 1] / c.sum()
+            peak = max((c.max() for c in counts.values()), default=0) or 1.0
+            for step, ls in steps:
+                if step in counts:
+                    ax.stairs(row + 0.9 * counts[step] / peak, edges, baseline=row, ls=ls, color=color, lw=1,
+                              label=f"step {step}" if row == 0 else None)
+        ax.set_yticks(range(len(picked)), [f"{idx}: {layer}" for idx, layer in picked], fontsize=7)
+        ax.set_ylim(-0.2, len(picked))
+        bins.label(ax.xaxis, lo, hi)
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_xlabel("value (fixed bins, symmetric log)", fontsize=8)
+        panel_title(ax, name, 9)
+        ax.grid(alpha=0.3, axis="x")
+        ax.legend(fontsize=7, loc="upper right")
+    return save(fig, path, f"{title}: histograms at the first and last logged step", fmt)
+
+
+def plot_run(stats: pd.DataFrame, metrics: pd.DataFrame, config: dict[str, Any], out_dir: Path,
+             hist: pd.DataFrame | None = None, probe: pd.DataFrame | None = None, fmt: str = "png") -> list[Path]:
+    """Every figure of one run that has data to draw into `out_dir`; returns the files written."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    title = title_of(config)
+    made = []
+    if not stats.empty:
+        made.append(plot_step0(stats, title, out_dir / "step0_std", fmt))
+        made.append(plot_over_steps(stats, title, out_dir / "telemetry", fmt))
+        made.append(plot_dead(stats, title, out_dir / "dead", fmt))
+        made.append(plot_grad_flow(stats, title, out_dir / "grad_flow", fmt))
+        made.append(plot_update_ratio(stats, title, out_dir / "update_ratio", fmt))
+    if hist is not None and not hist.empty:
+        made.append(plot_hist_image(hist, title, out_dir / "act_hist_image", fmt=fmt))
+        made.append(plot_hist_first_last(hist, title, out_dir / "hist_first_last", fmt))
+    if probe is not None and not probe.empty:
+        theory = None
+        if "theory_std" in stats:
+            theory = stats[(stats["step"] == 0) & stats["theory_std"].notna()][["layer_idx", "kind", "theory_std"]]
+        made.append(plot_probe(probe, theory, title, out_dir / "probe", fmt))
+    made.append(plot_metrics(metrics, title, out_dir / "metrics", fmt))
+    return [p for p in made if p is not None]

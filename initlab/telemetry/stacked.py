@@ -1,0 +1,253 @@
+"""Step 0 of many weight draws in one pass: the rows `Telemetry` records for one draw, for
+every draw at once.
+
+The draws' parameters and buffers are stacked (`torch.func.stack_module_state`); one
+`vmap(grad(functional_call))` runs forward and backward for all of them; every tracked
+module's output comes back stacked, and so does dLoss/d output (the gradient of a zero
+tensor added to the output, which is exactly that); each layer is then reduced over the
+stack in one call (`stacked_stats`: one row per draw). Which modules, their names, forward
+order, dead regions, BatchNorm rows and parameter rows are the recorder's own rules, read
+off one ordinary forward/backward of the first draw.
+
+Models it cannot take raise `NotStackable` (the caller falls back to one draw at a time):
+dropout or any other random op in the forward pass (vmap cannot reproduce each draw's
+mask), models whose draws differ in their parameters' names or shapes, and forwards that
+vmap cannot trace (data-dependent Python control flow, unsupported ops).
+"""
+
+import copy
+import math
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from initlab.nn.kinds import BATCH_NORMS
+from initlab.telemetry.columns import Columns, Slot, stats_columns
+from initlab.telemetry.recorder import _DEFAULT_THRESHOLDS, first_tensor, tracked_modules
+from initlab.telemetry.reducers import (
+    STATS,
+    CpuReducer,
+    DeadRegion,
+    dead_region,
+    kernels,
+    stacked_stats,
+)
+from initlab.telemetry.schedule import TelemetryConfig
+
+NAN = float("nan")
+MEMORY_BUDGET = 1 << 29  # bytes of stacked outputs, gradients and autograd state per chunk of draws
+
+
+class NotStackable(Exception):
+    """This model's draws cannot be evaluated as one stack; says why."""
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One call of a tracked module in the first draw's forward pass."""
+
+    name: str
+    slot: Slot
+    dead: DeadRegion | None
+    shape: torch.Size
+    grad: bool  # its output required grad: the recorder takes a `grad` row
+    bn: bool  # a BatchNorm's first call in training mode: running and batch statistics rows
+
+
+@dataclass(frozen=True)
+class _Layout:
+    calls: list[_Call]
+    params: list[tuple[str, str, str, str]]  # (module, module type, parameter, full name)
+    with_grad: set[str]  # full names of the parameters that received a gradient
+    bytes_per_draw: int
+
+
+def _layout(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TelemetryConfig) -> _Layout:
+    """One ordinary forward/backward of `model` (a draw, about to be stacked) with hooks that
+    note what the recorder would record, in its order."""
+    thresholds = {**_DEFAULT_THRESHOLDS, **(cfg.thresholds or {})}
+    calls: list[_Call] = []
+    order: dict[tuple[str, int], int] = {}
+    count: dict[str, int] = {}
+    handles = []
+    for name, module in tracked_modules(model, cfg.modules):
+        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+            raise NotStackable(f"{name} ({type(module).__name__}) draws a random mask per draw")
+
+        def hook(m: nn.Module, args: tuple, out: object, name: str = name) -> None:
+            t = first_tensor(out)
+            if t is None:
+                return
+            call = count.get(name, 0)
+            count[name] = call + 1
+            order.setdefault((name, call), len(order))
+            layer = name if call == 0 else f"{name}#{call}"
+            bn = (cfg.bn and call == 0 and isinstance(m, BATCH_NORMS) and m.training
+                  and m.running_mean is not None)
+            calls.append(_Call(name, Slot(layer, type(m).__name__, order[(name, call)]),
+                               dead_region(m, thresholds), t.shape, t.requires_grad, bn))
+
+        handles.append(module.register_forward_hook(hook))
+    try:
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+    finally:
+        for h in handles:
+            h.remove()
+    params = [(mod, type(m).__name__, pname, f"{mod}.{pname}" if mod else pname)
+              for mod, m in model.named_modules() for pname, p in m.named_parameters(recurse=False)
+              if p.requires_grad]
+    with_grad = {full for mod, _, pname, full in params if model.get_submodule(mod).get_parameter(pname).grad
+                 is not None}
+    size = x.element_size()
+    out_bytes = sum(math.prod(c.shape) for c in calls) * size
+    param_bytes = sum(p.numel() for p in model.parameters()) * size
+    return _Layout(calls, params, with_grad, 4 * out_bytes + 3 * param_bytes)
+
+
+def _forward_backward(base: nn.Module, calls: list[_Call], x: torch.Tensor, y: torch.Tensor
+                      ) -> Callable[..., tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]]:
+    """The function of one draw's (parameters, buffers, zeros per call) -> (gradients of the
+    parameters and of the zeros, (loss, outputs)), for vmap(grad(...))."""
+    modules = dict(base.named_modules())
+    by_name: dict[str, list[int]] = {}
+    for i, c in enumerate(calls):
+        by_name.setdefault(c.name, []).append(i)
+
+    def fn(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], zeros: list[torch.Tensor]):
+        outputs: list[torch.Tensor] = []
+        seen: dict[str, int] = {}
+
+        def hook(m: nn.Module, args: tuple, out: object, name: str) -> object:
+            t = first_tensor(out)
+            if t is None:
+                return None
+            k = seen.get(name, 0)
+            seen[name] = k + 1
+            i = by_name[name][k]
+            outputs.append(t)
+            shifted = t + zeros[i]  # d loss / d zeros[i] is d loss / d output
+            return shifted if isinstance(out, torch.Tensor) else type(out)((shifted, *out[1:]))
+
+        handles = [modules[name].register_forward_hook(
+            lambda m, a, o, name=name: hook(m, a, o, name)) for name in by_name]
+        try:
+            logits = torch.func.functional_call(base, (params, buffers), (x,))
+        finally:
+            for h in handles:
+                h.remove()
+        loss = F.cross_entropy(logits, y)
+        return loss, (loss.detach(), tuple(outputs))
+
+    return fn
+
+
+class _Reducer:
+    """Rows of a stacked tensor, one per draw. On the CPU, the recorder's own single-pass
+    kernels over each draw's view of the stack (the same numbers as one draw at a time);
+    elsewhere one queued reduction over the whole stack per tensor."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cpu = CpuReducer(None) if kernels is not None and device.type == "cpu" else None
+
+    def act(self, X: torch.Tensor, dead: DeadRegion | None = None) -> torch.Tensor:
+        if self.cpu is not None:
+            return torch.tensor([self.cpu.act_row(x, dead)[0] for x in X.detach()], dtype=torch.float64)
+        return stacked_stats(X, dead)
+
+    def param(self, X: torch.Tensor) -> torch.Tensor:
+        """mean, std, non-finite count, numel; min, max, zero and dead fractions NaN."""
+        if self.cpu is not None:
+            return torch.tensor([self.cpu.param_row(x) for x in X.detach()], dtype=torch.float64)
+        rows = stacked_stats(X)
+        rows[:, 2:7] = NAN
+        return rows
+
+
+def _signature(model: nn.Module) -> tuple:
+    return tuple((k, v.shape, v.dtype) for k, v in model.state_dict().items())
+
+
+def stacked_step0(make: Callable[[Hashable], nn.Module], draws: Sequence[Hashable], x: torch.Tensor,
+                  y: torch.Tensor, cfg: TelemetryConfig) -> tuple[list[Columns], np.ndarray]:
+    """Step 0 (forward, backward, no update) of the model `make(draw)` builds for each draw
+    (e.g. a seed; on x's device, in training mode): per draw the stats table of the rows the
+    recorder takes on a forced step, and the losses. The draws are built and stacked a chunk at a
+    time, as many as MEMORY_BUDGET holds."""
+    first = make(draws[0])
+    signature = _signature(first)
+    layout = _layout(copy.deepcopy(first), x, y, cfg)  # its BatchNorm buffers move: not the draw's own
+    chunk = max(1, MEMORY_BUDGET // max(layout.bytes_per_draw, 1))
+    base = copy.deepcopy(first).to("meta")
+    fn = torch.func.grad(_forward_backward(base, layout.calls, x, y), argnums=(0, 2), has_aux=True)
+    batched = torch.func.vmap(fn, in_dims=(0, 0, 0), randomness="error")
+    reduce = _Reducer(x.device)
+    tables: list[Columns] = []
+    losses: list[np.ndarray] = []
+    for start in range(0, len(draws), chunk):
+        group = [first if start + i == 0 else make(d) for i, d in enumerate(draws[start: start + chunk])]
+        if any(_signature(m) != signature for m in group):
+            raise NotStackable("the draws differ in their parameters' names, shapes or dtypes")
+        params, buffers = torch.func.stack_module_state(group)
+        n = len(group)
+        del group
+        before = {k: v.clone() for k, v in buffers.items() if k.endswith(("running_mean", "running_var"))}
+        zeros = [torch.zeros(n, *c.shape, dtype=x.dtype, device=x.device) for c in layout.calls]
+        try:
+            (pgrads, ograds), (loss, outputs) = batched(params, buffers, zeros)
+        except (RuntimeError, NotImplementedError, ValueError, TypeError) as exc:
+            raise NotStackable(f"vmap cannot run this forward pass ({str(exc).splitlines()[0]})") from exc
+        tables += _tables(layout, base, params, pgrads, buffers, before, outputs, ograds, n, reduce)
+        losses.append(loss.cpu().numpy())
+    return tables, np.concatenate(losses)
+
+
+def _tables(layout: _Layout, base: nn.Module, params: dict[str, torch.Tensor], pgrads: dict[str, torch.Tensor],
+            buffers: dict[str, torch.Tensor], before: dict[str, torch.Tensor], outputs: Sequence[torch.Tensor],
+            ograds: Sequence[torch.Tensor], n: int, reduce: "_Reducer") -> list[Columns]:
+    """Per draw, the rows in the recorder's order: activations (with each BatchNorm's rows
+    after its own) in forward order, gradients in backward order, then the parameters'
+    gradients and the parameters."""
+    slots: list[Slot] = []
+    kinds: list[str] = []
+    pnames: list[str] = []
+    index: list[int] = []
+    blocks: list[torch.Tensor] = []  # each (n, len(STATS))
+
+    def add(slot: Slot, kind: str, rows: torch.Tensor, param: str = "", i: int = -1) -> None:
+        slots.append(slot)
+        kinds.append(kind)
+        pnames.append(param)
+        index.append(i)
+        blocks.append(rows)
+
+    for c, out in zip(layout.calls, outputs):
+        add(c.slot, "act", reduce.act(out, c.dead))
+        if c.bn:
+            module = base.get_submodule(c.name)
+            rm, rv = buffers[f"{c.name}.running_mean"], buffers[f"{c.name}.running_var"]
+            add(c.slot, "bn_running_mean", reduce.act(rm))
+            add(c.slot, "bn_running_var", reduce.act(rv))
+            m = module.momentum
+            if m:
+                pm, pv = before[f"{c.name}.running_mean"], before[f"{c.name}.running_var"]
+                add(c.slot, "bn_batch_mean", reduce.act((rm - (1 - m) * pm) / m))
+                add(c.slot, "bn_batch_var", reduce.act((rv - (1 - m) * pv) / m))
+    for c, g in reversed(list(zip(layout.calls, ograds))):
+        if c.grad:
+            add(c.slot, "grad", reduce.act(g))
+    order = {c.name: c.slot.layer_idx for c in layout.calls if c.slot.layer == c.name}
+    param_slots = [Slot(mod, mtype, order.get(mod, -1)) for mod, mtype, _, _ in layout.params]
+    for i, (_, _, pname, full) in enumerate(layout.params):
+        if full in layout.with_grad:
+            add(param_slots[i], "weight_grad", reduce.param(pgrads[full]), pname, i)
+    for i, (_, _, pname, full) in enumerate(layout.params):
+        add(param_slots[i], "weight", reduce.param(params[full]), pname, i)
+    stats = torch.stack(blocks, dim=1).cpu().numpy()  # (n, rows, STATS): one transfer
+    assert stats.shape[2] == len(STATS)
+    idx = np.asarray(index, dtype=np.int64)
+    return [stats_columns(0, slots, kinds, pnames, idx, stats[d], len(layout.params)) for d in range(n)]
