@@ -22,6 +22,9 @@ def test_regular_install_runs_from_another_directory(tmp_path: Path) -> None:
     assert (target / "initlab" / "conf" / "hydra" / "launcher" / "joblib.yaml").exists()
     assert (target / "hydra_plugins" / "initlab_launchers" / "joblib_launcher.py").exists()  # Hydra's namespace
     assert not (target / "hydra_plugins" / "__init__.py").exists()  # stays a namespace package
+    packages = {p.parent.relative_to(ROOT) for p in (ROOT / "initlab").rglob("__init__.py")}
+    missing = [str(p) for p in packages if not (target / p / "__init__.py").exists()]
+    assert not missing, f"packages not shipped (pyproject's packages list): {missing}"
     work = tmp_path / "elsewhere"
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(target)}
@@ -36,3 +39,4 @@ def test_regular_install_runs_from_another_directory(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     assert list((work / "outputs").rglob("summary.json"))
+    assert list((work / "outputs").rglob("plots/step0_std.png")), run.stderr  # a plotting failure is only logged
