@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, FuncFormatter, MaxNLocator, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 FORMATS = ("png", "svg", "pdf")
 MAX_LINES = 10  # layers drawn as separate lines in one panel; more become unreadable
@@ -63,12 +63,21 @@ def colors(name: str, n: int) -> list[Any]:
     return [cmap(i / max(n - 1, 1)) for i in range(n)]
 
 
-def log_axis(ax: Axes, which: str = "y") -> None:
-    """Log scale with decade ticks written as plain numbers and unlabelled minor ticks."""
+def log_axis(ax: Axes, which: str = "y") -> bool:
+    """Log scale for what is already drawn, when it spans a decade or more: ticks at the
+    decades (and at 2 and 5 when it spans less than three), written as plain numbers.
+    Within a decade a log axis would show one tick or none, so it stays linear; says which."""
+    lim = ax.dataLim
+    lo, hi = (lim.y0, lim.y1) if which == "y" else (lim.x0, lim.x1)
+    if not (np.isfinite(lo) and np.isfinite(hi) and lo > 0 and hi >= 10 * lo):
+        return False
     axis = ax.yaxis if which == "y" else ax.xaxis
     (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    if hi < 1000 * lo:
+        axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
     axis.set_major_formatter(PLAIN)
     axis.set_minor_locator(NullLocator())  # eight ticks a decade, each a Line2D and a Text to lay out
+    return True
 
 
 def step_axis(ax: Axes, steps: np.ndarray) -> None:
@@ -79,6 +88,7 @@ def step_axis(ax: Axes, steps: np.ndarray) -> None:
         ax.set_xscale("symlog", linthresh=1, linscale=0.4)
         ax.xaxis.set_major_formatter(PLAIN)
         ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlim(left=max(ax.get_xlim()[0], float(np.nanmin(steps)) - 0.5))  # the margin is no negative step
     else:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 

@@ -163,10 +163,8 @@ def plot_metrics(metrics: pd.DataFrame, title: str, path: Path, fmt: str = "png"
         if val in metrics:
             v = metrics.dropna(subset=[val])
             ax.plot(v["step"], v[val], "o-", ms=4, label="held-out")
-        if name == "loss" and name in metrics:
-            finite = metrics["loss"][np.isfinite(metrics["loss"])]
-            if len(finite) and (finite > 0).all():
-                log_axis(ax)
+        if name == "loss":
+            log_axis(ax)  # when the loss falls by a decade or more
         ax.set_xlabel("step")
         panel_title(ax, name, 9)
         ax.grid(alpha=0.3)

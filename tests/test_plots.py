@@ -1,0 +1,89 @@
+"""Figures: what their axes say (values, steps), and only the figures a run has data for."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from initlab.plots import base
+from initlab.plots import run as plots
+from initlab.store import load_run
+
+
+@pytest.fixture
+def drawn(monkeypatch) -> dict[str, object]:
+    """The figures the plot functions save, by file stem, kept open for inspection."""
+    figs: dict[str, object] = {}
+    original = base.save
+
+    def keep(fig, path: Path, title=None, fmt="png"):
+        figs[path.stem] = fig
+        return original(fig, path, title, fmt)
+
+    monkeypatch.setattr(plots, "save", keep)
+    return figs
+
+
+def _labels(axis) -> list[str]:
+    axis.figure.canvas.draw()  # tick labels exist once drawn
+    return [t.get_text() for t in axis.get_ticklabels() if t.get_text()]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    """A 60-step run with histograms: log-spaced logged steps, as the default schedule logs."""
+    from initlab.study import run_study
+    from tests.conftest import SHRINK, compose_cfg
+
+    run_dir = tmp_path_factory.mktemp("trained")
+    run_study(compose_cfg([*SHRINK, "train.steps=60", "telemetry=full"]), run_dir)
+    return run_dir
+
+
+def test_histogram_axes_are_values_and_steps_not_indices(trained: Path, drawn, tmp_path: Path) -> None:
+    run = load_run(trained)
+    plots.plot_run(run.stats, run.metrics, run.config, tmp_path, run.hist)
+    ridge = drawn["hist_first_last"].axes[0]
+    labels = _labels(ridge.xaxis)
+    assert "0" in labels and all(float(t) == 0 or round(np.log10(abs(float(t))), 6).is_integer() for t in labels)
+    assert labels == sorted(labels, key=float) and len(labels) <= 7  # decades in value order, thinned
+    assert "value" in ridge.get_xlabel()
+    image = drawn["act_hist_image"].axes[0]
+    assert image.get_xscale() == "symlog"  # steps 0..59, logged log-spaced
+    x = image.collections[0].get_coordinates()[..., 0]
+    steps = np.sort(run.hist["step"].unique())
+    assert x.min() == pytest.approx(steps[0] - 0.5) and x.max() == pytest.approx(steps[-1] + 0.5)
+    assert "0" in _labels(image.yaxis)
+    for name in ("telemetry", "dead", "update_ratio"):
+        ax = drawn[name].axes[0]
+        assert ax.get_xscale() == "symlog" and ax.get_xlim()[0] >= -0.5, name
+
+
+def test_a_loss_within_a_decade_stays_linear_and_labelled(trained: Path, drawn, tmp_path: Path) -> None:
+    run = load_run(trained)
+    plots.plot_metrics(run.metrics, "t", tmp_path / "metrics")
+    ax = drawn["metrics"].axes[0]
+    assert ax.get_yscale() == "linear" and len(_labels(ax.yaxis)) >= 3
+    diverging = pd.DataFrame({"step": np.arange(50), "loss": np.geomspace(2.3, 6.6e25, 50)})
+    plots.plot_metrics(diverging, "t", tmp_path / "metrics")
+    ax = drawn["metrics"].axes[0]
+    assert ax.get_yscale() == "log" and "1e+25" in _labels(ax.yaxis)
+
+
+def test_a_probe_draws_no_curves(run, tmp_path: Path) -> None:
+    _, run_dir = run("train.steps=0", "plots=true")
+    names = sorted(p.name for p in (run_dir / "plots").iterdir())
+    assert names == ["grad_flow.png", "hist_first_last.png", "step0_std.png"]
+
+
+def test_bin_ticks_are_symmetric_decades_around_zero() -> None:
+    from initlab.telemetry.hist import HistSpec
+
+    spec = HistSpec()
+    lo, hi = spec.bounds()
+    axis = base.BinAxis(np.arange(spec.n_bins), lo, hi)
+    pos, labels = axis.ticks(0, spec.n_bins - 1)
+    assert "0" in labels and len(labels) <= 7 and pos == sorted(pos)
+    values = [float(t) for t in labels if t != "0"]
+    assert sorted(values) == sorted(-v for v in values)  # the same decades either side
