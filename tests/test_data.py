@@ -179,3 +179,16 @@ def test_statistics_cache_follows_the_files_not_the_count(tmp_path: Path) -> Non
     assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-3
     cached = json.loads((tmp_path / "initlab-stats" / "mnist.json").read_text())
     assert cached["files"][0][0] == "train-images-idx3-ubyte" and cached["files"][0][1] == images.stat().st_size
+
+
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 32, 32), (20,)])
+def test_synthetic_teacher_chunks_give_the_one_batch_logits_exactly(shape: tuple[int, ...]) -> None:
+    """Labels come from the teacher 64 samples at a time (cache-sized, ReLU in place): the
+    same bits as one forward over the whole set, so every synthetic dataset stays as it was."""
+    from initlab.data.synthetic import _teacher, teacher_logits
+
+    g = torch.Generator().manual_seed(3)
+    teacher = _teacher(shape, 10, g)
+    x = torch.randn(700, *shape, generator=g)
+    with torch.no_grad():
+        assert torch.equal(teacher_logits(teacher, x), teacher(x))
