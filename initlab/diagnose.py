@@ -4,6 +4,7 @@ Flags are plain dicts (`flag`, `detail`, numbers) so they go into summary.json, 
 table at the end of a run, and columns of sweep.parquet alike. Reads DataFrames only.
 """
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -26,10 +27,14 @@ def depth_ratio(step0: pd.DataFrame, kind: str) -> float:
     classifier is left out once there are three weighted layers: with a fan-out of a few
     classes, its backward factor fan_out * Var(W) is tiny under any fan-in init. Layers
     whose std is exactly zero were zeroed on purpose (Fixup) and are left out too. NaN
-    without two such layers."""
+    without two such layers; inf where any of them holds a non-finite value (the scale is
+    lost, not a large number: a ratio of the finite layers around it would be)."""
     d = step0[(step0["kind"] == kind) & step0["module_type"].isin(WEIGHTED)].sort_values("layer_idx")
     if kind == "grad" and len(d) >= 3:
         d = d.iloc[:-1]
+    bad = ~np.isfinite(d["std"]) | ((d["nonfinite"] != 0) if "nonfinite" in d else False)
+    if len(d) >= 2 and bad.any():
+        return float("inf")
     d = d[np.isfinite(d["std"]) & (d["std"] > 0)]
     if len(d) < 2:
         return float("nan")
@@ -43,8 +48,10 @@ def diagnose(stats: pd.DataFrame, summary: Mapping[str, Any], thresholds: Mappin
     flags: list[dict] = []
     if summary.get("status") == "diverged" and summary.get("diverged"):
         d = summary["diverged"]
-        flags.append({"flag": "diverged", "detail": f"non-finite loss at step {d['step']}; first non-finite "
-                      f"layer {d.get('layer')}", "step": d["step"], "layer": d.get("layer")})
+        what = "loss" if d.get("loss") is not None else d.get("kind") or "value"
+        where = f"; first non-finite layer {d['layer']}" if d.get("layer") else ""
+        flags.append({"flag": "diverged", "detail": f"non-finite {what} at step {d['step']}{where}",
+                      "step": d["step"], "layer": d.get("layer"), "kind": what})
     if stats.empty:
         return flags
     s0 = stats[stats["step"] == stats["step"].min()]
@@ -57,6 +64,9 @@ def diagnose(stats: pd.DataFrame, summary: Mapping[str, Any], thresholds: Mappin
                           "from the input side to the output side at init" if kind == "act" else
                           f"{name} std shrinks {1 / ratio:.3g}x from the last hidden layer back to the first at init",
                           "ratio": ratio})
+        elif math.isinf(ratio):
+            flags.append({"flag": f"exploding_{kind}", "detail": f"{name} overflow to non-finite values across "
+                          "the network at init (no finite std ratio)", "ratio": ratio})
         elif ratio > t["exploding_ratio"]:
             flags.append({"flag": f"exploding_{kind}", "detail": f"{name} std grows {ratio:.3g}x across the "
                           "network at init", "ratio": ratio})

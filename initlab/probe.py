@@ -77,10 +77,13 @@ def _ratios(per_seed: pd.DataFrame) -> dict[str, object]:
     out: dict[str, object] = {}
     for kind, key in (("act", "act_std_last_over_first"), ("grad", "grad_std_first_over_last")):
         ratios = np.array([depth_ratio(g, kind) for _, g in per_seed.groupby("seed")], dtype=float)
+        lost = int(np.isinf(ratios).sum())  # draws whose values went non-finite: no ratio, counted
         ratios = ratios[np.isfinite(ratios)]
         if len(ratios):
             out[key] = {"mean": float(ratios.mean()), "sd": float(ratios.std(ddof=1)) if len(ratios) > 1 else 0.0,
                         "min": float(ratios.min()), "max": float(ratios.max()), "n": len(ratios)}
+        if lost:
+            out.setdefault(key, {})["nonfinite_draws"] = lost
     return out
 
 

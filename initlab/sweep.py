@@ -46,7 +46,7 @@ def _layer_summaries(job_dir: Path) -> dict[str, float]:
     path = job_dir / STATS_DIR
     if not path.exists() or not any(path.glob("*.parquet")):
         return {}
-    cols = ["step", "layer_idx", "module_type", "kind", "std"]
+    cols = ["step", "layer_idx", "module_type", "kind", "std", "nonfinite"]
     table = ds.dataset(path, format="parquet").to_table(
         columns=cols, filter=(ds.field("step") == 0) & ds.field("kind").isin(["act", "grad"]))
     d = table.to_pandas()

@@ -37,3 +37,24 @@ def test_flags_are_printed_and_stored(tmp_path) -> None:
     assert "vanishing_act" in proc.stderr
     summary = json.loads((only_run_dir(tmp_path / "outputs") / "summary.json").read_text())
     assert "vanishing_act" in _flags(summary)
+
+
+def test_non_finite_statistics_give_a_non_finite_ratio_and_say_what_went_non_finite() -> None:
+    """Gradients that overflow in some layers: the depth ratio is inf (the scale is lost),
+    not the ratio of the layers that stayed finite; the diverged flag names a gradient."""
+    import numpy as np
+    import pandas as pd
+
+    from initlab.diagnose import depth_ratio, diagnose
+
+    rows = [{"step": 0, "kind": k, "layer_idx": i, "layer": f"l{i}", "module_type": "Linear", "std": std, "param": "", "ratio": np.nan,
+             "nonfinite": bad} for k in ("act", "grad")
+            for i, (std, bad) in enumerate([(1.0, 0), (np.nan, 62), (1e30, 0), (0.5, 0)])]
+    stats = pd.DataFrame(rows)
+    assert depth_ratio(stats, "grad") == np.inf and depth_ratio(stats, "act") == np.inf
+    finite = stats.assign(std=[1.0, 2.0, 3.0, 4.0] * 2, nonfinite=0)
+    assert depth_ratio(finite, "act") == 4.0
+    summary = {"status": "diverged", "diverged": {"step": 0, "loss": None, "layer": "l1", "kind": "grad"}}
+    flags = {f["flag"]: f for f in diagnose(stats, summary)}
+    assert flags["diverged"]["detail"] == "non-finite grad at step 0; first non-finite layer l1"
+    assert "non-finite values" in flags["exploding_grad"]["detail"] and flags["exploding_grad"]["ratio"] == np.inf

@@ -5,6 +5,7 @@ Plots are off to save time; everything else is the shipped config."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -36,6 +37,9 @@ def test_seed_mlp100(tmp_path: Path) -> None:
     assert n01["status"] == "diverged" and n01["diverged_layer"] == "layers.31"  # float32 overflows at x16/layer
     assert 14 < n01["act_std_first"] < 18
     assert one(df, **{"init.std": 1.0, "model.act": "relu"})["status"] == "diverged"
+    tanh = one(df, **{"init.std": 1.0, "model.act": "tanh"})  # finite loss, gradients overflow going back
+    assert tanh["status"] == "diverged" and tanh["diverged_step"] == 0
+    assert tanh["grad_std_ratio_first_last"] == np.inf  # non-finite, not a 1e39 from the finite layers
     assert 0.8 < one(df, **{"init.std": 0.0625, "model.act": "linear"})["act_std_ratio"] < 1.25  # N(0,1/n) holds
     assert one(df, **{"init.std": 0.0625, "model.act": "tanh"})["act_std_ratio"] < 0.2  # tanh slowly vanishes
     assert one(df, **{"init.std": 0.0625, "model.act": "relu"})["act_std_ratio"] < 1e-12  # 2^-50: ReLU halves it
