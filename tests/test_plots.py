@@ -87,3 +87,37 @@ def test_bin_ticks_are_symmetric_decades_around_zero() -> None:
     assert "0" in labels and len(labels) <= 7 and pos == sorted(pos)
     values = [float(t) for t in labels if t != "0"]
     assert sorted(values) == sorted(-v for v in values)  # the same decades either side
+
+
+def test_sweep_loss_curves_survive_a_diverged_job_and_many_combinations(tmp_path: Path, monkeypatch) -> None:
+    """12 combinations, one of them diverging to 1e25: a log axis (the others stay visible),
+    twelve distinct colours, the diverged job marked, held-out points drawn, no warnings."""
+    import warnings
+
+    from initlab.plots import sweep
+
+    figs = {}
+    original = base.save
+    monkeypatch.setattr(sweep, "save", lambda fig, path, title=None, fmt="png":
+                        figs.setdefault(path.stem, fig) and original(fig, path, title, fmt))
+    rows = []
+    for j in range(12):
+        job = tmp_path / str(j)
+        job.mkdir()
+        steps = np.arange(40)
+        loss = np.geomspace(2.3, 6.6e25, 40) if j == 3 else 2.3 * np.exp(-steps / (20 + j))
+        val = np.where(steps % 10 == 9, loss * 1.1, np.nan)
+        pd.DataFrame({"step": steps, "loss": loss, "val_loss": val}).to_parquet(job / "metrics.parquet")
+        rows.append({"path": str(job), "status": "diverged" if j == 3 else "ok", "final_loss": loss[-1],
+                     "steps_done": 40, "diverged_step": 39 if j == 3 else np.nan, "lr": 0.1 * (j + 1)})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        made = sweep.plot_sweep(pd.DataFrame(rows), ["lr"], tmp_path / "plots")
+    assert [p.name for p in made] == ["grid_final_loss.png", "step0_std_overlay.png", "loss_curves.png"]
+    ax = figs["loss_curves"].axes[0]
+    assert ax.get_yscale() == "log"
+    lines = [ln for ln in ax.get_lines() if ln.get_label() and not ln.get_label().startswith("_")]
+    assert len(lines) == 12 and len({ln.get_color() for ln in lines}) == 12
+    assert any("(1 diverged)" in ln.get_label() for ln in lines)
+    assert sum(1 for ln in ax.get_lines() if ln.get_marker() == "o") == 12  # held-out points per combination
+    assert figs["grid_final_loss"].axes[0].get_title() == "final training loss"

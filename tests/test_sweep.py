@@ -25,7 +25,7 @@ def _sweep_dir(root: Path) -> Path:
     return found[0].parent
 
 
-@pytest.mark.slow  # 46 s on the 2-core CPU (four CLI jobs with plots); the failing-job sweep test stays fast
+@pytest.mark.slow  # 29 s on the 2-core CPU (four jobs with plots); the failing-job sweep test stays fast
 def test_2x2_sweep_builds_table_and_plots(tmp_path: Path) -> None:
     proc = run_cli(["-m", "init=default,kaiming", "bn=false,true", *SMALL], cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr

@@ -57,6 +57,12 @@ def panel_title(ax: Axes, text: str, size: float = 9) -> None:
     ax.set_title(text, fontsize=size, y=1.0)
 
 
+def legend(ax: Axes, **kw: Any) -> None:
+    """A legend when something drawn has a label (matplotlib warns otherwise)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kw)
+
+
 def colors(name: str, n: int) -> list[Any]:
     """n colours spread over a sequential colormap."""
     cmap = colormaps[name]

@@ -14,6 +14,7 @@ from initlab.plots.base import (
     colors,
     figure,
     layer_axis,
+    legend,
     log_axis,
     panel_title,
     save,
@@ -69,7 +70,7 @@ def plot_step0(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png") ->
         ax.plot(finite["layer_idx"], finite["std"], marker="o", ms=3, lw=1.2, label="measured")
         if "theory_std" in d and d["theory_std"].notna().any():
             _theory_line(ax, d, "theory (mean field, actual weights)")
-            ax.legend(fontsize=7, loc="lower left")
+            legend(ax, fontsize=7, loc="lower left")
         _depth_axis(ax, label, n_layers)
         bad = _first_nonfinite_idx(d) if not d.empty else None
         if bad is not None:
@@ -117,7 +118,7 @@ def plot_probe(per_draw: pd.DataFrame, theory: pd.DataFrame | None, title: str, 
         if theory is not None and not theory.empty and len(inits) == 1:
             _theory_line(ax, theory[theory["kind"] == kind], "theory (seed of the run)")
         _depth_axis(ax, label, n_layers)
-        ax.legend(fontsize=7, loc="best")  # few lines: searching for the emptiest corner is cheap
+        legend(ax, fontsize=7, loc="best")  # few lines: searching for the emptiest corner is cheap
     schemes = f" × {len(inits)} init schemes" if len(inits) > 1 else ""
     return save(fig, path, f"{title}: step 0 over {n} seeds{schemes}", fmt)
 
@@ -144,7 +145,7 @@ def plot_over_steps(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png
         panel_title(ax, col, 9)
         step_axis(ax, d["step"].to_numpy())
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=6, loc="upper left")
+    legend(axes[0][0], fontsize=6, loc="upper left")
     return save(fig, path, f"{title}: activations over training", fmt)
 
 
@@ -168,7 +169,7 @@ def plot_metrics(metrics: pd.DataFrame, title: str, path: Path, fmt: str = "png"
         ax.set_xlabel("step")
         panel_title(ax, name, 9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc="upper right" if name == "loss" else "lower right")
+        legend(ax, fontsize=8, loc="upper right" if name == "loss" else "lower right")
     return save(fig, path, title, fmt)
 
 
@@ -243,7 +244,7 @@ def plot_dead(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> 
         step_axis(ax, d["step"].to_numpy())
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    ax_f.legend(fontsize=6, loc="upper left")
+    legend(ax_f, fontsize=6, loc="upper left")
     return save(fig, path, title, fmt)
 
 
@@ -263,7 +264,7 @@ def plot_grad_flow(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png"
     layer_axis(ax, int(d["layer_idx"].max()) + 1)
     ax.set_ylabel("gradient norm (dL/d output)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower left")
+    legend(ax, fontsize=8, loc="lower left")
     return save(fig, path, f"{title}: gradient flow", fmt)
 
 
@@ -284,7 +285,7 @@ def plot_update_ratio(stats: pd.DataFrame, title: str, path: Path, fmt: str = "p
     step_axis(ax, d["step"].to_numpy())
     ax.set_ylabel("log10(update std / weight std)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, ncol=2, loc="upper right")
+    legend(ax, fontsize=6, ncol=2, loc="upper right")
     return save(fig, path, f"{title}: update:data ratio", fmt)
 
 
@@ -325,7 +326,7 @@ def plot_hist_first_last(hist: pd.DataFrame, title: str, path: Path, fmt: str = 
         ax.set_xlabel("value (fixed bins, symmetric log)", fontsize=8)
         panel_title(ax, name, 9)
         ax.grid(alpha=0.3, axis="x")
-        ax.legend(fontsize=7, loc="upper right")
+        legend(ax, fontsize=7, loc="upper right")
     return save(fig, path, f"{title}: histograms at the first and last logged step", fmt)
 
 

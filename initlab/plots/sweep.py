@@ -1,6 +1,8 @@
 """The comparison figures of a sweep: final losses over the swept factors, per-layer std at
 step 0 overlaid per combination, and loss curves (mean and band over seeds)."""
 
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +11,7 @@ import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 
-from initlab.plots.base import figure, log_axis, panel_title, save
+from initlab.plots.base import figure, legend, log_axis, panel_title, save
 
 
 def _combo(row: pd.Series, factors: list[str]) -> str:
@@ -30,18 +32,27 @@ def _read_step0(path: str) -> pd.DataFrame:
 def _band(ax: Axes, x: np.ndarray, ys: list[np.ndarray], label: str, color: Any, log: bool = False) -> None:
     """Mean line, and a min-max band when there are several seeds."""
     stack = np.vstack(ys)
-    with np.errstate(all="ignore"):
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice": a step no job reached
         mean = np.exp(np.nanmean(np.log(stack), 0)) if log else np.nanmean(stack, 0)
+        lo, hi = np.nanmin(stack, 0), np.nanmax(stack, 0)
     ax.plot(x, mean, color=color, lw=1.3, label=label + (f" (n={len(ys)})" if len(ys) > 1 else ""))
     if len(ys) > 1:
-        ax.fill_between(x, np.nanmin(stack, 0), np.nanmax(stack, 0), color=color, alpha=0.2, lw=0)
+        ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
 
 
-def _grid_final_loss(done: pd.DataFrame, groups: list[str], cmap: Any, out_dir: Path, fmt: str) -> Path:
+def _grid_final_loss(done: pd.DataFrame, groups: list[str], cmap: Any, out_dir: Path, fmt: str,
+                     probe: bool) -> Path:
     fig, axes = figure(1, 1, (5.0, 3.6), left=1.2, right=1.2, bottom=1.0)
     ax = axes[0][0]
+    what = "loss at init (step 0)" if probe else "final training loss"
     if len(groups) >= 2:
-        grid = done.pivot_table(index=groups[0], columns=groups[1], values="final_loss", aggfunc="mean")
+        ok = done.assign(loss=done["final_loss"].where(done["status"].eq("ok")),
+                         diverged=done["status"].eq("diverged"))
+        by = ok.groupby(groups[:2], sort=True)
+        grid = by["loss"].mean().unstack()  # diverged jobs are counted, not averaged in
+        diverged = by["diverged"].sum().unstack().reindex_like(grid)
+        jobs = by.size().unstack().reindex_like(grid)
         im = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis_r", aspect="auto")
         ax.set_xticks(range(grid.shape[1]), [str(c) for c in grid.columns])
         ax.set_yticks(range(grid.shape[0]), [str(i) for i in grid.index])
@@ -50,14 +61,21 @@ def _grid_final_loss(done: pd.DataFrame, groups: list[str], cmap: Any, out_dir: 
         values = grid.to_numpy(dtype=float)
         mid = np.nanmean(values) if np.isfinite(values).any() else 0.0
         for (i, j), v in np.ndenumerate(values):  # dark text on the light (low-loss) cells
-            ax.text(j, i, f"{v:.3g}", ha="center", va="center", color="k" if v < mid else "w", fontsize=9)
-        fig.colorbar(im, ax=ax, label="final loss (mean over other factors)")
+            n, k = jobs.iat[i, j], diverged.iat[i, j]
+            if not n > 0:
+                text = "no job"
+            elif np.isfinite(v):
+                text = f"{v:.3g}" + (f"\n({int(k)} diverged)" if k else "")
+            else:
+                text = "diverged" if k else "non-finite"
+            ax.text(j, i, text, ha="center", va="center", color="w" if v >= mid else "k", fontsize=8)
+        fig.colorbar(im, ax=ax, label=f"{what}, mean of the jobs that did not diverge")
     else:
         means = done.groupby("combo")["final_loss"].mean()
-        ax.bar(range(len(means)), means.to_numpy(), color=[cmap(i % 10) for i in range(len(means))])
+        ax.bar(range(len(means)), means.to_numpy(), color=[cmap(i) for i in range(len(means))])
         ax.set_xticks(range(len(means)), means.index, rotation=30, ha="right", fontsize=8)
-        ax.set_ylabel("final loss")
-    panel_title(ax, "final training loss", 9)
+        ax.set_ylabel(what)
+    panel_title(ax, what, 9)
     return save(fig, out_dir / "grid_final_loss", fmt=fmt)
 
 
@@ -73,33 +91,56 @@ def _step0_overlay(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str) -> Pa
                 frame = pd.concat(curves, axis=1)
                 vals = frame.to_numpy(dtype=float, copy=True).T
                 vals[~np.isfinite(vals) | (vals <= 0)] = np.nan
-                _band(ax, frame.index.to_numpy(), list(vals), combo, cmap(ci % 10), log=True)
+                _band(ax, frame.index.to_numpy(), list(vals), combo, cmap(ci), log=True)
     for ax, kind in zip(axes[0], ("activation", "gradient")):
         log_axis(ax)
         ax.set_xlabel("layer index (forward order)")
         ax.set_ylabel(f"{kind} std at step 0")
         ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="lower left")
+    legend(axes[0][0], fontsize=7, loc="lower left")
     return save(fig, out_dir / "step0_std_overlay", "per-layer statistics at init", fmt)
 
 
+def _smooth(loss: pd.Series) -> pd.Series:
+    """The training loss of single minibatches, as a running mean over ~1/30 of the run."""
+    return loss.rolling(max(1, len(loss) // 30), min_periods=1).mean()
+
+
 def _loss_curves(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str) -> Path:
-    fig, axes = figure(1, 1, (6.5, 3.8))
+    combos = done["combo"].nunique()
+    outside = combos > 6  # many entries: the legend goes beside the axes, not over the curves
+    fig, axes = figure(1, 1, (6.5, 3.8), right=3.2 if outside else 0.25)
     ax = axes[0][0]
     for ci, (combo, jobs) in enumerate(done.groupby("combo", sort=False)):
-        curves = []
+        curves, held = [], []
         for path in jobs["path"]:
             mp = Path(path) / "metrics.parquet"
             if mp.exists():
-                curves.append(pd.read_parquet(mp, columns=["step", "loss"]).set_index("step")["loss"])
+                m = pd.read_parquet(mp)
+                m = m[np.isfinite(m["loss"])] if "loss" in m else m.iloc[:0]
+                curves.append(_smooth(m.set_index("step")["loss"]))
+                if "val_loss" in m:
+                    held.append(m.dropna(subset=["val_loss"]).set_index("step")["val_loss"])
+        diverged = jobs["status"].eq("diverged")
+        label = combo + (f" ({int(diverged.sum())} diverged)" if diverged.any() else "")
         if curves:
             frame = pd.concat(curves, axis=1)
-            _band(ax, frame.index.to_numpy(), list(frame.to_numpy(dtype=float).T), combo, cmap(ci % 10))
+            _band(ax, frame.index.to_numpy(), list(frame.to_numpy(dtype=float).T), label, cmap(ci))
+        if held:
+            v = pd.concat(held, axis=1).mean(axis=1)
+            ax.plot(v.index, v.to_numpy(), "o", ms=4, color=cmap(ci), mfc="none")
+        for step in jobs.loc[diverged, "diverged_step"].dropna() if "diverged_step" in jobs else []:
+            ax.axvline(step, color=cmap(ci), ls=":", lw=1)
+    log_axis(ax)  # a diverged job's 1e25 would flatten the others to zero on a linear axis
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss")
+    ax.set_ylabel("training loss (running mean); o held-out")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
-    return save(fig, out_dir / "loss_curves", fmt=fmt)
+    if outside:
+        legend(ax, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
+    else:
+        legend(ax, fontsize=7, loc="upper right")
+    return save(fig, out_dir / "loss_curves", "loss curves: training (running mean, band over seeds), held-out (o), "
+                "diverged (dotted: the step)", fmt)
 
 
 def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path, fmt: str = "png") -> list[Path]:
@@ -112,8 +153,19 @@ def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path, fmt: str = "
     if done.empty:
         return []
     done["combo"] = done.apply(lambda r: _combo(r, groups), axis=1)
-    cmap = colormaps["tab10"]
-    made = [_grid_final_loss(done, groups, cmap, out_dir, fmt), _step0_overlay(done, cmap, out_dir, fmt)]
-    if df.get("steps_done") is None or (df["steps_done"].fillna(0) > 1).any():
+    cmap = _palette(done["combo"].nunique())
+    probe = df.get("steps_done") is not None and not (df["steps_done"].fillna(0) > 1).any()
+    made = [_grid_final_loss(done, groups, cmap, out_dir, fmt, probe), _step0_overlay(done, cmap, out_dir, fmt)]
+    if not probe:
         made.append(_loss_curves(done, cmap, out_dir, fmt))
     return made
+
+
+def _palette(n: int) -> Callable[[int], Any]:
+    """One distinct colour per combination: tab10, tab20 up to 20, a spread colormap beyond."""
+    if n <= 10:
+        return colormaps["tab10"]
+    if n <= 20:
+        return colormaps["tab20"]
+    cmap = colormaps["turbo"]
+    return lambda i: cmap(0.05 + 0.9 * i / max(n - 1, 1))
