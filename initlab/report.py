@@ -63,6 +63,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", type=Path, help="run directories (holding summary.json)")
     parser.add_argument("--latest", type=Path, metavar="DIR",
                         help="also rebuild the most recent run and sweep under DIR (e.g. outputs)")
+    parser.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="LOGDIR",
+                        help="instead of plots, write TensorBoard event files (a sweep: one TensorBoard run per "
+                             "job) to LOGDIR, default DIR/tensorboard; needs initlab[tensorboard]")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
     paths = list(args.paths)
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         paths += latest
     if not paths:
         parser.error("give run directories or --latest DIR")
+    if args.tensorboard is not None:
+        return _tensorboard(paths, Path(args.tensorboard) if args.tensorboard else None)
     failed = 0
     for path in paths:
         if is_sweep_dir(path):
@@ -97,6 +102,25 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for p in made:
             console.print(f"wrote {p}", markup=False)
+    return 1 if failed else 0
+
+
+def _tensorboard(paths: list[Path], logdir: Path | None) -> int:
+    from initlab.errors import InitlabError
+    from initlab.tensorboard import export
+
+    failed = 0
+    for path in paths:
+        target = logdir or path / "tensorboard"
+        try:
+            written = export(path, target if len(paths) == 1 or logdir is None else target / path.name)
+        except (InitlabError, FileNotFoundError) as exc:
+            print(f"initlab-report: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        for where, n in written:
+            print(f"wrote {where}: {n['scalars']} scalars, {n['histograms']} histograms")
+        print(f"view: tensorboard --logdir {target}")
     return 1 if failed else 0
 
 
