@@ -69,3 +69,15 @@ def test_nothing_to_export_is_one_line(tmp_path: Path, capsys) -> None:
     assert report_main([str(tmp_path / "empty"), "--tensorboard"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("initlab-report: error:") and "\n" not in err
+
+
+def test_without_the_extra_the_export_says_how_to_get_it(run, monkeypatch, capsys) -> None:
+    import sys
+
+    _, run_dir = run()
+    capsys.readouterr()  # the run's own output
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)  # as if tensorboard were not installed
+    assert report_main([str(run_dir), "--tensorboard"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == ("initlab-report: error: TensorBoard export needs the tensorboard package: "
+                   "pip install 'initlab[tensorboard]'")
