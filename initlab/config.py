@@ -99,6 +99,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("seed", seed, "expected an integer in [0, 4294967295]")
     check_bool(cfg, "bn")
     check_bool(cfg, "plots")
+    check_bool(cfg, "report.html")
     # model
     check_int(cfg, "model.depth", 1)
     check_int(cfg, "model.width", 1)

@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 from rich.console import Console
 
+from initlab.html import write_html
 from initlab.plots import plot_run
 from initlab.store import SUMMARY_FILE, bad_parts, load_run, write_json
 from initlab.sweep import build_report, is_sweep_dir
@@ -63,6 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("paths", nargs="*", type=Path, help="run directories (holding summary.json)")
     parser.add_argument("--latest", type=Path, metavar="DIR",
                         help="also rebuild the most recent run and sweep under DIR (e.g. outputs)")
+    parser.add_argument("--html", action="store_true",
+                        help="also write DIR/report.html: one self-contained page (figures embedded) that opens "
+                             "from file:// with no network")
     parser.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="LOGDIR",
                         help="instead of plots, write TensorBoard event files (a sweep: one TensorBoard run per "
                              "job) to LOGDIR, default DIR/tensorboard; needs initlab[tensorboard]")
@@ -83,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     for path in paths:
         if is_sweep_dir(path):
             table, plots = build_report(path)
-            for p in [table, *plots]:
+            for p in [table, *plots, *([write_html(path)] if args.html else [])]:
                 console.print(f"wrote {p}", markup=False)
             continue
         if not (path / SUMMARY_FILE).exists() and not (path / "metrics.parquet").exists():
@@ -100,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"initlab-report: error: {exc}", file=sys.stderr)
             failed += 1
             continue
-        for p in made:
+        for p in [*made, *([write_html(path)] if args.html else [])]:
             console.print(f"wrote {p}", markup=False)
     return 1 if failed else 0
 

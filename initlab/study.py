@@ -249,6 +249,11 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
     if cfg.plots:
         stage.name = "plots"
         watch.draw()
+    if cfg.report.html:
+        stage.name = "report"
+        from initlab.html import write_html
+
+        log.info("report  %s", write_html(run_dir))
     final = summary["final"]
     if summary["status"] == "diverged":
         d = summary["diverged"]

@@ -11,7 +11,7 @@ import pyarrow.dataset as ds
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from initlab.diagnose import depth_ratio
 from initlab.launchers import LAST_SWEEP
@@ -143,6 +143,10 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
             table_path, _ = build_report(sweep_dir)
+            if OmegaConf.select(config, "report.html", default=False):
+                from initlab.html import write_html
+
+                log.info("sweep   %s", write_html(sweep_dir))
             df = pd.read_parquet(table_path)
             failed = int((~df["status"].isin(["ok", "diverged"])).sum())  # diverged is a result
             LAST_SWEEP.update(dir=sweep_dir, jobs=len(df), failed=failed)
