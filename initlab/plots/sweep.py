@@ -71,12 +71,13 @@ def _grid_final_loss(done: pd.DataFrame, groups: list[str], cmap: Any, out_dir: 
             ax.text(j, i, text, ha="center", va="center", color="w" if v >= mid else "k", fontsize=8)
         fig.colorbar(im, ax=ax, label=f"{what}, mean of the jobs that did not diverge")
     else:
-        means = done.groupby("combo")["final_loss"].mean()
+        ok = done["final_loss"].where(done["status"].eq("ok"))  # as in the grid: diverged jobs not averaged
+        means = ok.groupby(done["combo"], sort=False).mean()  # the loss curves' order: the same colours
         ax.bar(range(len(means)), means.to_numpy(), color=[cmap(i) for i in range(len(means))])
         ax.set_xticks(range(len(means)), means.index, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel(what)
     panel_title(ax, what, 9)
-    return save(fig, out_dir / "grid_final_loss", fmt=fmt)
+    return save(fig, out_dir / "grid_final_loss", _study(out_dir, done, groups), fmt)
 
 
 def _step0_overlay(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str) -> Path:
@@ -98,7 +99,8 @@ def _step0_overlay(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str) -> Pa
         ax.set_ylabel(f"{kind} std at step 0")
         ax.grid(alpha=0.3)
     legend(axes[0][0], fontsize=7, loc="lower left")
-    return save(fig, out_dir / "step0_std_overlay", "per-layer statistics at init", fmt)
+    return save(fig, out_dir / "step0_std_overlay", f"{_study(out_dir, done, [])}: per-layer statistics at init",
+                fmt)
 
 
 def _smooth(loss: pd.Series) -> pd.Series:
@@ -106,41 +108,66 @@ def _smooth(loss: pd.Series) -> pd.Series:
     return loss.rolling(max(1, len(loss) // 30), min_periods=1).mean()
 
 
+def _curve(path: str) -> tuple[pd.Series | None, pd.Series | None]:
+    """A job's training loss (running mean, finite steps) and held-out loss, from its metrics."""
+    mp = Path(path) / "metrics.parquet"
+    if not mp.exists():
+        return None, None
+    m = pd.read_parquet(mp)
+    if "loss" not in m:
+        return None, None
+    train = _smooth(m[np.isfinite(m["loss"])].set_index("step")["loss"])
+    held = m.dropna(subset=["val_loss"]).set_index("step")["val_loss"] if "val_loss" in m else None
+    return train, held
+
+
 def _loss_curves(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str) -> Path:
     combos = done["combo"].nunique()
     outside = combos > 6  # many entries: the legend goes beside the axes, not over the curves
     fig, axes = figure(1, 1, (6.5, 3.8), right=3.2 if outside else 0.25)
     ax = axes[0][0]
-    for ci, (combo, jobs) in enumerate(done.groupby("combo", sort=False)):
+    groups = list(done.groupby("combo", sort=False))
+    labels = {}
+    for ci, (combo, jobs) in enumerate(groups):  # first the jobs that did not diverge: they set the scale
         curves, held = [], []
-        for path in jobs["path"]:
-            mp = Path(path) / "metrics.parquet"
-            if mp.exists():
-                m = pd.read_parquet(mp)
-                m = m[np.isfinite(m["loss"])] if "loss" in m else m.iloc[:0]
-                curves.append(_smooth(m.set_index("step")["loss"]))
-                if "val_loss" in m:
-                    held.append(m.dropna(subset=["val_loss"]).set_index("step")["val_loss"])
         diverged = jobs["status"].eq("diverged")
-        label = combo + (f" ({int(diverged.sum())} diverged)" if diverged.any() else "")
+        for path in jobs.loc[~diverged, "path"]:
+            train, val = _curve(path)
+            if train is not None:
+                curves.append(train)
+            if val is not None and len(val):
+                held.append(val)
+        labels[combo] = combo + (f" ({int(diverged.sum())} diverged: dashed)" if diverged.any() else "")
         if curves:
             frame = pd.concat(curves, axis=1)
-            _band(ax, frame.index.to_numpy(), list(frame.to_numpy(dtype=float).T), label, cmap(ci))
+            _band(ax, frame.index.to_numpy(), list(frame.to_numpy(dtype=float).T), labels.pop(combo), cmap(ci))
         if held:
             v = pd.concat(held, axis=1).mean(axis=1)
             ax.plot(v.index, v.to_numpy(), "o", ms=4, color=cmap(ci), mfc="none")
-        for step in jobs.loc[diverged, "diverged_step"].dropna() if "diverged_step" in jobs else []:
-            ax.axvline(step, color=cmap(ci), ls=":", lw=1)
-    log_axis(ax)  # a diverged job's 1e25 would flatten the others to zero on a linear axis
+    limits = None
+    if ax.has_data():
+        log_axis(ax)  # when the curves that trained span a decade
+        limits = ax.get_ylim()
+    for ci, (combo, jobs) in enumerate(groups):  # then each diverged job, on that scale, up to where it went
+        for _, job in jobs[jobs["status"].eq("diverged")].iterrows():
+            train, _ = _curve(job["path"])
+            if train is not None:
+                ax.plot(train.index, train.to_numpy(), ls="--", lw=0.9, color=cmap(ci), label=labels.pop(combo, None))
+            if job.get("diverged_step") == job.get("diverged_step"):  # not NaN
+                ax.axvline(job["diverged_step"], color=cmap(ci), ls=":", lw=1)
+    if limits is not None:
+        ax.set_ylim(limits)  # a diverged job's 1e25 leaves the top instead of flattening the others
+    else:
+        log_axis(ax)  # every job diverged: their own scale
     ax.set_xlabel("step")
-    ax.set_ylabel("training loss (running mean); o held-out")
+    ax.set_ylabel("training loss (running mean)")
+    panel_title(ax, "o held-out loss · dashed: a job that diverged (off the scale), dotted: where", 8)
     ax.grid(alpha=0.3)
     if outside:
         legend(ax, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     else:
         legend(ax, fontsize=7, loc="upper right")
-    return save(fig, out_dir / "loss_curves", "loss curves: training (running mean, band over seeds), held-out (o), "
-                "diverged (dotted: the step)", fmt)
+    return save(fig, out_dir / "loss_curves", f"{_study(out_dir, done, [])}: loss curves", fmt)
 
 
 def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path, fmt: str = "png") -> list[Path]:
@@ -159,6 +186,21 @@ def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path, fmt: str = "
     if not probe:
         made.append(_loss_curves(done, cmap, out_dir, fmt))
     return made
+
+
+def _study(out_dir: Path, done: pd.DataFrame, groups: list[str]) -> str:
+    """'experiment=bn_position, 6 jobs over model.bn_position × seed': what the sweep was, from
+    its multirun.yaml (the command line's overrides) where it is there."""
+    import yaml
+
+    name = ""
+    try:
+        task = yaml.safe_load((out_dir.parent / "multirun.yaml").read_text())["hydra"]["overrides"]["task"]
+        name = next((t for t in task if t.startswith("experiment=")), "")
+    except (OSError, KeyError, TypeError, yaml.YAMLError):
+        pass
+    over = f" over {' × '.join(groups)}" if groups else ""
+    return ", ".join(x for x in (name, f"{len(done)} jobs{over}") if x)
 
 
 def _palette(n: int) -> Callable[[int], Any]:
