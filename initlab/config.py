@@ -100,6 +100,9 @@ def validate(cfg: DictConfig) -> None:
     check_bool(cfg, "bn")
     check_bool(cfg, "plots")
     check_bool(cfg, "report.html")
+    layers = _get(cfg, "plot_layers")
+    if layers is not _MISSING and not (isinstance(layers, str) and layers.isidentifier()):
+        raise ConfigError("plot_layers", layers, "expected weighted, all, or a module type such as ReLU")
     # model
     check_int(cfg, "model.depth", 1)
     check_int(cfg, "model.width", 1)

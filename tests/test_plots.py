@@ -122,3 +122,23 @@ def test_sweep_loss_curves_survive_a_diverged_job_and_many_combinations(tmp_path
     assert sum(1 for ln in ax.get_lines() if ln.get_marker() == "o") == 11  # held-out, the combinations that trained
     assert [ln.get_linestyle() for ln in lines if "diverged" in ln.get_label()] == ["--"]  # the diverged job alone
     assert figs["grid_final_loss"].axes[0].get_title() == "final training loss"
+
+
+def test_the_layer_axis_holds_what_the_user_chose(trained: Path, drawn, tmp_path: Path) -> None:
+    """By default the conv/linear outputs, named; `all` every tracked module; a module type
+    only those; a type the model lacks: every layer, and the axis says so."""
+    run = load_run(trained)
+    s0 = run.stats[(run.stats.step == 0) & (run.stats.kind == "act")].sort_values("layer_idx")
+    weighted = s0[s0.module_type.isin(["Conv2d", "Linear"])]["layer"].tolist()
+    plots.plot_step0(run.stats, "t", tmp_path / "step0_std")
+    ax = drawn["step0_std"].axes[0]
+    assert _labels(ax.xaxis) == weighted and ax.get_xlabel() == "conv/linear layer (forward order)"
+    assert len(ax.get_lines()[0].get_xdata()) == len(weighted)
+    plots.plot_step0(run.stats, "t", tmp_path / "step0_std", layers="ReLU")
+    ax = drawn["step0_std"].axes[0]
+    assert _labels(ax.xaxis) == s0[s0.module_type == "ReLU"]["layer"].tolist()
+    plots.plot_step0(run.stats, "t", tmp_path / "step0_std", layers="all")
+    assert len(drawn["step0_std"].axes[0].get_lines()[0].get_xdata()) == len(s0)
+    plots.plot_step0(run.stats, "t", tmp_path / "step0_std", layers="LayerNorm")
+    ax = drawn["step0_std"].axes[0]
+    assert ax.get_xlabel() == "layer (forward order); no LayerNorm layer here"

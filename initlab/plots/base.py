@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
@@ -99,10 +100,44 @@ def step_axis(ax: Axes, steps: np.ndarray) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def layer_axis(ax: Axes, n_layers: int) -> None:
-    """The layer index on x, whole numbers only."""
-    ax.set_xlabel("layer index (forward order)")
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=min(10, max(n_layers, 1))))
+class LayerAxis:
+    """Which layers a per-layer figure draws, and where. `weighted` (the default): the conv and
+    linear outputs, so lines follow the depth of the network instead of zig-zagging between a
+    conv and the activation after it, and nets of different layouts line up; `all`: every
+    tracked module in forward order; or one module type (`ReLU`, `BatchNorm2d`, ...). The
+    layers sit at 0, 1, 2, ... along the axis, labelled with their names where they fit."""
+
+    def __init__(self, rows: pd.DataFrame, which: str = "weighted") -> None:
+        from initlab.diagnose import WEIGHTED
+
+        layers = rows[["layer_idx", "layer", "module_type"]].drop_duplicates("layer_idx").sort_values("layer_idx")
+        chosen = {"weighted": layers["module_type"].isin(WEIGHTED), "all": slice(None)}.get(
+            which, layers["module_type"] == which)
+        picked = layers[chosen]
+        self.missing = which if picked.empty else None  # a type the model does not have: every layer, said so
+        if picked.empty:
+            picked, which = layers, "all"
+        self.which = which
+        self.position = dict(zip(picked["layer_idx"], range(len(picked))))
+        self.names = picked["layer"].tolist()
+
+    def place(self, d: pd.DataFrame) -> pd.DataFrame:
+        """The rows of the chosen layers, in order, with their position `x`."""
+        d = d[d["layer_idx"].isin(self.position)]
+        return d.assign(x=d["layer_idx"].map(self.position)).sort_values("x")
+
+    def first_at_or_after(self, layer_idx: int) -> int | None:
+        later = [x for idx, x in self.position.items() if idx >= layer_idx]
+        return min(later) if later else None
+
+    def label(self, ax: Axes) -> None:
+        what = {"weighted": "conv/linear layer", "all": "layer"}.get(self.which, f"{self.which} layer")
+        ax.set_xlabel(f"{what} (forward order)" + (f"; no {self.missing} layer here" if self.missing else ""))
+        n = len(self.names)
+        if 0 < n <= 12:
+            ax.set_xticks(range(n), self.names, rotation=30, ha="right", fontsize=7)
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True, nbins=10))
 
 
 class BinAxis:

@@ -11,9 +11,9 @@ from matplotlib.axes import Axes
 from initlab.plots import base
 from initlab.plots.base import (
     BinAxis,
+    LayerAxis,
     colors,
     figure,
-    layer_axis,
     legend,
     log_axis,
     panel_title,
@@ -39,43 +39,48 @@ def _first_nonfinite_idx(df: pd.DataFrame) -> int | None:
     return int(bad["layer_idx"].min()) if len(bad) else None
 
 
-def _theory_line(ax: Axes, t: pd.DataFrame, label: str) -> None:
+def _theory_line(ax: Axes, t: pd.DataFrame, axis: LayerAxis, label: str) -> None:
     """The predicted std per layer, dashed, where it is finite."""
-    t = t[np.isfinite(t["theory_std"]) & (t["theory_std"] > 0)].sort_values("layer_idx")
-    ax.plot(t["layer_idx"], t["theory_std"], ls="--", color="black", lw=1, marker="x", ms=3, label=label)
+    t = axis.place(t[np.isfinite(t["theory_std"]) & (t["theory_std"] > 0)])
+    ax.plot(t["x"], t["theory_std"], ls="--", color="black", lw=1, marker="x", ms=3, label=label)
 
 
-def _depth_axis(ax: Axes, ylabel: str, n_layers: int) -> None:
-    """Per-layer std against forward order: log scale, the unit line dotted."""
-    log_axis(ax)
-    layer_axis(ax, n_layers)
-    ax.set_ylabel(ylabel)
+def _depth_axis(ax: Axes, ylabel: str, axis: LayerAxis) -> None:
+    """Per-layer std against depth: log scale, the unit line dotted (and in the range the
+    ticks are chosen for)."""
     ax.axhline(1.0, color="grey", lw=0.8, ls=":")
+    log_axis(ax)
+    axis.label(ax)
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3, which="major")
 
 
 KINDS = (("act", "activation std"), ("grad", "gradient std (dL/d output)"))
 
 
-def plot_step0(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> Path | None:
-    """Per-layer activation and gradient std at init against layer index, log scale."""
+def plot_step0(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png", layers: str = "weighted"
+               ) -> Path | None:
+    """Per-layer activation and gradient std at init against depth, log scale."""
     s0 = stats[stats["step"] == stats["step"].min()]
     if s0.empty:
         return None
-    fig, axes = figure(1, 2, sharex=True)
-    n_layers = int(s0["layer_idx"].max()) + 1
+    axis = LayerAxis(s0[s0["kind"].isin(["act", "grad"])], layers)
+    fig, axes = figure(1, 2, sharex=True, bottom=1.0)
     for ax, (kind, label) in zip(axes[0], KINDS):
-        d = s0[s0["kind"] == kind].sort_values("layer_idx")
-        finite = d[np.isfinite(d["std"]) & (d["std"] > 0)]
-        ax.plot(finite["layer_idx"], finite["std"], marker="o", ms=3, lw=1.2, label="measured")
+        d = s0[s0["kind"] == kind]
+        placed = axis.place(d)
+        finite = placed[np.isfinite(placed["std"]) & (placed["std"] > 0)]
+        ax.plot(finite["x"], finite["std"], marker="o", ms=3, lw=1.2, label="measured")
         if "theory_std" in d and d["theory_std"].notna().any():
-            _theory_line(ax, d, "theory (mean field, actual weights)")
-            legend(ax, fontsize=7, loc="lower left")
-        _depth_axis(ax, label, n_layers)
+            _theory_line(ax, d, axis, "theory (mean field, actual weights)")
+            legend(ax, fontsize=7, loc="best")  # two lines: finding the empty corner is cheap
+        _depth_axis(ax, label, axis)
         bad = _first_nonfinite_idx(d) if not d.empty else None
-        if bad is not None:
-            ax.axvline(bad, color="red", ls="--", lw=1)
-            ax.text(bad, 0.95, f" non-finite from layer {bad}", color="red",
+        x = axis.first_at_or_after(bad) if bad is not None else None
+        if x is not None:
+            name = d.loc[d["layer_idx"] == bad, "layer"].iloc[0]
+            ax.axvline(x, color="red", ls="--", lw=1)
+            ax.text(x, 0.95, f" non-finite from {name}", color="red",
                     transform=ax.get_xaxis_transform(), va="top", fontsize=8)
     return save(fig, path, f"{title}: statistics at step 0", fmt)
 
@@ -94,7 +99,7 @@ def probe_spread(per_draw: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_probe(per_draw: pd.DataFrame, theory: pd.DataFrame | None, title: str, path: Path,
-               fmt: str = "png") -> Path | None:
+               fmt: str = "png", layers: str = "weighted") -> Path | None:
     """probe.seeds=N: per-layer std at init, mean over the seeds with the min-max band (one
     line per init scheme of probe.inits), beside the theory's prediction for the run's own
     draw (a single scheme only: the theory reads the run's weights)."""
@@ -103,21 +108,21 @@ def plot_probe(per_draw: pd.DataFrame, theory: pd.DataFrame | None, title: str, 
     band = probe_spread(per_draw)
     n = int(per_draw["seed"].nunique())
     inits = list(dict.fromkeys(band["init"]))
-    fig, axes = figure(1, 2, sharex=True)
-    n_layers = int(band["layer_idx"].max()) + 1
+    fig, axes = figure(1, 2, sharex=True, bottom=1.0)
+    axis = LayerAxis(band, layers)
     for ax, (kind, label) in zip(axes[0], KINDS):
         for init, color in zip(inits, colors("tab10", 10)):
-            d = band[(band["init"] == init) & (band["kind"] == kind) & np.isfinite(band["std_mean"])
-                     & (band["std_mean"] > 0)]
+            d = axis.place(band[(band["init"] == init) & (band["kind"] == kind) & np.isfinite(band["std_mean"])
+                                & (band["std_mean"] > 0)])
             name = f"{init}: " if len(inits) > 1 else ""
-            ax.plot(d["layer_idx"], d["std_mean"], marker="o", ms=3, lw=1.2, color=color,
+            ax.plot(d["x"], d["std_mean"], marker="o", ms=3, lw=1.2, color=color,
                     label=f"{name}mean over {n} seeds")
             if n > 1:
-                ax.fill_between(d["layer_idx"], d["std_min"], d["std_max"], color=color, alpha=0.25, lw=0,
+                ax.fill_between(d["x"], d["std_min"], d["std_max"], color=color, alpha=0.25, lw=0,
                                 label=None if len(inits) > 1 else "min-max over seeds")
         if theory is not None and not theory.empty and len(inits) == 1:
-            _theory_line(ax, theory[theory["kind"] == kind], "theory (seed of the run)")
-        _depth_axis(ax, label, n_layers)
+            _theory_line(ax, theory[theory["kind"] == kind], axis, "theory (seed of the run)")
+        _depth_axis(ax, label, axis)
         legend(ax, fontsize=7, loc="best")  # few lines: searching for the emptiest corner is cheap
     schemes = f" × {len(inits)} init schemes" if len(inits) > 1 else ""
     return save(fig, path, f"{title}: step 0 over {n} seeds{schemes}", fmt)
@@ -248,20 +253,22 @@ def plot_dead(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> 
     return save(fig, path, title, fmt)
 
 
-def plot_grad_flow(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> Path | None:
+def plot_grad_flow(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png", layers: str = "weighted"
+                   ) -> Path | None:
     """Gradient flow: per-layer norm of dLoss/d output at a few steps."""
     d = stats[stats["kind"] == "grad"]
     if d.empty:
         return None
     steps = np.sort(d["step"].unique())
     chosen = steps[np.unique(np.linspace(0, len(steps) - 1, min(5, len(steps))).round().astype(int))]
-    fig, axes = figure(1, 1, (6.5, 3.4))
+    fig, axes = figure(1, 1, (6.5, 3.4), bottom=1.0)
     ax = axes[0][0]
+    axis = LayerAxis(d, layers)
     for step, color in zip(chosen, colors("cividis", len(chosen))):
-        rows = d[(d["step"] == step) & np.isfinite(d["norm"]) & (d["norm"] > 0)].sort_values("layer_idx")
-        ax.plot(rows["layer_idx"], rows["norm"], marker="o", ms=3, lw=1, color=color, label=f"step {step}")
+        rows = axis.place(d[(d["step"] == step) & np.isfinite(d["norm"]) & (d["norm"] > 0)])
+        ax.plot(rows["x"], rows["norm"], marker="o", ms=3, lw=1, color=color, label=f"step {step}")
     log_axis(ax)
-    layer_axis(ax, int(d["layer_idx"].max()) + 1)
+    axis.label(ax)
     ax.set_ylabel("gradient norm (dL/d output)")
     ax.grid(alpha=0.3)
     legend(ax, fontsize=8, loc="lower left")
@@ -331,16 +338,19 @@ def plot_hist_first_last(hist: pd.DataFrame, title: str, path: Path, fmt: str = 
 
 
 def plot_run(stats: pd.DataFrame, metrics: pd.DataFrame, config: dict[str, Any], out_dir: Path,
-             hist: pd.DataFrame | None = None, probe: pd.DataFrame | None = None, fmt: str = "png") -> list[Path]:
-    """Every figure of one run that has data to draw into `out_dir`; returns the files written."""
+             hist: pd.DataFrame | None = None, probe: pd.DataFrame | None = None, fmt: str = "png",
+             layers: str | None = None) -> list[Path]:
+    """Every figure of one run that has data to draw into `out_dir`; returns the files written.
+    `layers`: what the per-layer figures' axis holds (LayerAxis), else the run's `plot_layers`."""
     out_dir.mkdir(parents=True, exist_ok=True)
     title = title_of(config)
+    layers = layers or config.get("plot_layers") or "weighted"
     made = []
     if not stats.empty:
-        made.append(plot_step0(stats, title, out_dir / "step0_std", fmt))
+        made.append(plot_step0(stats, title, out_dir / "step0_std", fmt, layers))
         made.append(plot_over_steps(stats, title, out_dir / "telemetry", fmt))
         made.append(plot_dead(stats, title, out_dir / "dead", fmt))
-        made.append(plot_grad_flow(stats, title, out_dir / "grad_flow", fmt))
+        made.append(plot_grad_flow(stats, title, out_dir / "grad_flow", fmt, layers))
         made.append(plot_update_ratio(stats, title, out_dir / "update_ratio", fmt))
     if hist is not None and not hist.empty:
         made.append(plot_hist_image(hist, title, out_dir / "act_hist_image", fmt=fmt))
@@ -348,7 +358,8 @@ def plot_run(stats: pd.DataFrame, metrics: pd.DataFrame, config: dict[str, Any],
     if probe is not None and not probe.empty:
         theory = None
         if "theory_std" in stats:
-            theory = stats[(stats["step"] == 0) & stats["theory_std"].notna()][["layer_idx", "kind", "theory_std"]]
-        made.append(plot_probe(probe, theory, title, out_dir / "probe", fmt))
+            theory = stats[(stats["step"] == 0) & stats["theory_std"].notna()][
+                ["layer_idx", "layer", "module_type", "kind", "theory_std"]]
+        made.append(plot_probe(probe, theory, title, out_dir / "probe", fmt, layers))
     made.append(plot_metrics(metrics, title, out_dir / "metrics", fmt))
     return [p for p in made if p is not None]

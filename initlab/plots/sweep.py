@@ -10,8 +10,9 @@ import numpy as np
 import pandas as pd
 from matplotlib import colormaps
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 
-from initlab.plots.base import figure, legend, log_axis, panel_title, save
+from initlab.plots.base import LayerAxis, figure, legend, log_axis, panel_title, save
 
 
 def _combo(row: pd.Series, factors: list[str]) -> str:
@@ -26,7 +27,7 @@ def _read_step0(path: str) -> pd.DataFrame:
         return pd.DataFrame()
     flt = (pads.field("step") == 0) & pads.field("kind").isin(["act", "grad"])
     return pads.dataset(p, format="parquet").to_table(
-        columns=["layer_idx", "kind", "std"], filter=flt).to_pandas()
+        columns=["layer_idx", "layer", "module_type", "kind", "std"], filter=flt).to_pandas()
 
 
 def _band(ax: Axes, x: np.ndarray, ys: list[np.ndarray], label: str, color: Any, log: bool = False) -> None:
@@ -80,22 +81,24 @@ def _grid_final_loss(done: pd.DataFrame, groups: list[str], cmap: Any, out_dir: 
     return save(fig, out_dir / "grid_final_loss", _study(out_dir, done, groups), fmt)
 
 
-def _step0_overlay(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str) -> Path:
+def _step0_overlay(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str, layers: str) -> Path:
     fig, axes = figure(1, 2, (5.0, 3.6))
     for ci, (combo, jobs) in enumerate(done.groupby("combo", sort=False)):
         s0s = [_read_step0(path) for path in jobs["path"]]
+        axes_of = [LayerAxis(s, layers) if len(s) else None for s in s0s]  # each job's own layers: nets align
         for ax, kind in zip(axes[0], ("act", "grad")):
-            curves = [s[s["kind"] == kind].sort_values("layer_idx").set_index("layer_idx")["std"]
-                      for s in s0s if len(s)]
+            curves = [a.place(s[s["kind"] == kind]).set_index("x")["std"] for s, a in zip(s0s, axes_of) if a]
             curves = [c for c in curves if len(c)]
             if curves:
                 frame = pd.concat(curves, axis=1)
                 vals = frame.to_numpy(dtype=float, copy=True).T
                 vals[~np.isfinite(vals) | (vals <= 0)] = np.nan
                 _band(ax, frame.index.to_numpy(), list(vals), combo, cmap(ci), log=True)
+    what = {"weighted": "conv/linear layer", "all": "layer"}.get(layers, f"{layers} layer")
     for ax, kind in zip(axes[0], ("activation", "gradient")):
         log_axis(ax)
-        ax.set_xlabel("layer index (forward order)")
+        ax.set_xlabel(f"{what} (forward order)")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{kind} std at step 0")
         ax.grid(alpha=0.3)
     legend(axes[0][0], fontsize=7, loc="lower left")
@@ -170,7 +173,8 @@ def _loss_curves(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str) -> Path
     return save(fig, out_dir / "loss_curves", f"{_study(out_dir, done, [])}: loss curves", fmt)
 
 
-def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path, fmt: str = "png") -> list[Path]:
+def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path, fmt: str = "png", layers: str = "weighted"
+               ) -> list[Path]:
     """Comparison figures of a sweep: the grid of final losses over the swept factors,
     per-layer step-0 std overlaid per combination, and loss curves (not for probes: one
     step is no curve)."""
@@ -182,7 +186,7 @@ def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path, fmt: str = "
     done["combo"] = done.apply(lambda r: _combo(r, groups), axis=1)
     cmap = _palette(done["combo"].nunique())
     probe = df.get("steps_done") is not None and not (df["steps_done"].fillna(0) > 1).any()
-    made = [_grid_final_loss(done, groups, cmap, out_dir, fmt, probe), _step0_overlay(done, cmap, out_dir, fmt)]
+    made = [_grid_final_loss(done, groups, cmap, out_dir, fmt, probe), _step0_overlay(done, cmap, out_dir, fmt, layers)]
     if not probe:
         made.append(_loss_curves(done, cmap, out_dir, fmt))
     return made
