@@ -100,6 +100,9 @@ def validate(cfg: DictConfig) -> None:
     check_bool(cfg, "bn")
     check_bool(cfg, "plots")
     check_bool(cfg, "report.html")
+    fmt = _get(cfg, "plot_format")
+    if fmt is not _MISSING and fmt not in ("png", "svg", "pdf"):
+        raise ConfigError("plot_format", fmt, "choose from png, svg, pdf")
     layers = _get(cfg, "plot_layers")
     if layers is not _MISSING and not (isinstance(layers, str) and layers.isidentifier()):
         raise ConfigError("plot_layers", layers, "expected weighted, all, or a module type such as ReLU")

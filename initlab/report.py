@@ -30,7 +30,7 @@ class NothingToDraw(Exception):
     """The run directory holds no readable statistics or metrics."""
 
 
-def report_run(run_dir: Path, layers: str | None = None) -> list[Path]:
+def report_run(run_dir: Path, layers: str | None = None, fmt: str | None = None) -> list[Path]:
     """Re-plot one run directory (and rebuild a missing summary.json) from its readable parts;
     training is never re-run. Raises NothingToDraw, saying why, when no part can be read."""
     run = load_run(run_dir)
@@ -43,8 +43,8 @@ def report_run(run_dir: Path, layers: str | None = None) -> list[Path]:
     if not run.summary:
         write_json(run_dir / SUMMARY_FILE, rebuilt_summary(run.metrics))
         made.append(run_dir / SUMMARY_FILE)
-    return made + plot_run(run.stats, run.metrics, run.config, run_dir / "plots", run.hist, run.probe,
-                           layers=layers)
+    config = {**run.config, **({"plot_format": fmt} if fmt else {})}
+    return made + plot_run(run.stats, run.metrics, config, run_dir / "plots", run.hist, run.probe, layers=layers)
 
 
 def latest_run(root: Path) -> Path | None:
@@ -68,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--layers", default=None, metavar="WHICH",
                         help="the layer axis of per-layer figures: weighted (conv/linear outputs), all, or a "
                              "module type such as ReLU (default: the run's plot_layers)")
+    parser.add_argument("--format", choices=["png", "svg", "pdf"], default=None,
+                        help="figure format (default: the run's plot_format)")
     parser.add_argument("--html", action="store_true",
                         help="also write DIR/report.html: one self-contained page (figures embedded) that opens "
                              "from file:// with no network")
@@ -90,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for path in paths:
         if is_sweep_dir(path):
-            table, plots = build_report(path, args.layers or "weighted")
+            table, plots = build_report(path, args.layers or "weighted", args.format or "png")
             for p in [table, *plots, *([write_html(path)] if args.html else [])]:
                 console.print(f"wrote {p}", markup=False)
             continue
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"initlab-report: warning: skipped unreadable part {part} ({why}); drawing the rest",
                   file=sys.stderr)
         try:
-            made = report_run(path, args.layers)
+            made = report_run(path, args.layers, args.format)
         except NothingToDraw as exc:
             print(f"initlab-report: error: {exc}", file=sys.stderr)
             failed += 1

@@ -100,7 +100,7 @@ def swept_factors(df: pd.DataFrame, known: set[str] | None = None) -> list[str]:
     return [c for c in df.columns if c not in fixed and not c.startswith("flag_") and df[c].astype(str).nunique() > 1]
 
 
-def build_report(sweep_dir: Path, layers: str = "weighted") -> tuple[Path, list[Path]]:
+def build_report(sweep_dir: Path, layers: str = "weighted", fmt: str = "png") -> tuple[Path, list[Path]]:
     """sweep.parquet and the comparison plots for a sweep directory."""
     from initlab.plots import plot_sweep  # plots stay out of the Hydra callback's import cost
 
@@ -108,7 +108,7 @@ def build_report(sweep_dir: Path, layers: str = "weighted") -> tuple[Path, list[
     table_path = sweep_dir / SWEEP_FILE
     df.to_parquet(table_path, index=False)
     plots = plot_sweep(df.assign(path=[str(sweep_dir / p) for p in df["path"]]), swept_factors(df),
-                       sweep_dir / "plots", layers=layers)
+                       sweep_dir / "plots", fmt=fmt, layers=layers)
     return table_path, plots
 
 
@@ -142,7 +142,8 @@ class SweepReport(Callback):
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         try:
-            table_path, _ = build_report(sweep_dir, OmegaConf.select(config, "plot_layers", default="weighted"))
+            table_path, _ = build_report(sweep_dir, OmegaConf.select(config, "plot_layers", default="weighted"),
+                                         OmegaConf.select(config, "plot_format", default="png"))
             if OmegaConf.select(config, "report.html", default=False):
                 from initlab.html import write_html
 

@@ -36,6 +36,7 @@ BAD = [
     ("data.shape=[1,28]", "data.shape=[1, 28] is invalid: expected [N] for flat inputs or [C,H,W]"),
     ("data.shape=foo", "data.shape='foo' is invalid: expected [N] for flat inputs or [C,H,W]"),
     ("model.act=swish", "model.act='swish' is invalid: choose from relu, leaky_relu"),
+    ("plot_format=jpg", "plot_format='jpg' is invalid: choose from png, svg, pdf"),
     ("plot_layers=[1]", "plot_layers=[1] is invalid: expected weighted, all, or a module type such as ReLU"),
     ("report.html=yes", "report.html='yes' is invalid: expected true or false"),
     ("probe.stacked=maybe", "probe.stacked='maybe' is invalid: expected true or false"),

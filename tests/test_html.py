@@ -19,12 +19,16 @@ def _self_contained(text: str) -> None:
 
 
 def _dom(page: Path, tmp_path: Path) -> str:
+    return _dom_url(page.as_uri(), tmp_path)
+
+
+def _dom_url(url: str, tmp_path: Path) -> str:
     """The page as headless Chromium renders it from file://, with every network request
     refused (a page that needed the network would show broken figures)."""
     proc = subprocess.run(
         [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
          f"--user-data-dir={tmp_path / 'chromium'}", "--host-resolver-rules=MAP * ~NOTFOUND",
-         "--virtual-time-budget=5000", "--dump-dom", page.as_uri()],
+         "--virtual-time-budget=5000", "--dump-dom", url],
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
@@ -38,6 +42,9 @@ def test_a_run_report_holds_its_verdict_flags_and_figures(run, tmp_path: Path) -
     assert f'class="status {summary["status"]}"' in text
     assert all(f["flag"] in text for f in summary["flags"])
     assert text.count("data:image/png;base64,") == len(list((run_dir / "plots").glob("*.png"))) > 0
+    assert "features.0" in text and "act std" in text  # the per-layer step-0 table
+    assert all(r["module"] in text for r in summary["init"])  # the init report
+    assert '<a href="stats.parquet">' in text and '<a href="summary.json">' in text  # relative links
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium (.ci/run installs it)")
@@ -57,3 +64,11 @@ def test_the_reports_open_from_file_in_a_real_browser(run, tmp_path: Path) -> No
     _self_contained(text)
     dom = _dom(sweep / "report.html", tmp_path)
     assert 'data-figures-ok="yes"' in dom and "bn" in dom and dom.count("<tr>") >= 3  # the jobs' table
+    assert '<a href="0/report.html">' in dom and (sweep / "0" / "report.html").exists()  # each job's page
+    def first_job(dom: str) -> str:
+        return re.search(r'<table[^>]*class="dataframe jobs".*?<tbody>\s*<tr>\s*<td>(\d+)</td>', dom, re.S).group(1)
+
+    assert first_job(dom) == "0"
+    page = sweep / "report.html"
+    sorted_dom = _dom_url(page.as_uri() + "#sort=job:desc", tmp_path)  # the page's own sorting code
+    assert 'data-sorted="job:desc"' in sorted_dom and first_job(sorted_dom) == "1"

@@ -142,3 +142,17 @@ def test_the_layer_axis_holds_what_the_user_chose(trained: Path, drawn, tmp_path
     plots.plot_step0(run.stats, "t", tmp_path / "step0_std", layers="LayerNorm")
     ax = drawn["step0_std"].axes[0]
     assert ax.get_xlabel() == "layer (forward order); no LayerNorm layer here"
+
+
+@pytest.mark.parametrize("fmt,magic", [("svg", b"<svg"), ("pdf", b"%PDF")])
+def test_plot_format_writes_vector_figures(trained: Path, tmp_path: Path, fmt: str, magic: bytes) -> None:
+    from initlab.html import write_html
+    from initlab.report import report_run
+
+    made = report_run(trained, fmt=fmt)
+    figs = [p for p in made if p.parent.name == "plots"]
+    assert figs and all(p.suffix == f".{fmt}" and magic in p.read_bytes()[:4096] for p in figs)
+    page = write_html(trained).read_text()
+    assert (page.count("<svg") >= len(figs)) if fmt == "svg" else (page.count("application/pdf") == len(figs))
+    for p in figs:
+        p.unlink()

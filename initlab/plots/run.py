@@ -345,6 +345,7 @@ def plot_run(stats: pd.DataFrame, metrics: pd.DataFrame, config: dict[str, Any],
     out_dir.mkdir(parents=True, exist_ok=True)
     title = title_of(config)
     layers = layers or config.get("plot_layers") or "weighted"
+    fmt = config.get("plot_format") or fmt
     made = []
     if not stats.empty:
         made.append(plot_step0(stats, title, out_dir / "step0_std", fmt, layers))
