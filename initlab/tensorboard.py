@@ -89,7 +89,8 @@ def export_run(run_dir: Path, logdir: Path) -> dict[str, int]:
             for row in s[s["kind"] == kind].itertuples(index=False):
                 for stat in names:
                     value = getattr(row, stat)
-                    if value == value:  # NaN: not recorded for this layer (dead_frac of a conv)
+                    # NaN is "not recorded" (dead_frac of a conv) unless the layer held non-finite values
+                    if value == value or row.nonfinite != 0:
                         writer.add_scalar(f"{row.layer}/{kind}/{stat}", float(value), int(row.step))
                         n["scalars"] += 1
         if "param" in s:

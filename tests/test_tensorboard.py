@@ -81,3 +81,30 @@ def test_without_the_extra_the_export_says_how_to_get_it(run, monkeypatch, capsy
     err = capsys.readouterr().err.strip()
     assert err == ("initlab-report: error: TensorBoard export needs the tensorboard package: "
                    "pip install 'initlab[tensorboard]'")
+
+
+def test_a_run_with_non_finite_values_exports_and_renders(run, tmp_path: Path) -> None:
+    """Non-finite values are a result: the diverged run exports (NaN/inf scalars as such) and
+    its page and figures are written."""
+    from initlab.html import write_html
+
+    summary, run_dir = run("model=mlp", "data.shape=[64]", "init=normal", "init.std=3.0", "optim.lr=1e6",
+                           "train.steps=30", "telemetry=full", "plots=true")
+    assert summary["status"] == "diverged"
+    assert report_main([str(run_dir), "--tensorboard", str(tmp_path / "tb")]) == 0
+    acc = _read(tmp_path / "tb")
+    stats = load_run(run_dir).stats
+    bad = stats[stats.kind.isin(["act", "grad"]) & ~np.isfinite(stats["std"])]
+    metrics = load_run(run_dir).metrics
+    if len(bad):  # the statistics that went non-finite are written as such, not dropped or clipped
+        row = bad.iloc[0]
+        got = {e.step: e.value for e in acc.Scalars(f"{row.layer}/{row.kind}/std")}
+        assert not np.isfinite(got[int(row.step)])
+    else:  # the loss went first
+        last = metrics.dropna(subset=["loss"]).iloc[-1]
+        assert not np.isfinite(last["loss"])
+        got = {e.step: e.value for e in acc.Scalars("metrics/loss")}
+        assert not np.isfinite(got[int(last["step"])])
+    assert acc.Tags()["histograms"]
+    page = write_html(run_dir).read_text()
+    assert 'class="status diverged"' in page and "non-finite" in page

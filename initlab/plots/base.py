@@ -172,8 +172,23 @@ class BinAxis:
         while len(zero) + sum(1 for e, _, _ in decades if e % every == 0) > most:
             every += 1
         kept = [(p, plain(v)) for e, p, v in decades if e % every == 0] + [(p, "0") for p in zero]
+        for b in range(first, last + 1):  # the overflow bins, named by their bound, the nearest decade yielding
+            if np.isinf(self.lo[b]) or np.isinf(self.hi[b]):
+                bound = self.hi[b] if np.isinf(self.lo[b]) else self.lo[b]
+                kept = [k for k in kept if abs(k[0] - (b + 0.5)) > 3]
+                kept.append((b + 0.5, ("≤" if bound < 0 else "≥") + plain(bound)))
         kept.sort()
         return [p for p, _ in kept], [t for _, t in kept]
+
+    def shade(self, ax: Axes, first: int, last: int, vertical: bool = True) -> None:
+        """The bins that are not log bins, lightly: underflow (0 < |x| < min_abs) grey,
+        overflow (|x| >= max_abs, inf included) red."""
+        span = ax.axvspan if vertical else ax.axhspan
+        for b in range(first, last + 1):
+            under = (self.lo[b] == 0) != (self.hi[b] == 0) and np.isfinite(self.lo[b]) and np.isfinite(self.hi[b])
+            over = np.isinf(self.lo[b]) or np.isinf(self.hi[b])
+            if under or over:
+                span(b, b + 1, color="tab:red" if over else "0.6", alpha=0.12, lw=0)
 
     def label(self, axis: Any, first: int, last: int) -> None:
         pos, labels = self.ticks(first, last)
