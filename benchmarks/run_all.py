@@ -3,7 +3,8 @@
 import subprocess
 import sys
 
-BENCHMARKS = ["benchmarks.loader", "benchmarks.telemetry_overhead", "benchmarks.model_steps", "benchmarks.waiting"]
+BENCHMARKS = ["benchmarks.loader", "benchmarks.telemetry_overhead", "benchmarks.model_steps", "benchmarks.waiting",
+              "benchmarks.reports"]
 
 if __name__ == "__main__":
     extra = sys.argv[1:]

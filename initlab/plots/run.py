@@ -271,7 +271,7 @@ def plot_grad_flow(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png"
     axis.label(ax)
     ax.set_ylabel("gradient norm (dL/d output)")
     ax.grid(alpha=0.3)
-    legend(ax, fontsize=8, loc="lower left")
+    legend(ax, fontsize=8, loc="best")  # five short lines: finding the empty corner is cheap
     return save(fig, path, f"{title}: gradient flow", fmt)
 
 
