@@ -62,16 +62,7 @@ def test_the_stacked_probe_gives_the_per_draw_rows(run, arch) -> None:
     assert summary["probe"]["path"] == "stacked" and ref_summary["probe"]["path"].startswith("per draw")
     got, ref = load_run(stacked_dir).probe, load_run(ref_dir).probe
     assert len(got) == len(ref) and not got.duplicated(KEY).any()
-    j = got.merge(ref, on=KEY, how="outer", suffixes=("", "_ref"), validate="one_to_one", indicator=True)
-    assert (j["_merge"] == "both").all()  # the same rows, no row only on one side
-    assert (j["layer"] == j["layer_ref"]).all() and (j["module_type"] == j["module_type_ref"]).all()
-    for col in EXACT:
-        assert (j[col] == j[f"{col}_ref"]).all(), col
-    for col in CLOSE:  # NaN exactly where the reference has NaN; numbers to float32 accuracy
-        a, b = j[col].to_numpy(float), j[f"{col}_ref"].to_numpy(float)
-        assert (np.isnan(a) == np.isnan(b)).all(), col
-        scale = np.abs(b) + (j["std_ref"].to_numpy(float) if col == "mean" else 0) + 1e-12
-        assert np.nanmax(np.abs(a - b) / scale) < 1e-4, col
+    _assert_same_rows(got, ref)
     if "bn=true" in arch:
         assert {"bn_running_mean", "bn_batch_var"} <= set(got["kind"])
     # the headline the summary reports is the same
@@ -114,3 +105,38 @@ def test_probe_inits_draws_every_scheme_in_one_pass(run) -> None:
     ratio = {k: v["act_std_last_over_first"]["mean"] for k, v in summary["probe"]["inits"].items()}
     assert ratio["normal"] < 1e-3 < 0.2 < ratio["kaiming"] < 5, ratio
     assert (run_dir / "plots" / "probe.png").exists()
+
+
+def test_the_stacked_probe_on_the_queued_path_gives_the_same_rows(monkeypatch) -> None:
+    """The CUDA/MPS reduction (one queued tensor-op reduction over the stack per tensor),
+    forced on the CPU: the same rows as one draw at a time through the CPU kernels."""
+    import torch
+    from torch import nn
+
+    from initlab.probe import probe
+    from initlab.telemetry import TelemetryConfig, stacked
+
+    def make(init: str, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))
+
+    batch = (torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2]))
+    draws = [("default", s) for s in range(3)]
+    ref, _ = probe(make, batch, draws, TelemetryConfig(), torch.device("cpu"), stacked=False)
+    monkeypatch.setattr(stacked, "kernels", None)  # as on a GPU: no CPU kernels for the stack
+    got, how = probe(make, batch, draws, TelemetryConfig(), torch.device("cpu"))
+    assert how == "stacked" and len(got) == len(ref)
+    _assert_same_rows(got, ref, atol=1e-7)  # float32 sums in another order: |mean| ~ 1e-9 differs by 1e-8
+
+
+def _assert_same_rows(got, ref, atol: float = 0.0) -> None:
+    j = got.merge(ref, on=KEY, how="outer", suffixes=("", "_ref"), validate="one_to_one", indicator=True)
+    assert (j["_merge"] == "both").all()  # the same rows, no row only on one side
+    assert (j["layer"] == j["layer_ref"]).all() and (j["module_type"] == j["module_type_ref"]).all()
+    for col in EXACT:
+        assert (j[col] == j[f"{col}_ref"]).all(), col
+    for col in CLOSE:  # NaN exactly where the reference has NaN; numbers to float32 accuracy
+        a, b = j[col].to_numpy(float), j[f"{col}_ref"].to_numpy(float)
+        assert (np.isnan(a) == np.isnan(b)).all(), col
+        scale = np.abs(b) + (j["std_ref"].to_numpy(float) if col == "mean" else 0) + 1e-12
+        assert np.nanmax((np.abs(a - b) - atol).clip(0) / scale) < 1e-4, col
