@@ -31,11 +31,10 @@ Draw = tuple[str, int]  # (init scheme, seed)
 
 def probe_stacked(make_model: Callable[[str, int], nn.Module], batch: tuple[torch.Tensor, torch.Tensor],
                   draws: Sequence[Draw], tel_cfg: TelemetryConfig, device: torch.device) -> pd.DataFrame:
-    """probe_draws' table from one vmapped pass over the stacked draws; raises NotStackable
-    (saying why) for the models it cannot take."""
+    """probe_draws' table from one vmapped pass over the stacked draws (`tel_cfg` as probe()
+    prepares it); raises NotStackable (saying why) for the models it cannot take."""
     x, y = batch
-    cfg = replace(tel_cfg, hist=None, enabled=True)
-    tables, _ = stacked_step0(lambda d: make_model(*d).to(device).train(), list(draws), x, y, cfg)
+    tables, _ = stacked_step0(lambda d: make_model(*d).to(device).train(), list(draws), x, y, tel_cfg)
     return pd.concat([pd.DataFrame(t).assign(init=i, seed=s) for (i, s), t in zip(draws, tables)],
                      ignore_index=True)
 
@@ -44,12 +43,12 @@ def probe_draws(make_model: Callable[[str, int], nn.Module], batch: tuple[torch.
                 draws: Sequence[Draw], tel_cfg: TelemetryConfig, device: torch.device) -> pd.DataFrame:
     """Step-0 statistics (act, grad, weight, weight_grad rows) of each draw's model, one at
     a time (the reference): one long table with `init` and `seed` columns.
-    `make_model(init, seed)` builds and initialises on the CPU."""
+    `make_model(init, seed)` builds and initialises on the CPU; `tel_cfg` as probe() prepares it."""
     x, y = batch
     frames = []
     for init, seed in draws:
         model = make_model(init, seed).to(device).train()
-        w = Watch(model, telemetry=replace(tel_cfg, hist=None, enabled=True))  # in memory
+        w = Watch(model, telemetry=tel_cfg)  # in memory
         with w.step(0, force=True):
             forward_backward(model, x, y)
         w.flush()
@@ -62,7 +61,8 @@ def probe(make_model: Callable[[str, int], nn.Module], batch: tuple[torch.Tensor
           draws: Sequence[Draw], tel_cfg: TelemetryConfig, device: torch.device, stacked: bool = True
           ) -> tuple[pd.DataFrame, str]:
     """The probe's table, and the path that made it: 'stacked', or 'per draw' (asked for,
-    or the fallback, with the reason)."""
+    or the fallback, with the reason). Histograms are not probed; every other kind is."""
+    tel_cfg = replace(tel_cfg, hist=None, enabled=True)
     if stacked:
         try:
             return probe_stacked(make_model, batch, draws, tel_cfg, device), "stacked"

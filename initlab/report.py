@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write DIR/report.html: one self-contained page (figures embedded) that opens "
                              "from file:// with no network")
     parser.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="LOGDIR",
-                        help="instead of plots, write TensorBoard event files (a sweep: one TensorBoard run per "
+                        help="instead of redrawing the plots, write TensorBoard event files (a sweep: one TensorBoard run per "
                              "job) to LOGDIR, default DIR/tensorboard; needs initlab[tensorboard]")
     args = parser.parse_args(argv)
     console = Console(stderr=True)
@@ -87,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
         paths += latest
     if not paths:
         parser.error("give run directories or --latest DIR")
-    if args.tensorboard is not None:
-        return _tensorboard(paths, Path(args.tensorboard) if args.tensorboard else None)
+    if args.tensorboard is not None:  # the export, and with --html the page of what is already drawn
+        failed = _tensorboard(paths, Path(args.tensorboard) if args.tensorboard else None)
+        for path in paths if args.html else []:
+            if (path / SUMMARY_FILE).exists() or is_sweep_dir(path):
+                console.print(f"wrote {write_html(path)}", markup=False)
+        return failed
     failed = 0
     for path in paths:
         if is_sweep_dir(path):

@@ -20,8 +20,9 @@ def _read(logdir: Path) -> EventAccumulator:
 
 def test_a_run_reads_back_from_tensorboards_own_event_reader(run, tmp_path: Path, capsys) -> None:
     _, run_dir = run("train.steps=12", "telemetry=full", "train.eval_every=6")
-    assert report_main([str(run_dir), "--tensorboard", str(tmp_path / "tb")]) == 0
+    assert report_main([str(run_dir), "--tensorboard", str(tmp_path / "tb"), "--html"]) == 0  # as SPEC.md writes it
     assert "view: tensorboard --logdir" in capsys.readouterr().out
+    assert (run_dir / "report.html").exists()
     acc = _read(tmp_path / "tb")
     data = load_run(run_dir)
     # metrics, step by step (TensorBoard keeps float32)

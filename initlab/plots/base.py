@@ -100,6 +100,11 @@ def step_axis(ax: Axes, steps: np.ndarray) -> None:
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
+def layer_axis_name(which: str) -> str:
+    """What a layer axis holds, for its label."""
+    return {"weighted": "conv/linear layer", "all": "layer"}.get(which, f"{which} layer")
+
+
 class LayerAxis:
     """Which layers a per-layer figure draws, and where. `weighted` (the default): the conv and
     linear outputs, so lines follow the depth of the network instead of zig-zagging between a
@@ -131,8 +136,7 @@ class LayerAxis:
         return min(later) if later else None
 
     def label(self, ax: Axes) -> None:
-        what = {"weighted": "conv/linear layer", "all": "layer"}.get(self.which, f"{self.which} layer")
-        ax.set_xlabel(f"{what} (forward order)" + (f"; no {self.missing} layer here" if self.missing else ""))
+        ax.set_xlabel(f"{layer_axis_name(self.which)} (forward order)" + (f"; no {self.missing} layer here" if self.missing else ""))
         n = len(self.names)
         if 0 < n <= 12:
             ax.set_xticks(range(n), self.names, rotation=30, ha="right", fontsize=7)

@@ -12,7 +12,15 @@ from matplotlib import colormaps
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
-from initlab.plots.base import LayerAxis, figure, legend, log_axis, panel_title, save
+from initlab.plots.base import (
+    LayerAxis,
+    figure,
+    layer_axis_name,
+    legend,
+    log_axis,
+    panel_title,
+    save,
+)
 
 
 def _combo(row: pd.Series, factors: list[str]) -> str:
@@ -94,7 +102,7 @@ def _step0_overlay(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str, layer
                 vals = frame.to_numpy(dtype=float, copy=True).T
                 vals[~np.isfinite(vals) | (vals <= 0)] = np.nan
                 _band(ax, frame.index.to_numpy(), list(vals), combo, cmap(ci), log=True)
-    what = {"weighted": "conv/linear layer", "all": "layer"}.get(layers, f"{layers} layer")
+    what = layer_axis_name(layers)
     for ax, kind in zip(axes[0], ("activation", "gradient")):
         log_axis(ax)
         ax.set_xlabel(f"{what} (forward order)")

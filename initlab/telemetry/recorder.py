@@ -42,6 +42,16 @@ from initlab.telemetry.schedule import TelemetryConfig
 _DEFAULT_THRESHOLDS = {"tanh": 0.97, "sigmoid_low": 0.03, "sigmoid_high": 0.97}
 
 
+def dead_thresholds(cfg: TelemetryConfig) -> dict[str, float]:
+    """The dead/saturated thresholds of a telemetry config, over the defaults."""
+    return {**_DEFAULT_THRESHOLDS, **(cfg.thresholds or {})}
+
+
+def layer_name(module_name: str, call: int) -> str:
+    """The `layer` of a module's call-th call in one forward: a module used twice gets `name#1`."""
+    return module_name if call == 0 else f"{module_name}#{call}"
+
+
 def tracked_modules(model: nn.Module, patterns: Sequence[str] = ()) -> list[tuple[str, nn.Module]]:
     """Leaf modules worth watching (Linear, Conv, BN, activations, pooling, dropout), filtered
     by `patterns`: a module is kept if its class name or dotted name matches any (fnmatch)."""
@@ -91,7 +101,7 @@ class Telemetry:
         self.cfg = config or TelemetryConfig()
         # CPU tensors go through the kernels; `queued` forces the tensor-op path on the CPU (tests)
         self._cpu = CpuReducer(self.cfg.hist) if kernels is not None and not queued else None
-        self.thresholds = {**_DEFAULT_THRESHOLDS, **(self.cfg.thresholds or {})}
+        self.thresholds = dead_thresholds(self.cfg)
         self.model = model
         self.modules = tracked_modules(model, self.cfg.modules)
         if self.cfg.modules and not self.modules:  # recording nothing would read as "all is well"
@@ -120,8 +130,7 @@ class Telemetry:
         slot = self._slots.get(key)
         if slot is None:  # forward order, fixed at first sight
             self._order[key] = len(self._order)
-            layer = name if call == 0 else f"{name}#{call}"  # a module used twice in one forward
-            slot = self._slots[key] = Slot(layer, type(module).__name__, self._order[key])
+            slot = self._slots[key] = Slot(layer_name(name, call), type(module).__name__, self._order[key])
         return slot
 
     def _add(self, slot: Slot, kind: str, t: torch.Tensor, dead: DeadRegion | None = None,

@@ -27,7 +27,7 @@ from torch import nn
 
 from initlab.nn.kinds import BATCH_NORMS
 from initlab.telemetry.columns import Columns, Slot, stats_columns
-from initlab.telemetry.recorder import _DEFAULT_THRESHOLDS, first_tensor, tracked_modules
+from initlab.telemetry.recorder import dead_thresholds, first_tensor, layer_name, tracked_modules
 from initlab.telemetry.reducers import (
     STATS,
     CpuReducer,
@@ -69,7 +69,7 @@ class _Layout:
 def _layout(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TelemetryConfig) -> _Layout:
     """One ordinary forward/backward of `model` (a draw, about to be stacked) with hooks that
     note what the recorder would record, in its order."""
-    thresholds = {**_DEFAULT_THRESHOLDS, **(cfg.thresholds or {})}
+    thresholds = dead_thresholds(cfg)
     calls: list[_Call] = []
     order: dict[tuple[str, int], int] = {}
     count: dict[str, int] = {}
@@ -85,10 +85,9 @@ def _layout(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TelemetryCo
             call = count.get(name, 0)
             count[name] = call + 1
             order.setdefault((name, call), len(order))
-            layer = name if call == 0 else f"{name}#{call}"
             bn = (cfg.bn and call == 0 and isinstance(m, BATCH_NORMS) and m.training
                   and m.running_mean is not None)
-            calls.append(_Call(name, Slot(layer, type(m).__name__, order[(name, call)]),
+            calls.append(_Call(name, Slot(layer_name(name, call), type(m).__name__, order[(name, call)]),
                                dead_region(m, thresholds), t.shape, t.requires_grad, bn))
 
         handles.append(module.register_forward_hook(hook))
