@@ -14,7 +14,10 @@ from omegaconf import DictConfig, OmegaConf
 from initlab.defaults import preset
 from initlab.errors import ConfigError, InitlabError
 from initlab.models.blocks import ACTIVATIONS
+from initlab.models import DEFAULT_NORMS
+from initlab.models.blocks import NORM_POSITIONS
 from initlab.models.cnn import VGG_PLANS
+from initlab.nn.norms import NormSpec
 
 _MISSING = object()
 
@@ -77,6 +80,34 @@ def _check_inits(cfg: DictConfig) -> None:
             raise ConfigError("probe.inits", name, str(exc).split(": ", 1)[-1]) from None
 
 
+def _check_norm(cfg: DictConfig) -> None:
+    """norm.eps, norm.affine, norm.groups; `bn` and `norm` both given must agree."""
+    check_num(cfg, "norm.eps", 0.0, strict=True)
+    check_bool(cfg, "norm.affine")
+    groups = _get(cfg, "norm.groups")
+    if groups is not _MISSING and groups != "auto" and not (_is_int(groups) and groups >= 1):
+        raise ConfigError("norm.groups", groups, "expected auto or an integer >= 1 that divides the channels")
+    norm_spec(cfg)
+
+
+def norm_spec(cfg: DictConfig) -> NormSpec:
+    """The run's normalisation: the `norm` group, or `bn` (true = batch, false = none) when
+    norm is left at auto; both given and disagreeing is an error. auto becomes the zoo
+    model's own (external models keep auto: they bring their own)."""
+    norm = _get(cfg, "norm")
+    norm = norm if isinstance(norm, dict) else {"name": "auto"}
+    bn = _get(cfg, "bn")
+    if isinstance(bn, bool):
+        short = "batch" if bn else "none"
+        if norm["name"] not in ("auto", short):
+            raise ConfigError("bn", bn, f"bn={str(bn).lower()} is short for norm={short}, which disagrees with "
+                              f"norm={norm['name']}: give one of them")
+        norm = {**norm, "name": short}
+    if norm["name"] == "auto" and _get(cfg, "model.name") in DEFAULT_NORMS:
+        norm = {**norm, "name": DEFAULT_NORMS[_get(cfg, "model.name")]}
+    return NormSpec.of(norm)
+
+
 def check_bool(cfg: DictConfig, key: str) -> None:
     v = _get(cfg, key)
     if v is not _MISSING and not isinstance(v, bool):
@@ -97,7 +128,10 @@ def validate(cfg: DictConfig) -> None:
     seed = _get(cfg, "seed")
     if _is_int(seed) and seed > 2**32 - 1:  # numpy's seed range
         raise ConfigError("seed", seed, "expected an integer in [0, 4294967295]")
-    check_bool(cfg, "bn")
+    bn = _get(cfg, "bn")
+    if bn is not _MISSING and bn is not None and not isinstance(bn, bool):
+        raise ConfigError("bn", bn, "expected true (= norm=batch), false (= norm=none) or null (not given)")
+    _check_norm(cfg)
     check_bool(cfg, "plots")
     check_bool(cfg, "report.html")
     fmt = _get(cfg, "plot_format")
@@ -109,13 +143,22 @@ def validate(cfg: DictConfig) -> None:
     # model
     check_int(cfg, "model.depth", 1)
     check_int(cfg, "model.width", 1)
+    for key in ("model.patch", "model.dim", "model.heads"):
+        check_int(cfg, key, 1)
+    check_num(cfg, "model.mlp_ratio", 0.0, strict=True)
+    dim, heads = _get(cfg, "model.dim"), _get(cfg, "model.heads")
+    if _is_int(dim) and _is_int(heads) and heads >= 1 and dim % heads:
+        raise ConfigError("model.dim", dim, f"expected a multiple of model.heads={heads}")
     check_choice(cfg, "model.act", ACTIVATIONS)
     check_num(cfg, "model.act_slope", 0.0, strict=False)
     check_num(cfg, "model.act_sub", float("-inf"), strict=False)
     maxv = _get(cfg, "model.act_maxv")
     if maxv is not _MISSING and maxv is not None and not _is_num(maxv):
         raise ConfigError("model.act_maxv", maxv, "expected null (no clip) or a number")
-    check_choice(cfg, "model.bn_position", ["before_act", "after_act"])
+    positions = ["pre", "post"] if _get(cfg, "model.name") == "vit" else list(NORM_POSITIONS)
+    check_choice(cfg, "model.norm_position", positions)
+    if _get(cfg, "model.bn_position") is not None:  # the older name: conv nets' positions only
+        check_choice(cfg, "model.bn_position", NORM_POSITIONS)
     check_int_list(cfg, "model.channels", (3,), "expected three positive integers, e.g. [8,16,32]")
     check_int_list(cfg, "model.blocks", (1, 2, 3, 4, 5, 6),
                    "expected 1 to 6 positive integers, e.g. [2,2,2,2] (ResNet-18) or [3,4,6,3]")
@@ -172,11 +215,18 @@ def validate(cfg: DictConfig) -> None:
         isinstance(betas, list) and len(betas) == 2 and all(_is_num(b) and 0 <= b < 1 for b in betas)
     ):
         raise ConfigError("optim.betas", betas, "expected two numbers in [0, 1), e.g. [0.9,0.999]")
+    check_int(cfg, "optim.warmup_steps", 0)
+    from initlab.train import SCHEDULES
+
+    check_choice(cfg, "optim.schedule", SCHEDULES)
     # train
     check_int(cfg, "probe.seeds", 1)
     check_bool(cfg, "probe.stacked")
     _check_inits(cfg)
     check_int(cfg, "train.steps", 0)
+    samples = _get(cfg, "train.samples")
+    if samples is not _MISSING and samples is not None and not (_is_int(samples) and samples >= 1):
+        raise ConfigError("train.samples", samples, "expected null (train.steps counts) or an integer >= 1")
     check_int(cfg, "train.batch_size", 1)
     check_int(cfg, "train.eval_every", 0)
     check_bool(cfg, "train.stop_on_nonfinite")
@@ -192,6 +242,7 @@ def validate(cfg: DictConfig) -> None:
     check_int(cfg, "telemetry.log_points", 0)
     check_bool(cfg, "telemetry.params")
     check_bool(cfg, "telemetry.bn")
+    check_bool(cfg, "telemetry.norm")
     modules = _get(cfg, "telemetry.modules")
     if modules is not _MISSING and not (isinstance(modules, list) and all(isinstance(m, str) for m in modules)):
         raise ConfigError("telemetry.modules", modules, 'expected a list of class or module-name patterns, e.g. [Conv2d,"features.*"]')

@@ -61,7 +61,8 @@ def _norms_and_biases(model: nn.Module, records: list[InitRecord]) -> None:
     for name, m in model.named_modules():
         if isinstance(m, NORMS) and getattr(m, "weight", None) is not None:
             nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+            if getattr(m, "bias", None) is not None:  # RMSNorm has none
+                nn.init.zeros_(m.bias)
             records.append(_record(name, m, "weight=1, bias=0"))
         elif isinstance(m, WEIGHTED) and m.bias is not None:
             nn.init.zeros_(m.bias)
@@ -217,7 +218,7 @@ def _require_residual(model: nn.Module, scheme: str, allow_bn: bool) -> list[tup
     if not blocks:
         raise InitlabError(f"init={scheme} needs a residual network (model=resnet)")
     if not allow_bn and any(isinstance(m, NORMS) for m in model.modules()):
-        raise InitlabError(f"init={scheme} is for residual networks without normalisation: set bn=false")
+        raise InitlabError(f"init={scheme} is for residual networks without normalisation: set norm=none (bn=false)")
     return blocks
 
 
@@ -302,7 +303,7 @@ def zero_last_bn(model: nn.Module) -> list[InitRecord]:
             if norms:
                 sub, bn = norms[-1]
                 nn.init.zeros_(bn.weight)
-                records.append(_record(f"{name}.branch.{sub}", bn, "weight=0 (last BN of the residual branch)"))
+                records.append(_record(f"{name}.branch.{sub}", bn, "weight=0 (last norm of the residual branch)"))
     return records
 
 
@@ -342,7 +343,7 @@ def apply_init(model: nn.Module, scheme: str | Mapping[str, Any] = "default", ac
     if cfg["zero_last_bn"]:
         zeroed = zero_last_bn(model)
         if not zeroed:
-            raise InitlabError("init.zero_last_bn=true needs residual blocks with BatchNorm "
-                               "(model=resnet bn=true, block=basic)")
+            raise InitlabError("init.zero_last_bn=true needs residual blocks with a norm layer "
+                               "(model=resnet norm=batch, block=basic)")
         records += zeroed
     return records

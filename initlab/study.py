@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
-from initlab.config import validate
+from initlab.config import norm_spec, validate
 from initlab.data import load_dataset
 from initlab.defaults import preset
 from initlab.devices import resolve_device
@@ -42,7 +42,7 @@ from initlab.store import (
 )
 from initlab.telemetry import TelemetryConfig
 from initlab.theory import layer_specs, predict
-from initlab.train import ProgressBar, build_optimizer, fit
+from initlab.train import ProgressBar, build_optimizer, build_scheduler, fit
 from initlab.watcher import Watch
 from initlab.watcher import versions as _versions
 
@@ -101,18 +101,16 @@ def first_batch(data: Any, cfg: DictConfig) -> Callable[[], tuple[torch.Tensor, 
 
 
 def _check_external(cfg: DictConfig) -> None:
-    """`bn` and `model.bn_position` shape zoo models only: on an external model giving them
-    would be a silent no-op."""
+    """`bn` and `norm` shape zoo models only: on an external model giving them would be a
+    silent no-op."""
     if cfg.model.name not in EXTERNAL:
         return
-    given = set()
-    try:
-        given = {o.split("=", 1)[0].lstrip("+~") for o in HydraConfig.get().overrides.task}
-    except ValueError:  # no Hydra context (tests calling run_study directly)
-        pass
-    if cfg.bn or "bn" in given:
+    if cfg.bn is not None:
         raise ConfigError("bn", cfg.bn, f"bn does not apply to model={cfg.model.name} (it brings its own "
                           "normalisation); leave bn out")
+    if cfg.norm.name != "auto":
+        raise ConfigError("norm", cfg.norm.name, f"norm does not apply to model={cfg.model.name} (it brings its "
+                          "own normalisation); leave norm out")
 
 
 def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
@@ -160,8 +158,18 @@ def _interrupted(run_dir: Path, stage: _Stage) -> dict[str, Any]:
     return summary
 
 
+def _samples_to_steps(cfg: DictConfig) -> None:
+    """train.samples, when set, fixes the samples seen: steps = samples // batch_size (so a
+    batch-size sweep compares equal data), written into the config the run records."""
+    samples = cfg.train.get("samples")
+    if samples is not None:
+        with open_dict(cfg):
+            cfg.train.steps = max(int(samples) // int(cfg.train.batch_size), 1)
+
+
 def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[str, Any]:
     validate(cfg)
+    _samples_to_steps(cfg)
     _check_external(cfg)
     configure_threads(cfg.threads)
     device = job_device(cfg.device)
@@ -173,6 +181,7 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
     log.info("data    %s: %d train / %d held-out, shape %s, %d classes, on %s",
              data.name, data.n_train, data.n_val, list(data.in_shape), data.num_classes, device)
     mcfg = OmegaConf.to_container(cfg.model, resolve=True)
+    norm = norm_spec(cfg)
     icfg = OmegaConf.to_container(cfg.init, resolve=True)
     batch0 = first_batch(data, cfg)
 
@@ -180,7 +189,7 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
         """Seeded, built and initialised on the CPU: the same seed gives the same weights on
         every device, whatever the data loading drew before."""
         seed_everything(seed)
-        model = build_model(mcfg["name"], mcfg, data.in_shape, data.num_classes, cfg.bn)
+        model = build_model(mcfg["name"], mcfg, data.in_shape, data.num_classes, norm=norm)
         report = apply_init(model, init, mcfg["act"], float(mcfg["act_slope"]), batch=lambda: batch0()[0].cpu())
         return model, report
 
@@ -189,12 +198,15 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
     specs = layer_specs(model, data.in_shape)  # the theory overlay reads the weights as initialised
     model.to(device)
     label = mcfg["name"] if mcfg["name"] not in EXTERNAL else mcfg.get("arch") or mcfg.get("_target_")
-    Console(stderr=True).print(info.table(f"{label} (bn={str(cfg.bn).lower()})"))
+    Console(stderr=True).print(info.table(f"{label} (norm={norm.name})" if mcfg["name"] not in EXTERNAL else label))
     log.info("init    %s touched %d modules, e.g. %s: %s", cfg.init.name, len(init_report),
              init_report[0]["module"], init_report[0]["init"])
-    optimizer = build_optimizer(model, OmegaConf.to_container(cfg.optim, resolve=True))
+    ocfg = OmegaConf.to_container(cfg.optim, resolve=True)
+    optimizer = build_optimizer(model, ocfg)
+    scheduler = build_scheduler(optimizer, ocfg, int(cfg.train.steps))
     tel_cfg = TelemetryConfig.of(cfg.telemetry)
-    meta = {"config": OmegaConf.to_container(cfg, resolve=True), "versions": versions(),
+    meta = {"config": {**OmegaConf.to_container(cfg, resolve=True), "norm": norm.as_dict()},  # as built
+            "versions": versions(),
             "hist": {**tel_cfg.hist.as_dict(), "note": "histograms bin a strided sample of at most "
                      "`sample` elements per tensor; every other statistic uses all elements"}
             if tel_cfg.hist else None}
@@ -206,7 +218,7 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
     log.info("train   %d steps of batch %d (%s)", cfg.train.steps, cfg.train.batch_size,
              "probe at init: no update" if cfg.train.steps == 0 else f"optim={cfg.optim.name} lr={cfg.optim.lr}")
     try:
-        result = fit(model, data, optimizer, cfg.train, watch, cfg.seed, callbacks)
+        result = fit(model, data, optimizer, cfg.train, watch, cfg.seed, callbacks, scheduler)
     finally:
         watch.flush()  # whatever happens, what was recorded reaches the disk
     stage.name = "theory"

@@ -4,10 +4,12 @@ init from the actual weights, in the mean-field way (Glorot, He, Poole et al.).
 Forward, each element of a layer's output is treated as Gaussian across units and
 samples: Linear/Conv give Var = fan_in * Var(W) * E[x^2] + Var(b) and mean mean(b); an
 activation gives E[phi(h)] and E[phi(h)^2] by Gauss-Hermite quadrature, so any
-nonlinearity works; BatchNorm (training mode) resets the scale to its gamma and beta;
+nonlinearity works; any norm layer (BatchNorm in training mode, LayerNorm, GroupNorm,
+InstanceNorm) resets the scale to its gamma and beta, RMSNorm the mean square to gamma^2;
 Dropout(p) scales E[x^2] by 1/(1-p). Backward, from the measured gradient at the network's
 output: Linear/Conv give E[g^2] * fan_out * Var(W) (fan_out per input element: out
-channels * kernel area / stride^2), an activation E[phi'(h)^2], BatchNorm gamma^2 / Var(input).
+channels * kernel area / stride^2), an activation E[phi'(h)^2], a norm gamma^2 / Var(input)
+(RMSNorm: / E[input^2]; the mean subtraction's small projection is ignored).
 Modules with no closed form (pooling) re-anchor on the measured statistics and get no
 prediction. Residual networks are not predicted (their branches do not form one chain).
 Reads the model once at init; never imports the telemetry.
@@ -23,7 +25,7 @@ import torch
 from torch import nn
 
 from initlab.nn import acts
-from initlab.nn.kinds import BATCH_NORMS, WEIGHTED, is_leaf
+from initlab.nn.kinds import NORMS, RMS_NORMS, WEIGHTED, is_leaf
 
 _X, _W = np.polynomial.hermite.hermgauss(96)
 _W = _W / math.sqrt(math.pi)
@@ -41,7 +43,7 @@ class LayerSpec:
     """What the theory needs of one tracked module, read at init."""
 
     name: str
-    kind: str  # weighted | act | bn | dropout | other
+    kind: str  # weighted | act | norm | rms | dropout | other
     w_var: float = 0.0
     fan_in: float = 0.0
     fan_out: float = 0.0
@@ -141,10 +143,12 @@ def layer_specs(model: nn.Module, in_shape: Sequence[int] | None = None) -> dict
             b = m.bias.detach().double() if m.bias is not None else torch.zeros(1, dtype=torch.float64)
             specs[name] = LayerSpec(name, "weighted", float(w.var(correction=0)), fan_in, fan_out,
                                     float(b.mean()), float(b.var(correction=0)))
-        elif isinstance(m, BATCH_NORMS):
-            g = m.weight.detach().double() if m.weight is not None else torch.ones(1, dtype=torch.float64)
-            bb = m.bias.detach().double() if m.bias is not None else torch.zeros(1, dtype=torch.float64)
-            specs[name] = LayerSpec(name, "bn", gamma2=float((g * g).mean()), beta_mean=float(bb.mean()),
+        elif isinstance(m, NORMS):
+            weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
+            g = weight.detach().double() if weight is not None else torch.ones(1, dtype=torch.float64)
+            bb = bias.detach().double() if bias is not None else torch.zeros(1, dtype=torch.float64)
+            kind = "rms" if isinstance(m, RMS_NORMS) else "norm"
+            specs[name] = LayerSpec(name, kind, gamma2=float((g * g).mean()), beta_mean=float(bb.mean()),
                                     beta_var=float(bb.var(correction=0)))
         elif isinstance(m, nn.Dropout):
             specs[name] = LayerSpec(name, "dropout", p=m.p)
@@ -179,8 +183,11 @@ def predict(specs: dict[str, LayerSpec] | None, step0: pd.DataFrame, input_mean:
         elif spec.kind == "act":
             mean, m2_out = gaussian_moments(spec.fns[0], in_mean, in_var)
             var = m2_out - mean * mean
-        elif spec.kind == "bn":
+        elif spec.kind == "norm":
             mean, var = spec.beta_mean, spec.gamma2 + spec.beta_var
+        elif spec.kind == "rms":  # x / rms(x) * gamma: mean square gamma^2, the mean scaled alike
+            mean = in_mean / math.sqrt(max(m2, 1e-30)) * math.sqrt(spec.gamma2)
+            var = spec.gamma2 - mean * mean
         else:  # dropout
             var = m2 / (1 - spec.p) - mean * mean
         m2 = var + mean * mean
@@ -205,8 +212,10 @@ def predict(specs: dict[str, LayerSpec] | None, step0: pd.DataFrame, input_mean:
                 g2 = spec.fan_out * spec.w_var * g2
             elif spec.kind == "act":
                 g2 = gaussian_moments(spec.fns[1], in_mean, in_var)[1] * g2
-            elif spec.kind == "bn":
+            elif spec.kind == "norm":
                 g2 = spec.gamma2 / max(in_var, 1e-30) * g2
+            elif spec.kind == "rms":
+                g2 = spec.gamma2 / max(in_var + in_mean * in_mean, 1e-30) * g2
             else:
                 g2 = g2 / (1 - spec.p)
             rows.append({"layer": order[i - 1].layer, "layer_idx": below, "kind": "grad",

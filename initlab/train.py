@@ -35,6 +35,29 @@ def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Opt
     return OPTIMIZERS.get(cfg["name"])(model.parameters(), cfg)
 
 
+SCHEDULES = ("constant", "cosine")
+
+
+def lr_factor(step: int, warmup: int, schedule: str, total: int) -> float:
+    """The multiplier of optim.lr at `step` (0-based) of `total`: a linear warm-up
+    (step + 1) / warmup over the first `warmup` steps, then 1 (constant) or a half cosine
+    from 1 at the warm-up's end towards 0 at `total` (cosine)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(total - warmup, 1)))
+    return 1.0
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any], total: int
+                    ) -> torch.optim.lr_scheduler.LambdaLR | None:
+    """optim.warmup_steps and optim.schedule as torch's LambdaLR; None when the lr stays put."""
+    warmup, schedule = int(cfg.get("warmup_steps", 0)), str(cfg.get("schedule", "constant"))
+    if warmup == 0 and schedule == "constant":
+        return None
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, warmup, schedule, total))
+
+
 class Callback:
     """No-op events; override what you need."""
 
@@ -109,9 +132,11 @@ def fit(
     watch: Watch,
     seed: int,
     callbacks: Sequence[Callback] = (),
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
 ) -> FitResult:
     """Train for `train_cfg['steps']` updates; steps=0 is the probe (one forward+backward).
-    `watch` records the scheduled steps and every metrics row."""
+    `watch` records the scheduled steps and every metrics row (`lr`: the step's own);
+    `scheduler` steps after each update."""
     steps, bs = int(train_cfg["steps"]), int(train_cfg["batch_size"])
     eval_every, stop_on_nonfinite = int(train_cfg["eval_every"]), bool(train_cfg["stop_on_nonfinite"])
     n_iter = max(steps, 1)
@@ -139,6 +164,8 @@ def fit(
             row = {"step": step, "loss": loss_v, "accuracy": acc_v,
                    "lr": optimizer.param_groups[0]["lr"], "step_time": time.perf_counter() - t0,
                    "val_loss": math.nan, "val_accuracy": math.nan}  # fixed columns: parts share a schema
+            if scheduler is not None and steps > 0:
+                scheduler.step()  # the next step's lr; this row keeps the one this step used
             if not finite and stop_on_nonfinite:
                 if not watch.logs(step) and watch.telemetry is not None:
                     # The step was not scheduled: look again (weights unchanged) to find the layer.

@@ -43,7 +43,41 @@ BAD = [
     ("probe.inits=[default,he]", "probe.inits='he' is invalid: choose from default, fixup, kaiming, lsuv"),
     ("probe.inits=kaiming", "probe.inits='kaiming' is invalid: expected a list of init schemes, e.g. [default,"),
     ("data=mnist data.root=5", "data.root=5 is invalid: expected null ($INITLAB_DATA or ~/.cache/initlab/data) or a"),
+    ("bn=true norm=layer", "bn=True is invalid: bn=true is short for norm=batch, which disagrees with norm=layer"),
+    ("bn=false norm=group", "bn=False is invalid: bn=false is short for norm=none, which disagrees with norm=group"),
+    ("bn=maybe", "bn='maybe' is invalid: expected true (= norm=batch), false (= norm=none) or null"),
+    ("norm=group norm.groups=0", "norm.groups=0 is invalid: expected auto or an integer >= 1"),
+    ("norm=group norm.groups=many", "norm.groups='many' is invalid: expected auto or an integer >= 1"),
+    ("norm=layer norm.eps=0", "norm.eps=0 is invalid: expected a finite number > 0"),
+    ("norm=layer norm.affine=1", "norm.affine=1 is invalid: expected true or false"),
+    ("model.norm_position=pre", "model.norm_position='pre' is invalid: choose from before_act, after_act"),
+    ("model.bn_position=sideways", "model.bn_position='sideways' is invalid: choose from before_act, after_act"),
+    ("model=vit model.norm_position=before_act", "model.norm_position='before_act' is invalid: choose from pre, post"),
+    ("model=vit model.heads=3", "model.dim=64 is invalid: expected a multiple of model.heads=3"),
+    ("model=vit model.patch=0", "model.patch=0 is invalid: expected an integer >= 1"),
+    ("model=vit model.mlp_ratio=0", "model.mlp_ratio=0 is invalid: expected a finite number > 0"),
+    ("optim.warmup_steps=-1", "optim.warmup_steps=-1 is invalid: expected an integer >= 0"),
+    ("optim.schedule=linear", "optim.schedule='linear' is invalid: choose from constant, cosine"),
+    ("train.samples=0", "train.samples=0 is invalid: expected null (train.steps counts) or an integer >= 1"),
+    ("telemetry.norm=yes", "telemetry.norm='yes' is invalid: expected true or false"),
 ]
+
+
+BUILD = [  # known only once the model is built: one line, exit 2
+    (["norm=group", "norm.groups=3"], "norm.groups=3 does not divide the 8 channels of features.1: give a divisor"),
+    (["model=mlp", "norm=instance"], "norm=instance has nothing to normalise in model=mlp's Linear layers"),
+    (["model=vit", "norm=batch"], "norm=batch does not apply to tokens (model=vit takes norm=layer, rms or none)"),
+    (["model=torchvision", "norm=group"], "norm='group' is invalid: norm does not apply to model=torchvision"),
+]
+
+
+@pytest.mark.parametrize("args,message", BUILD, ids=[" ".join(b[0]) for b in BUILD])
+def test_a_norm_the_model_cannot_take_is_one_line(tmp_path, args: list[str], message: str) -> None:
+    proc = run_cli([*args, "train.steps=0", "plots=false", "train.progress=false", "data.train_size=64",
+                    f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"initlab: error: {message}"), last
 
 
 @pytest.mark.parametrize("override,message", BAD, ids=[b[0] for b in BAD])
@@ -102,6 +136,6 @@ def test_the_command_line_refuses_an_unknown_key_in_one_line(tmp_path) -> None:
     proc = run_cli(["train.step=5"], cwd=tmp_path, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip() == ("initlab: error: train.step is not a setting: did you mean train.steps? (train has: "
-                                   "batch_size, eval_every, progress, steps, stop_on_nonfinite; +train.step=... adds "
+                                   "batch_size, eval_every, progress, samples, steps, stop_on_nonfinite; +train.step=... adds "
                                    "a new key)")
     assert not (tmp_path / "outputs").exists()

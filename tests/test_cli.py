@@ -100,7 +100,8 @@ def test_help_lists_the_groups_and_the_config_the_overrides_compose(tmp_path: Pa
     proc = run_cli(["model=mlp", "model.depth=7", "--help"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert "init: default, fixup, kaiming, lsuv, normal, orthogonal, skipinit, xavier\n" in proc.stdout
-    assert "model: alexnet, conv4, lenet, mlp, nin, resnet, target, torchvision, vgg\n" in proc.stdout
+    assert "model: alexnet, conv4, lenet, mlp, nin, resnet, target, torchvision, vgg, vit\n" in proc.stdout
+    assert "norm: auto, batch, group, instance, layer, none, rms\n" in proc.stdout
     assert "  name: mlp\n  depth: 7\n" in proc.stdout and "hydra:" not in proc.stdout
     proc = run_cli(["model=nosuch", "--help"], cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.strip() == "initlab: error: In 'config': Could not find 'model/nosuch'"

@@ -103,12 +103,12 @@ def test_zero_last_bn_makes_every_block_its_shortcut() -> None:
     torch.manual_seed(0)
     model = build_model("resnet", {"width": 8, "blocks": [1, 1, 1, 1]}, (3, 32, 32), 10, True)
     report = apply_init(model, {"name": "kaiming", "zero_last_bn": True}, "relu")
-    zeroed = [r for r in report if "last BN" in r["init"]]
+    zeroed = [r for r in report if "last norm" in r["init"]]
     assert len(zeroed) == 4  # one per block
     block = model.stages[1][0]
     assert torch.all(block.branch[-1].weight == 0)
     model.eval()
     x = torch.randn(2, 8, 16, 16)
     torch.testing.assert_close(block(x), torch.relu(block.shortcut(x)))
-    with pytest.raises(InitlabError, match="needs residual blocks with BatchNorm"):
+    with pytest.raises(InitlabError, match="needs residual blocks with a norm layer"):
         apply_init(_mlp(), {"name": "kaiming", "zero_last_bn": True}, "relu")

@@ -53,7 +53,8 @@ EXACT = ["numel", "nonfinite"]
 CLOSE = ["mean", "std", "min", "max", "zero_frac", "dead_frac", "dead_units", "norm", "ratio", "absmax"]
 
 
-@pytest.mark.parametrize("arch", [MLP, ["model=conv4"], ["model=conv4", "bn=true"]], ids=["mlp", "conv4", "conv4_bn"])
+@pytest.mark.parametrize("arch", [MLP, ["model=conv4"], ["model=conv4", "bn=true"], ["model=conv4", "norm=group"],
+                                  [*MLP, "norm=rms"]], ids=["mlp", "conv4", "conv4_bn", "conv4_gn", "mlp_rms"])
 def test_the_stacked_probe_gives_the_per_draw_rows(run, arch) -> None:
     """One vmapped pass over the stacked draws and one draw at a time: the same rows (kinds,
     layers, parameters, BatchNorm rows), the same numbers within float32 tolerance."""
@@ -65,6 +66,10 @@ def test_the_stacked_probe_gives_the_per_draw_rows(run, arch) -> None:
     _assert_same_rows(got, ref)
     if "bn=true" in arch:
         assert {"bn_running_mean", "bn_batch_var"} <= set(got["kind"])
+    if "norm=group" in arch:
+        assert {"norm_mean", "norm_var"} <= set(got["kind"])
+    if "norm=rms" in arch:  # RMSNorm divides by the root mean square: no mean row
+        assert "norm_var" in set(got["kind"]) and "norm_mean" not in set(got["kind"])
     # the headline the summary reports is the same
     for key in ("act_std_last_over_first", "grad_std_first_over_last"):
         assert summary["probe"][key]["mean"] == pytest.approx(ref_summary["probe"][key]["mean"], rel=1e-4)
@@ -113,19 +118,22 @@ def test_the_stacked_probe_on_the_queued_path_gives_the_same_rows(monkeypatch) -
     import torch
     from torch import nn
 
+    from initlab.nn.norms import GroupNorm
     from initlab.probe import probe
     from initlab.telemetry import TelemetryConfig, stacked
 
     def make(init: str, seed: int) -> nn.Module:
         torch.manual_seed(seed)
-        return nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 3))
+        # no conv bias before the BN (as in the zoo): its gradient is rounding noise around 0
+        return nn.Sequential(nn.Conv2d(1, 4, 3, bias=False), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(),
+                             nn.Linear(4 * 36, 8), GroupNorm(2, 8), nn.ReLU(), nn.Linear(8, 3))
 
-    batch = (torch.randn(6, 1, 8, 8), torch.tensor([0, 1, 2, 0, 1, 2]))
+    batch = (torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0, 1, 2]))
     draws = [("default", s) for s in range(3)]
     ref, _ = probe(make, batch, draws, TelemetryConfig(), torch.device("cpu"), stacked=False)
     monkeypatch.setattr(stacked, "kernels", None)  # as on a GPU: no CPU kernels for the stack
     got, how = probe(make, batch, draws, TelemetryConfig(), torch.device("cpu"))
-    assert how == "stacked" and len(got) == len(ref)
+    assert how == "stacked" and len(got) == len(ref) and (got["kind"] == "norm_var").sum() == 3
     _assert_same_rows(got, ref, atol=1e-7)  # float32 sums in another order: |mean| ~ 1e-9 differs by 1e-8
 
 

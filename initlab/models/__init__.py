@@ -9,17 +9,18 @@ from torch import nn
 from initlab.defaults import preset
 from initlab.errors import InitlabError
 from initlab.nn import acts
+from initlab.nn.norms import NormSpec
 from initlab.registry import Registry
 
 
 @dataclass(frozen=True)
 class ModelRequest:
-    """Everything a builder needs: its own config, the data's shape and classes, BN on/off."""
+    """Everything a builder needs: its own config, the data's shape and classes, the norm."""
 
     cfg: Mapping[str, Any]
     in_shape: tuple[int, ...]
     num_classes: int
-    bn: bool
+    norm: NormSpec = NormSpec()
 
     @property
     def act_layer(self) -> Callable[[], nn.Module] | None:
@@ -27,19 +28,26 @@ class ModelRequest:
         return acts.make(self.cfg["act"], float(self.cfg["act_slope"]), float(self.cfg["act_sub"]),
                          None if maxv is None else float(maxv))
 
-    def norm_layer(self, dim: int) -> Callable[[int], nn.Module] | None:
-        if not self.bn:
-            return None
-        return nn.BatchNorm1d if dim == 1 else nn.BatchNorm2d
+    def norm_layer(self, dim: int, optional: bool = False) -> Callable[[int], nn.Module] | None:
+        """The norm's factory for Linear (dim 1), conv (2) or token (3) layers; `optional`:
+        none where the norm cannot apply (instance norm on a conv net's Linear head)."""
+        return self.norm.layer(dim, f"model={self.cfg['name']}'s {('Linear', 'conv', 'token')[dim - 1]} layers",
+                               optional)
 
     @property
-    def bn_position(self) -> str:
-        return self.cfg["bn_position"]
+    def norm_position(self) -> str:
+        """Where the norm sits; `bn_position`, when given, is its older name."""
+        return self.cfg.get("bn_position") or self.cfg["norm_position"]
 
 
 Builder = Callable[[ModelRequest], nn.Module]
 MODELS: Registry[Builder] = Registry("model")
-register = MODELS.register
+DEFAULT_NORMS: dict[str, str] = {}  # what norm=auto (the default) builds: none, unless a model says
+
+
+def register(name: str, default_norm: str = "none") -> Callable[[Builder], Builder]:
+    DEFAULT_NORMS[name] = default_norm
+    return MODELS.register(name)
 
 
 class ShapeError(InitlabError):
@@ -63,16 +71,22 @@ def require_image(name: str, shape: tuple[int, ...], min_hw: int) -> None:
 
 
 def build_model(name: str, cfg: Mapping[str, Any] | None, in_shape: tuple[int, ...], num_classes: int,
-                bn: bool = False) -> nn.Module:
+                bn: bool = False, norm: "str | Mapping[str, Any] | NormSpec | None" = None) -> nn.Module:
     """Build a registered model; unknown names list the valid ones. `cfg` is merged over
-    conf/model/NAME.yaml, so a library caller gives only what differs."""
+    conf/model/NAME.yaml, so a library caller gives only what differs. `norm`: a norm name
+    (`group`), conf/norm's keys as a dict, or a NormSpec; `bn=True` is short for norm="batch"."""
     builder = MODELS.get(name)
     full = preset("model", name, cfg)
-    return builder(ModelRequest(full, tuple(in_shape), num_classes, bn))
+    spec = NormSpec.of(norm if norm is not None else ("batch" if bn else "auto"))
+    if spec.name == "auto":
+        spec = NormSpec.of({**spec.as_dict(), "name": DEFAULT_NORMS[name]})
+    model = builder(ModelRequest(full, tuple(in_shape), num_classes, spec))
+    spec.check_built(model)
+    return model
 
 
 # Importing the families fills the registry.
-from initlab.models import cnn, external, mlp, nin, resnet  # noqa: E402,F401
+from initlab.models import cnn, external, mlp, nin, resnet, vit  # noqa: E402,F401
 
 ACTIVATIONS = acts.ACTIVATIONS
-__all__ = ["ACTIVATIONS", "MODELS", "ModelRequest", "ShapeError", "build_model", "register"]
+__all__ = ["ACTIVATIONS", "MODELS", "ModelRequest", "NormSpec", "ShapeError", "build_model", "register"]

@@ -8,7 +8,7 @@ from torch import nn
 from initlab.nn.acts import ACTIVATIONS, GeneralRelu
 
 ModuleFactory = Callable[..., nn.Module]
-BN_POSITIONS = ("before_act", "after_act")
+NORM_POSITIONS = ("before_act", "after_act")
 
 
 class Scale(nn.Module):
@@ -37,16 +37,16 @@ def _norm_act(
     nf: int,
     norm_layer: ModuleFactory | None,
     act_layer: Callable[[], nn.Module] | None,
-    bn_position: str,
+    norm_position: str,
 ) -> list[nn.Module]:
     norm = [norm_layer(nf)] if norm_layer is not None else []
     act = [act_layer()] if act_layer is not None else []
-    return norm + act if bn_position == "before_act" else act + norm
+    return norm + act if norm_position == "before_act" else act + norm
 
 
-def _bias(norm_layer: ModuleFactory | None, act_layer: object, bn_position: str) -> bool:
+def _bias(norm_layer: ModuleFactory | None, act_layer: object, norm_position: str) -> bool:
     # A norm right after the layer subtracts the mean, so a bias there is dead weight.
-    norm_follows = norm_layer is not None and (bn_position == "before_act" or act_layer is None)
+    norm_follows = norm_layer is not None and (norm_position == "before_act" or act_layer is None)
     return not norm_follows
 
 
@@ -58,13 +58,13 @@ def conv_block(
     padding: int | None = None,
     norm_layer: ModuleFactory | None = None,
     act_layer: Callable[[], nn.Module] | None = None,
-    bn_position: str = "before_act",
+    norm_position: str = "before_act",
 ) -> list[nn.Module]:
     """conv -> [norm] -> [act] (or conv -> act -> norm): a flat list for nn.Sequential."""
     padding = kernel_size // 2 if padding is None else padding
-    bias = _bias(norm_layer, act_layer, bn_position)
+    bias = _bias(norm_layer, act_layer, norm_position)
     conv = nn.Conv2d(ni, nf, kernel_size, stride=stride, padding=padding, bias=bias)
-    return [conv, *_norm_act(nf, norm_layer, act_layer, bn_position)]
+    return [conv, *_norm_act(nf, norm_layer, act_layer, norm_position)]
 
 
 def linear_block(
@@ -72,11 +72,11 @@ def linear_block(
     nf: int,
     norm_layer: ModuleFactory | None = None,
     act_layer: Callable[[], nn.Module] | None = None,
-    bn_position: str = "before_act",
+    norm_position: str = "before_act",
 ) -> list[nn.Module]:
     """linear -> [norm] -> [act] (or linear -> act -> norm)."""
-    bias = _bias(norm_layer, act_layer, bn_position)
-    return [nn.Linear(ni, nf, bias=bias), *_norm_act(nf, norm_layer, act_layer, bn_position)]
+    bias = _bias(norm_layer, act_layer, norm_position)
+    return [nn.Linear(ni, nf, bias=bias), *_norm_act(nf, norm_layer, act_layer, norm_position)]
 
 
-__all__ = ["ACTIVATIONS", "BN_POSITIONS", "Bias", "GeneralRelu", "Scale", "conv_block", "linear_block"]
+__all__ = ["ACTIVATIONS", "NORM_POSITIONS", "Bias", "GeneralRelu", "Scale", "conv_block", "linear_block"]

@@ -5,6 +5,7 @@ from torch import nn
 
 from initlab.models import ModelRequest, register, require_image
 from initlab.models.blocks import conv_block, linear_block
+from initlab.nn.norms import NormSpec
 
 
 class Conv4(nn.Module):
@@ -13,11 +14,11 @@ class Conv4(nn.Module):
     def __init__(self, req: ModelRequest) -> None:
         super().__init__()
         c1, c2, c3 = (int(c) for c in req.cfg["channels"])
-        norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
+        norm, act, pos = req.norm_layer(2), req.act_layer, req.norm_position
         self.features = nn.Sequential(
-            *conv_block(req.in_shape[0], c1, 5, stride=2, norm_layer=norm, act_layer=act, bn_position=pos),
-            *conv_block(c1, c2, 3, stride=2, norm_layer=norm, act_layer=act, bn_position=pos),
-            *conv_block(c2, c3, 3, stride=2, norm_layer=norm, act_layer=act, bn_position=pos),
+            *conv_block(req.in_shape[0], c1, 5, stride=2, norm_layer=norm, act_layer=act, norm_position=pos),
+            *conv_block(c1, c2, 3, stride=2, norm_layer=norm, act_layer=act, norm_position=pos),
+            *conv_block(c2, c3, 3, stride=2, norm_layer=norm, act_layer=act, norm_position=pos),
             nn.Conv2d(c3, req.num_classes, 3, stride=2, padding=1),  # the classifier: no norm, no act
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
@@ -50,7 +51,7 @@ def _mlp_head(n_in: int, hidden: list[int], classes: int, req: ModelRequest, dro
     dropout before each hidden Linear, VGG after; `dropout_first` picks which."""
     layers: list[nn.Module] = []
     for h in hidden:
-        block = linear_block(n_in, h, req.norm_layer(1), req.act_layer, req.bn_position)
+        block = linear_block(n_in, h, req.norm_layer(1, optional=True), req.act_layer, req.norm_position)
         drop = [nn.Dropout(dropout)] if dropout > 0 else []
         layers += drop + block if dropout_first else block + drop
         n_in = h
@@ -64,12 +65,12 @@ class LeNet(nn.Module):
 
     def __init__(self, req: ModelRequest) -> None:
         super().__init__()
-        norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
+        norm, act, pos = req.norm_layer(2), req.act_layer, req.norm_position
         pool = nn.AvgPool2d if req.cfg["pool"] == "avg" else nn.MaxPool2d
         self.features = nn.Sequential(
-            *conv_block(req.in_shape[0], 6, 5, padding=2, norm_layer=norm, act_layer=act, bn_position=pos),
+            *conv_block(req.in_shape[0], 6, 5, padding=2, norm_layer=norm, act_layer=act, norm_position=pos),
             pool(2, 2),
-            *conv_block(6, 16, 5, padding=0, norm_layer=norm, act_layer=act, bn_position=pos),
+            *conv_block(6, 16, 5, padding=0, norm_layer=norm, act_layer=act, norm_position=pos),
             pool(2, 2),
             nn.Flatten(),
         )
@@ -98,8 +99,8 @@ class AlexNet(nn.Module):
         super().__init__()
         w = float(req.cfg["width_mult"])
         c = [_scaled(x, w) for x in (64, 192, 384, 256, 256)]
-        norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
-        kw = dict(norm_layer=norm, act_layer=act, bn_position=pos)
+        norm, act, pos = req.norm_layer(2), req.act_layer, req.norm_position
+        kw = dict(norm_layer=norm, act_layer=act, norm_position=pos)
         if _variant(req) == "classic":
             stem, pool, out_hw = conv_block(req.in_shape[0], c[0], 11, stride=4, padding=2, **kw), \
                 (lambda: nn.MaxPool2d(3, 2)), 6
@@ -142,7 +143,7 @@ class VGG(nn.Module):
         w = float(req.cfg["width_mult"])
         classic = _variant(req) == "classic"
         compat = bool(req.cfg["torchvision_compat"])
-        norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
+        norm, act, pos = req.norm_layer(2), req.act_layer, req.norm_position
         layers: list[nn.Module] = []
         c_in = req.in_shape[0]
         for v in VGG_PLANS[req.cfg["cfg"]]:
@@ -150,7 +151,7 @@ class VGG(nn.Module):
                 layers.append(nn.MaxPool2d(2, 2, ceil_mode=not classic))
                 continue
             c_out = _scaled(int(v), w)
-            block = conv_block(c_in, c_out, 3, norm_layer=norm, act_layer=act, bn_position=pos)
+            block = conv_block(c_in, c_out, 3, norm_layer=norm, act_layer=act, norm_position=pos)
             if compat and norm is not None:
                 conv = block[0]  # torchvision's vgg*_bn keeps the bias before BN
                 block[0] = nn.Conv2d(conv.in_channels, conv.out_channels, 3, padding=1, bias=True)
@@ -161,7 +162,7 @@ class VGG(nn.Module):
         self.avgpool = nn.AdaptiveAvgPool2d(out_hw)
         self.flatten = nn.Flatten()
         hidden = _scaled(4096 if classic else 512, w)
-        head_req = ModelRequest(req.cfg, req.in_shape, req.num_classes, req.bn and not compat)
+        head_req = ModelRequest(req.cfg, req.in_shape, req.num_classes, NormSpec() if compat else req.norm)
         self.classifier = _mlp_head(c_in * out_hw * out_hw, [hidden, hidden], req.num_classes, head_req,
                                     float(req.cfg["dropout"]), False)
 

@@ -15,7 +15,7 @@ from initlab.models import ModelRequest, ShapeError, register
 
 EXTERNAL = ("target", "torchvision")
 # Keys of conf/model/{target,torchvision}.yaml that are initlab's, not the model's arguments.
-_OWN_KEYS = {"name", "arch", "act", "act_slope", "act_sub", "act_maxv", "bn_position"}
+_OWN_KEYS = {"name", "arch", "act", "act_slope", "act_sub", "act_maxv", "bn_position", "norm_position"}
 # torchvision builders whose training-mode output is not plain logits unless told so.
 _TV_KWARGS: dict[str, dict[str, Any]] = {
     "googlenet": {"aux_logits": False, "init_weights": True},

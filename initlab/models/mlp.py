@@ -20,7 +20,7 @@ class MLP(nn.Module):
         layers: list[nn.Module] = []
         for i in range(depth):
             layers += linear_block(
-                n_in if i == 0 else width, width, req.norm_layer(1), req.act_layer, req.bn_position
+                n_in if i == 0 else width, width, req.norm_layer(1), req.act_layer, req.norm_position
             )
         self.layers = nn.Sequential(*layers)
         self.head = nn.Linear(width, req.num_classes)

@@ -23,10 +23,10 @@ class NiN(nn.Module):
         super().__init__()
         w = float(req.cfg["width_mult"])
         c = [_scaled(x, w) for x in (96, 256, 384)]
-        norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
+        norm, act, pos = req.norm_layer(2), req.act_layer, req.norm_position
 
         def block(ni: int, nf: int, k: int, stride: int, padding: int, last: bool = False) -> list[nn.Module]:
-            kw = dict(norm_layer=norm, act_layer=act, bn_position=pos)
+            kw = dict(norm_layer=norm, act_layer=act, norm_position=pos)
             # the classifier (the last 1x1 conv) keeps d2l's ReLU but, as in every zoo model, no norm
             end = conv_block(nf, nf, 1, padding=0, **{**kw, "norm_layer": None} if last else kw)
             return [*conv_block(ni, nf, k, stride=stride, padding=padding, **kw),

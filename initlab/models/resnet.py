@@ -1,8 +1,10 @@
 """ResNet (He et al. 2015) with basic or pre-activation (He et al. 2016) blocks.
 
-bn=false leaves a valid residual network (the Fixup/SkipInit studies need one); the
+norm=none (bn=false) leaves a valid residual network (the Fixup/SkipInit studies need one); the
 1x1 projection shortcut appears only where the shape changes, as in d2l's `Residual`.
 """
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -11,7 +13,7 @@ from initlab.models import ModelRequest, register, require_image
 from initlab.models.blocks import conv_block
 
 
-def _projection(ni: int, nf: int, stride: int, norm: type | None) -> nn.Module | None:
+def _projection(ni: int, nf: int, stride: int, norm: Callable[[int], nn.Module] | None) -> nn.Module | None:
     if ni == nf and stride == 1:
         return None
     conv = nn.Conv2d(ni, nf, 1, stride=stride, bias=norm is None)
@@ -26,7 +28,7 @@ class BasicBlock(nn.Module):
         norm, act = req.norm_layer(2), req.act_layer
         second = conv_block(nf, nf, 3, norm_layer=norm, act_layer=None)  # no act before the add
         self.branch = nn.Sequential(
-            *conv_block(ni, nf, 3, stride=stride, norm_layer=norm, act_layer=act, bn_position=req.bn_position),
+            *conv_block(ni, nf, 3, stride=stride, norm_layer=norm, act_layer=act, norm_position=req.norm_position),
             *second,
         )
         self.shortcut = _projection(ni, nf, stride, norm)
@@ -43,7 +45,7 @@ class PreActBlock(nn.Module):
 
     def __init__(self, ni: int, nf: int, stride: int, req: ModelRequest) -> None:
         super().__init__()
-        norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
+        norm, act, pos = req.norm_layer(2), req.act_layer, req.norm_position
 
         def norm_act(c: int) -> list[nn.Module]:
             n = [norm(c)] if norm is not None else []
@@ -73,18 +75,18 @@ class ResNet(nn.Module):
         super().__init__()
         width, blocks = int(req.cfg["width"]), [int(b) for b in req.cfg["blocks"]]
         kind = req.cfg["block"]
-        norm, act, pos = req.norm_layer(2), req.act_layer, req.bn_position
+        norm, act, pos = req.norm_layer(2), req.act_layer, req.norm_position
         stem = req.cfg["stem"]
         large = min(req.in_shape[1:]) >= 64 if stem == "auto" else stem == "large"
         if large:  # ImageNet: 7x7 stride 2 + max-pool, /4 before the first stage
             self.stem = nn.Sequential(
                 *conv_block(req.in_shape[0], width, 7, stride=2, padding=3, norm_layer=norm,
-                            act_layer=act, bn_position=pos),
+                            act_layer=act, norm_position=pos),
                 nn.MaxPool2d(3, 2, padding=1),
             )
         else:  # CIFAR/MNIST: one 3x3 conv, full resolution
             self.stem = nn.Sequential(*conv_block(req.in_shape[0], width, 3, norm_layer=norm,
-                                                  act_layer=act, bn_position=pos))
+                                                  act_layer=act, norm_position=pos))
         stages, ni = [], width
         for i, n in enumerate(blocks):
             nf = width * 2**i

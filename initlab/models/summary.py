@@ -47,6 +47,8 @@ def _macs(m: nn.Module, args: tuple, out: object) -> int:
         e, kdim, vdim = m.embed_dim, m.kdim, m.vdim
         proj = lq * e * e + lk * kdim * e + lk * vdim * e + lq * e * e  # q, k, v and out projections
         return batch * (proj + 2 * lq * lk * e)  # plus q @ k^T and attn @ v
+    if callable(getattr(m, "attention_macs", None)):  # initlab's ViT attention: its projections count themselves
+        return m.attention_macs(args[0])
     return 0
 
 
@@ -71,7 +73,8 @@ def describe(model: nn.Module, in_shape: tuple[int, ...]) -> ModelInfo:
     handles = [m.register_forward_hook(row(n)) for n, m in leaves]
     # attention modules multiply through their own weights, not by calling their out_proj child
     handles += [m.register_forward_hook(count) for m in model.modules()
-                if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention))
+                if (isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention))
+                    or callable(getattr(m, "attention_macs", None)))
                 and not any(isinstance(p, nn.MultiheadAttention) and m is p.out_proj for p in model.modules())]
     was_training = model.training
     model.eval()

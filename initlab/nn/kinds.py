@@ -2,10 +2,13 @@
 
 from torch import nn
 
+from initlab.nn.norms import RMSNorm
+
 WEIGHTED = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+RMS_NORMS = (RMSNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
 NORMS = (*BATCH_NORMS, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
-         *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
+         *RMS_NORMS)
 # Modules that only reshape: never tracked by telemetry.
 RESHAPE = (nn.Flatten, nn.Unflatten, nn.Identity)
 

@@ -23,14 +23,15 @@ from initlab.plots.base import (
 
 
 def title_of(config: dict[str, Any]) -> str:
-    """'conv4 · init=default · bn=false' from a run's config."""
+    """'conv4 · init=default · norm=batch' from a run's config."""
     model = config.get("model", {}).get("arch") or config.get("model", {}).get("name", "?")
     act = config.get("model", {}).get("act")
     title = f"{model}" + (f" ({act})" if act else "")
     if "init" in config:
         title += f" · init={config['init'].get('name', '?')}"
-    if "bn" in config:
-        title += f" · bn={str(config['bn']).lower()}"
+    norm = {True: "batch", False: "none"}.get(config.get("bn"), (config.get("norm") or {}).get("name"))
+    if norm and norm != "auto":  # auto: an external model's own
+        title += f" · norm={norm}"
     return title
 
 

@@ -10,7 +10,7 @@ from initlab.telemetry.hist import HistSpec
 from initlab.telemetry.reducers import STATS
 
 KINDS = ("act", "grad", "weight", "weight_grad", "update",
-         "bn_running_mean", "bn_running_var", "bn_batch_mean", "bn_batch_var")
+         "bn_running_mean", "bn_running_var", "bn_batch_mean", "bn_batch_var", "norm_mean", "norm_var")
 PARAM_KINDS = ("weight", "weight_grad", "update")
 _KINDS = np.array(KINDS, dtype=object)
 KIND_CODE = {k: i for i, k in enumerate(KINDS)}

@@ -4,7 +4,9 @@ around the optimizer's step, and the step's rows in forward order.
 On a logged step, forward hooks on every tracked leaf module take the statistics of its
 output (`act`) and a tensor hook those of dLoss/d output (`grad`); parameters, their
 gradients and the optimizer's update are summarised around the step; each BatchNorm's
-running and batch statistics are read off its buffers. Hooks exist only inside
+running and batch statistics are read off its buffers, and the per-sample (per-group)
+mean and variance of each of initlab's Layer/Group/Instance/RMS norms are the ones the layer
+computed, handed over through its `stats_sink`. Hooks exist only inside
 `record()`, so unlogged steps run the bare model.
 
 Every tensor is reduced where it is seen, by the reducer chosen once (CPU kernels, or
@@ -26,6 +28,7 @@ from torch import nn
 
 from initlab.errors import InitlabError
 from initlab.nn.kinds import BATCH_NORMS, RESHAPE, is_leaf
+from initlab.nn.norms import exposes_stats
 from initlab.telemetry.columns import Columns, Slot, hist_columns, stats_columns
 from initlab.telemetry.hist import Binner, SampleStage
 from initlab.telemetry.reducers import (
@@ -116,6 +119,7 @@ class Telemetry:
         self._passes = 0  # forward passes of the root module inside record()
         self._rows: list[_Row] = []
         self._bn_prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._norm_stats: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}  # this call's, until its hook
         self._snapshot: list[torch.Tensor] | None = None  # the weights before the step
         self._snapped = False
         self._binner = Binner(self.cfg.hist) if self.cfg.hist else None
@@ -161,6 +165,11 @@ class Telemetry:
             self._add(slot, "act", t.detach(), dead, want_hist)
             if bn and name in self._bn_prev:
                 self._bn_rows(slot, module, *self._bn_prev.pop(name))
+            if name in self._norm_stats:
+                mean, var = self._norm_stats.pop(name)
+                if mean is not None:
+                    self._add(slot, "norm_mean", mean)
+                self._add(slot, "norm_var", var)
             if t.requires_grad:
                 t.register_hook(lambda g: self._add(slot, "grad", g.detach(), None, want_hist))
 
@@ -187,9 +196,16 @@ class Telemetry:
             self._add(slot, "bn_batch_mean", (rm - (1 - m) * prev_mean) / m)
             self._add(slot, "bn_batch_var", (rv - (1 - m) * prev_var) / m)
 
+    def _norm_sink(self, name: str):
+        def sink(mean: torch.Tensor | None, var: torch.Tensor) -> None:
+            if self._passes <= 1:
+                self._norm_stats[name] = (mean, var)
+
+        return sink
+
     @contextmanager
     def record(self) -> Iterator[None]:
-        """Attach the hooks for one forward/backward; always removed on exit."""
+        """Attach the hooks (and the norms' sinks) for one forward/backward; always removed on exit."""
         self._calls.clear()
         self._passes = 0
         handles = [self.model.register_forward_pre_hook(self._root_pre_hook)]
@@ -197,12 +213,19 @@ class Telemetry:
         if self.cfg.bn:
             handles += [m.register_forward_pre_hook(self._bn_pre_hook(name))
                         for name, m in self.modules if isinstance(m, BATCH_NORMS)]
+        sinks = [m for _, m in self.modules if self.cfg.norm and exposes_stats(m)]
+        for name, m in self.modules:
+            if m in sinks:
+                m.stats_sink = self._norm_sink(name)
         try:
             yield
         finally:
             for h in handles:
                 h.remove()
+            for m in sinks:
+                m.stats_sink = None
             self._bn_prev.clear()
+            self._norm_stats.clear()
 
     # -- parameters, their gradients and the optimizer's update ---------------------
     def _param_slot(self, i: int) -> Slot:

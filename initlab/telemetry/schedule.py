@@ -34,6 +34,7 @@ class TelemetryConfig:
 
     params: bool = bool(_SHIPPED["params"])
     bn: bool = bool(_SHIPPED["bn"])
+    norm: bool = bool(_SHIPPED["norm"])
     hist: HistSpec | None = field(default_factory=HistSpec)
     thresholds: Mapping[str, float] | None = None  # dead/saturated thresholds (conf: `dead`)
     modules: Sequence[str] = ()
@@ -52,7 +53,7 @@ class TelemetryConfig:
         h = c["hist"] or {}
         hist = HistSpec(float(h["min_abs"]), float(h["max_abs"]), int(h["bins_per_decade"]),
                         int(h["sample"])) if h.get("enabled", True) else None
-        return cls(params=bool(c["params"]), bn=bool(c["bn"]), hist=hist, thresholds=dict(c["dead"] or {}),
+        return cls(params=bool(c["params"]), bn=bool(c["bn"]), norm=bool(c["norm"]), hist=hist, thresholds=dict(c["dead"] or {}),
                    modules=list(c["modules"] or []), enabled=bool(c["enabled"]), first=int(c["first"]),
                    every=int(c["every"]), log_points=int(c["log_points"]), flush_every=int(c["flush_every"]),
                    flush_seconds=float(c["flush_seconds"]), name=str(c["name"]))
@@ -84,5 +85,5 @@ class TelemetryConfig:
         return {"name": self.name, "enabled": self.enabled, "first": self.first, "every": self.every,
                 "log_points": self.log_points, "flush_every": self.flush_every,
                 "flush_seconds": self.flush_seconds, "params": self.params,
-                "bn": self.bn, "modules": list(self.modules), "dead": dict(self.thresholds or {}),
+                "bn": self.bn, "norm": self.norm, "modules": list(self.modules), "dead": dict(self.thresholds or {}),
                 "hist": self.hist.as_dict() if self.hist else None}

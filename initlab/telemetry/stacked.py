@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from initlab.nn.kinds import BATCH_NORMS
+from initlab.nn.norms import exposes_stats
 from initlab.telemetry.columns import Columns, Slot, stats_columns
 from initlab.telemetry.recorder import dead_thresholds, first_tensor, layer_name, tracked_modules
 from initlab.telemetry.reducers import (
@@ -56,6 +57,7 @@ class _Call:
     shape: torch.Size
     grad: bool  # its output required grad: the recorder takes a `grad` row
     bn: bool  # a BatchNorm's first call in training mode: running and batch statistics rows
+    norm: bool  # one of initlab's norms (telemetry.norm): the statistics it normalised with
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,8 @@ def _layout(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TelemetryCo
             bn = (cfg.bn and call == 0 and isinstance(m, BATCH_NORMS) and m.training
                   and m.running_mean is not None)
             calls.append(_Call(name, Slot(layer_name(name, call), type(m).__name__, order[(name, call)]),
-                               dead_region(m, thresholds), t.shape, t.requires_grad, bn))
+                               dead_region(m, thresholds), t.shape, t.requires_grad, bn,
+                               cfg.norm and exposes_stats(m)))
 
         handles.append(module.register_forward_hook(hook))
     try:
@@ -117,9 +120,15 @@ def _forward_backward(base: nn.Module, calls: list[_Call], x: torch.Tensor, y: t
     for i, c in enumerate(calls):
         by_name.setdefault(c.name, []).append(i)
 
+    norms = {c.name for c in calls if c.norm}
+
     def fn(params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor], zeros: list[torch.Tensor]):
         outputs: list[torch.Tensor] = []
+        stats: list[tuple[torch.Tensor, ...]] = []  # per norm call: (mean, var) or (var,) (RMSNorm)
         seen: dict[str, int] = {}
+
+        def sink(mean: torch.Tensor | None, var: torch.Tensor) -> None:
+            stats.append((var,) if mean is None else (mean, var))
 
         def hook(m: nn.Module, args: tuple, out: object, name: str) -> object:
             t = first_tensor(out)
@@ -134,13 +143,17 @@ def _forward_backward(base: nn.Module, calls: list[_Call], x: torch.Tensor, y: t
 
         handles = [modules[name].register_forward_hook(
             lambda m, a, o, name=name: hook(m, a, o, name)) for name in by_name]
+        for name in norms:
+            modules[name].stats_sink = sink
         try:
             logits = torch.func.functional_call(base, (params, buffers), (x,))
         finally:
             for h in handles:
                 h.remove()
+            for name in norms:
+                modules[name].stats_sink = None
         loss = F.cross_entropy(logits, y)
-        return loss, (loss.detach(), tuple(outputs))
+        return loss, (loss.detach(), tuple(outputs), tuple(stats))
 
     return fn
 
@@ -197,19 +210,20 @@ def stacked_step0(make: Callable[[Hashable], nn.Module], draws: Sequence[Hashabl
         before = {k: v.clone() for k, v in buffers.items() if k.endswith(("running_mean", "running_var"))}
         zeros = [torch.zeros(n, *c.shape, dtype=x.dtype, device=x.device) for c in layout.calls]
         try:
-            (pgrads, ograds), (loss, outputs) = batched(params, buffers, zeros)
+            (pgrads, ograds), (loss, outputs, norm_stats) = batched(params, buffers, zeros)
         except (RuntimeError, NotImplementedError, ValueError, TypeError) as exc:
             raise NotStackable(f"vmap cannot run this forward pass ({str(exc).splitlines()[0]})") from exc
-        tables += _tables(layout, base, params, pgrads, buffers, before, outputs, ograds, n, reduce)
+        tables += _tables(layout, base, params, pgrads, buffers, before, outputs, ograds, norm_stats, n, reduce)
         losses.append(loss.cpu().numpy())
     return tables, np.concatenate(losses)
 
 
 def _tables(layout: _Layout, base: nn.Module, params: dict[str, torch.Tensor], pgrads: dict[str, torch.Tensor],
             buffers: dict[str, torch.Tensor], before: dict[str, torch.Tensor], outputs: Sequence[torch.Tensor],
-            ograds: Sequence[torch.Tensor], n: int, reduce: "_Reducer") -> list[Columns]:
-    """Per draw, the rows in the recorder's order: activations (with each BatchNorm's rows
-    after its own) in forward order, gradients in backward order, then the parameters'
+            ograds: Sequence[torch.Tensor], norm_stats: Sequence[tuple[torch.Tensor, ...]], n: int,
+            reduce: "_Reducer") -> list[Columns]:
+    """Per draw, the rows in the recorder's order: activations (with each BatchNorm's or
+    norm's rows after its own) in forward order, gradients in backward order, then the parameters'
     gradients and the parameters."""
     slots: list[Slot] = []
     kinds: list[str] = []
@@ -224,8 +238,14 @@ def _tables(layout: _Layout, base: nn.Module, params: dict[str, torch.Tensor], p
         index.append(i)
         blocks.append(rows)
 
+    norm_iter = iter(norm_stats)
     for c, out in zip(layout.calls, outputs):
         add(c.slot, "act", reduce.act(out, c.dead))
+        if c.norm:
+            *mean, var = next(norm_iter)
+            if mean:
+                add(c.slot, "norm_mean", reduce.act(mean[0]))
+            add(c.slot, "norm_var", reduce.act(var))
         if c.bn:
             module = base.get_submodule(c.name)
             rm, rv = buffers[f"{c.name}.running_mean"], buffers[f"{c.name}.running_var"]
