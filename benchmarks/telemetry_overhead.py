@@ -2,7 +2,8 @@
 
 Modes, interleaved round by round so machine noise hits them alike:
 - off:   the bare training loop (initlab's fit() with no telemetry)
-- full:  every statistic on every step (acts, grads, histograms, params, updates, BN)
+- full:  every statistic on every step (acts, grads, histograms, params, updates, BN and norm rows)
+- full without the BatchNorm/norm rows (telemetry.bn=false, telemetry.norm=false): their share
 - naive: a reference design: per-layer hooks calling .item() for each statistic
 - default over a 1000-step run: the shipped schedule, wall time of the whole loop,
   flushes to parquet included, run in chunks alternating with off chunks.
@@ -36,11 +37,16 @@ from initlab.telemetry import Schedule, TelemetryConfig, tracked_modules
 from initlab.train import fit
 from initlab.watcher import Watch
 
-CASES = {
-    "conv4 bs256 1x28x28": ("conv4", {"channels": [8, 16, 32]}, (1, 28, 28), 256),
-    "MLP 20x256 bs256": ("mlp", {"depth": 20, "width": 256}, (256,), 256),
-    "ResNet-18 bs64 3x32x32": ("resnet", {"width": 64, "blocks": [2, 2, 2, 2]}, (3, 32, 32), 64),
+CASES = {  # label: (model, its config, input shape, batch, norm)
+    "conv4 bs256 1x28x28": ("conv4", {"channels": [8, 16, 32]}, (1, 28, 28), 256, "none"),
+    "MLP 20x256 bs256": ("mlp", {"depth": 20, "width": 256}, (256,), 256, "none"),
+    "ResNet-18 bs64 3x32x32": ("resnet", {"width": 64, "blocks": [2, 2, 2, 2]}, (3, 32, 32), 64, "batch"),
 }
+# The norm table: what each norm's rows cost (norm_mean/norm_var against BatchNorm's four rows)
+NORM_CASES = {f"conv4 norm={n} bs256": ("conv4", {"channels": [8, 16, 32]}, (1, 28, 28), 256, n)
+              for n in ("batch", "layer", "group", "instance", "rms")}
+TABLES = {"models": CASES, "norms": NORM_CASES}
+ALL_CASES = {**CASES, **NORM_CASES}
 TRAIN = {"batch_size": 0, "eval_every": 0, "stop_on_nonfinite": True}
 with initialize_config_module(config_module="initlab.conf", version_base="1.3"):
     DEFAULT_SCHEDULE = compose(config_name="config").telemetry  # the shipped telemetry=default
@@ -116,27 +122,29 @@ def _user_loop(model, data, opt, steps: int, watch: Watch | None) -> list[float]
 
 
 def bench_case(label: str, device: torch.device, rounds: int, steps: int, long_steps: int, tmp: Path):
-    name, cfg, shape, bs = CASES[label]
+    name, cfg, shape, bs, norm = ALL_CASES[label]
     torch.manual_seed(0)
-    model = build_model(name, {"act": "relu", **cfg}, shape, 10, name == "resnet")
+    model = build_model(name, {"act": "relu", **cfg}, shape, 10, norm=norm)
     apply_init(model, {"name": "kaiming"}, "relu")
     model.to(device)
     data = random_dataset(shape, bs * 8, device)
     data.batch = bs
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
     full_cfg = TelemetryConfig.of("full")
+    plain_cfg = TelemetryConfig.of({**full_cfg.as_dict(), "bn": False, "norm": False})
 
     def new_watch(mode: str, telemetry) -> Watch:
         return Watch(model, opt, out=tmp / f"{label.replace(' ', '_')}_{mode}", telemetry=telemetry, plots=False)
 
     watches = {"off": new_watch("off", "off"), "full": new_watch("full", full_cfg),
+               "plain": new_watch("plain", plain_cfg),
                "naive": new_watch("naive", full_cfg), "user_full": new_watch("user", full_cfg)}
     watches["naive"].telemetry = NaiveTelemetry(model)
-    times: dict[str, list[float]] = {"off": [], "full": [], "naive": [], "user_off": [], "user_full": []}
+    times: dict[str, list[float]] = {"off": [], "full": [], "plain": [], "naive": [], "user_off": [], "user_full": []}
     _fit(model, data, opt, 3, watches["off"])  # warm-up: allocator, kernels, caches
     _user_loop(model, data, opt, 3, watches["user_full"])
     for _ in range(rounds):
-        for mode in ("off", "full", "naive"):
+        for mode in ("off", "full", "plain", "naive"):
             times[mode] += [r["step_time"] for r in _fit(model, data, opt, steps, watches[mode]).rows]
         times["user_off"] += _user_loop(model, data, opt, steps, None)
         times["user_full"] += _user_loop(model, data, opt, steps, watches["user_full"])
@@ -156,6 +164,7 @@ def bench_case(label: str, device: torch.device, rounds: int, steps: int, long_s
         w.flush()
     off = median(times["off"])
     return {"off_ms": off * 1e3, "full": median(times["full"]) / off, "naive": median(times["naive"]) / off,
+            "norm_rows": (median(times["full"]) - median(times["plain"])) / off,
             "user": median(times["user_full"]) / median(times["user_off"]),
             "default": d["default"] / d["off"], "logged": logged, "long_steps": long_steps}
 
@@ -193,6 +202,8 @@ def main() -> None:
                         help="fresh processes per case (ResNet-18 on CPU: 1, it takes minutes)")
     parser.add_argument("--quick", action="store_true", help="fewer steps (a smoke run of the benchmark)")
     parser.add_argument("--only", nargs="*", default=None, help="cases whose label starts with these words")
+    parser.add_argument("--tables", nargs="*", default=list(TABLES), choices=list(TABLES),
+                        help="models: the overhead table; norms: conv4 under each norm")
     parser.add_argument("--json", default=None, metavar="LABEL", help=argparse.SUPPRESS)  # one case, one process
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -202,20 +213,30 @@ def main() -> None:
             rounds = 2 if args.quick else args.rounds
             print(json.dumps(bench_case(args.json, device, rounds, steps, long_steps, Path(tmp))))
         return
+    for table in args.tables:
+        _table(table, args, device)
+
+
+def _table(table: str, args: argparse.Namespace, device: torch.device) -> None:
     rows = []
-    for label in CASES:
+    for label, case in TABLES[table].items():
         if args.only and not any(label.startswith(o) for o in args.only):
             continue
         runs = _in_processes(label, args, 1 if _big(label, device) or args.quick else args.processes)
         r = runs[0]
+        shares = [x["norm_rows"] for x in runs]
+        share = "" if case[4] == "none" else f"{statistics.median(shares):+.3f}" + (
+            f" ({min(shares):+.3f} to {max(shares):+.3f})" if len(shares) > 1 else "")
         rows.append([label, str(len(runs)), f"{statistics.median(x['off_ms'] for x in runs):.1f}",
-                     _cell([x["full"] for x in runs], 2), _cell([x["user"] for x in runs], 2),
+                     _cell([x["full"] for x in runs], 2), share, _cell([x["user"] for x in runs], 2),
                      _cell([x["naive"] for x in runs], 2),
                      f"{_cell([x['default'] for x in runs], 3)} ({r['logged']}/{r['long_steps']} logged)"])
         print(rows[-1], flush=True)
+    name = "telemetry" if table == "models" else "telemetry_norms"
+    title = "Telemetry overhead" if table == "models" else "Telemetry overhead under each norm, conv4"
     write_table(
-        f"telemetry_{device.type}" + ("_quick" if args.quick else ""), f"Telemetry overhead on {device.type} (step time / telemetry=off step time)",
-        ["model", "processes", "off: median step (ms)", "full", "watch() full, plain user loop",
+        f"{name}_{device.type}" + ("_quick" if args.quick else ""), f"{title} on {device.type} (step time / telemetry=off step time)",
+        ["model", "processes", "off: median step (ms)", "full", "of which BN/norm rows", "watch() full, plain user loop",
          "naive .item() reference", "default schedule, whole run"],
         rows,
         ["Each cell: the median over fresh processes, (min–max) when there are several; the bare step moves by "
@@ -227,7 +248,10 @@ def main() -> None:
          "ResNet-18 on CPU runs 1 process and 200 steps for the default-schedule column (a 1000-step CPU run takes "
          "~20 min); the shipped schedule logs a larger fraction of a 200-step run than of a 1000-step run.",
          "full records act+grad stats and histograms of every tracked module, weight/grad/update stats of "
-         "every parameter and BN running/batch statistics; naive records 6 act+grad statistics only."],
+         "every parameter, BN running/batch statistics and the norms' norm_mean/norm_var rows; naive records 6 "
+         "act+grad statistics only.",
+         "of which BN/norm rows: (full - full with telemetry.bn=false and telemetry.norm=false) / off step time, "
+         "medians within each process: what the BatchNorm or norm rows add, in units of the bare step."],
     )
 
 

@@ -13,9 +13,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from initlab.defaults import preset
 from initlab.errors import ConfigError, InitlabError
-from initlab.models.blocks import ACTIVATIONS
 from initlab.models import DEFAULT_NORMS
-from initlab.models.blocks import NORM_POSITIONS
+from initlab.models.blocks import ACTIVATIONS, NORM_POSITIONS
 from initlab.models.cnn import VGG_PLANS
 from initlab.nn.norms import NormSpec
 
@@ -216,6 +215,9 @@ def validate(cfg: DictConfig) -> None:
     ):
         raise ConfigError("optim.betas", betas, "expected two numbers in [0, 1), e.g. [0.9,0.999]")
     check_int(cfg, "optim.warmup_steps", 0)
+    lr_batch = _get(cfg, "optim.lr_batch")
+    if lr_batch is not _MISSING and lr_batch is not None and not (_is_int(lr_batch) and lr_batch >= 1):
+        raise ConfigError("optim.lr_batch", lr_batch, "expected null (lr as given) or the batch size lr is meant for")
     from initlab.train import SCHEDULES
 
     check_choice(cfg, "optim.schedule", SCHEDULES)

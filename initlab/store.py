@@ -32,6 +32,7 @@ PROBE_FILE = "probe.parquet"
 METRICS_FILE = "metrics.parquet"
 METRICS_ROWS = 1000  # metric rows held in memory before a part is written, telemetry or not
 SUMMARY_FILE = "summary.json"
+LOSS_TAIL = 50  # summary final.loss_avg: the training loss over the last this many steps (one minibatch is noise)
 LOCK_FILE = ".initlab.lock"  # "pid host" of the process that owns the run directory
 
 

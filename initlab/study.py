@@ -202,6 +202,8 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
     log.info("init    %s touched %d modules, e.g. %s: %s", cfg.init.name, len(init_report),
              init_report[0]["module"], init_report[0]["init"])
     ocfg = OmegaConf.to_container(cfg.optim, resolve=True)
+    if ocfg.get("lr_batch"):  # the linear scaling rule
+        ocfg["lr"] = float(ocfg["lr"]) * int(cfg.train.batch_size) / int(ocfg["lr_batch"])
     optimizer = build_optimizer(model, ocfg)
     scheduler = build_scheduler(optimizer, ocfg, int(cfg.train.steps))
     tel_cfg = TelemetryConfig.of(cfg.telemetry)
@@ -216,7 +218,7 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
     setup_s = time.perf_counter() - t0
     callbacks = [ProgressBar(cfg.train.batch_size)] if cfg.train.progress else []
     log.info("train   %d steps of batch %d (%s)", cfg.train.steps, cfg.train.batch_size,
-             "probe at init: no update" if cfg.train.steps == 0 else f"optim={cfg.optim.name} lr={cfg.optim.lr}")
+             "probe at init: no update" if cfg.train.steps == 0 else f"optim={cfg.optim.name} lr={ocfg['lr']:g}")
     try:
         result = fit(model, data, optimizer, cfg.train, watch, cfg.seed, callbacks, scheduler)
     finally:

@@ -67,7 +67,7 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     row: dict[str, Any] = {
         "job": job_dir.name, "path": str(job_dir.relative_to(sweep_dir)), "status": summary.get("status"),
         "error": summary.get("error"), "steps_done": summary.get("steps_done"),
-        "final_loss": final.get("loss"), "final_accuracy": final.get("accuracy"),
+        "final_loss": final.get("loss"), "loss_avg": final.get("loss_avg"), "final_accuracy": final.get("accuracy"),
         "val_loss": final.get("val_loss"), "val_accuracy": final.get("val_accuracy"),
         "diverged_step": diverged.get("step"), "diverged_layer": diverged.get("layer"),
         "max_rss_mb": (summary.get("timings") or {}).get("max_rss_mb"),
@@ -86,7 +86,7 @@ def sweep_table(sweep_dir: Path) -> pd.DataFrame:
     df = pd.DataFrame(rows)
     for col in [c for c in df.columns if c.startswith("flag_")]:
         df[col] = df[col].fillna(False).astype(bool)
-    for col in ("final_loss", "final_accuracy", "val_loss", "val_accuracy"):
+    for col in ("final_loss", "loss_avg", "final_accuracy", "val_loss", "val_accuracy"):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce")  # "nan" strings from summary.json
     return df
@@ -94,7 +94,7 @@ def sweep_table(sweep_dir: Path) -> pd.DataFrame:
 
 def swept_factors(df: pd.DataFrame, known: set[str] | None = None) -> list[str]:
     """Override columns that take more than one value, in the order they were given."""
-    fixed = {"job", "path", "status", "error", "steps_done", "final_loss", "final_accuracy", "val_loss", "val_accuracy",
+    fixed = {"job", "path", "status", "error", "steps_done", "final_loss", "loss_avg", "final_accuracy", "val_loss", "val_accuracy",
              "diverged_step", "diverged_layer", "act_std_first", "act_std_last", "act_std_ratio",
              "grad_std_ratio_first_last", "max_rss_mb", "flags"}
     return [c for c in df.columns if c not in fixed and not c.startswith("flag_") and df[c].astype(str).nunique() > 1]

@@ -20,6 +20,7 @@ import logging
 import math
 import platform
 import time
+from collections import deque
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -30,7 +31,7 @@ from torch import nn
 
 from initlab.errors import InitlabError
 from initlab.signals import signals_deferred
-from initlab.store import RunStore, claim, read_stats, release
+from initlab.store import LOSS_TAIL, RunStore, claim, read_stats, release
 from initlab.telemetry import Telemetry, TelemetryConfig, first_nonfinite
 from initlab.telemetry.columns import Columns
 
@@ -78,6 +79,7 @@ class Watch:
         self.logged_steps = 0
         self.rows_logged = 0  # metrics rows handed to the store (or kept), whole steps only
         self.last_row: dict[str, Any] = {}
+        self._tail: deque[float] = deque(maxlen=LOSS_TAIL)
         self._pending_stats: tuple[Columns, Columns | None] | None = None
         self._pending_rows: list[dict[str, Any]] = []  # metric rows whose tensors are unread
         self._step: int | None = None
@@ -218,6 +220,8 @@ class Watch:
 
     def _add_metrics(self, row: dict[str, Any]) -> None:
         self.last_row = row
+        if isinstance(row.get("loss"), (int, float)):
+            self._tail.append(float(row["loss"]))
         self.rows_logged += 1
         if self.store is not None:
             self.store.add_metrics(row)
@@ -250,6 +254,8 @@ class Watch:
         if status in ("running", "ok") and self.diverged is not None:
             status = "diverged"
         final = {k: self.last_row.get(k) for k in FINAL_KEYS if k in self.last_row}
+        if self._tail:
+            final.update(loss_avg=math.fsum(self._tail) / len(self._tail), loss_avg_steps=len(self._tail))
         out: dict[str, Any] = {"status": "ok" if status == "running" else status, "steps_done": self.steps_done,
                                "final": final, "diverged": self.diverged,
                                "telemetry": {"logged_steps": self.logged_steps, "preset": self.cfg.name}}

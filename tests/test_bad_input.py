@@ -57,6 +57,7 @@ BAD = [
     ("model=vit model.patch=0", "model.patch=0 is invalid: expected an integer >= 1"),
     ("model=vit model.mlp_ratio=0", "model.mlp_ratio=0 is invalid: expected a finite number > 0"),
     ("optim.warmup_steps=-1", "optim.warmup_steps=-1 is invalid: expected an integer >= 0"),
+    ("optim.lr_batch=0", "optim.lr_batch=0 is invalid: expected null (lr as given) or the batch size lr is meant for"),
     ("optim.schedule=linear", "optim.schedule='linear' is invalid: choose from constant, cosine"),
     ("train.samples=0", "train.samples=0 is invalid: expected null (train.steps counts) or an integer >= 1"),
     ("telemetry.norm=yes", "telemetry.norm='yes' is invalid: expected true or false"),

@@ -95,7 +95,7 @@ def test_resnet_bn_ablation(tmp_path: Path) -> None:
 def test_bn_position(tmp_path: Path) -> None:
     df = sweep("bn_position", tmp_path)
     assert len(df) == 6
-    by = df.groupby("model.bn_position")[["final_loss", "act_std_ratio"]].mean()
+    by = df.groupby("model.norm_position")[["final_loss", "act_std_ratio"]].mean()
     assert by.loc["after_act", "final_loss"] < by.loc["before_act", "final_loss"]
     assert by.loc["after_act", "act_std_ratio"] > by.loc["before_act", "act_std_ratio"] + 0.15
 
@@ -111,8 +111,74 @@ def test_lsuv(tmp_path: Path) -> None:
     assert max(lsuv["final_loss"], kaiming["final_loss"]) < default["final_loss"] - 0.5
 
 
+def last_quarter_loss(df: pd.DataFrame, tmp_path: Path, name: str) -> pd.Series:
+    """Each job's training loss averaged over its last quarter of steps: at a fixed sample
+    budget the same samples seen at every batch size (one minibatch of 2 is noise)."""
+    from initlab import load_run
+
+    def one_job(path: str) -> float:
+        m = load_run(tmp_path / name / path).metrics
+        return float(m.loc[m["step"] >= len(m) * 3 // 4, "loss"].mean())
+
+    return df["path"].map(one_job)
+
+
+@pytest.mark.slow  # about 3 min on the 2-core CPU (4096 steps at batch 2)
+def test_small_batch_norm(tmp_path: Path) -> None:
+    df = sweep("small_batch_norm", tmp_path)
+    df["train_q4"] = last_quarter_loss(df, tmp_path, "small_batch_norm")
+    loss = df.pivot(index="train.batch_size", columns="norm", values="train_q4")
+    assert list(loss.index) == [2, 4, 16, 64] and (df["steps_done"] * df["train.batch_size"] == 8192).all()
+    # BatchNorm's training loss degrades as the batch shrinks; GroupNorm's and LayerNorm's do not
+    assert loss.loc[2, "batch"] > loss.loc[64, "batch"] + 0.15
+    assert loss["batch"].is_monotonic_decreasing
+    for norm in ("group", "layer"):
+        assert loss.loc[2, norm] < loss.loc[64, norm] + 0.05
+    assert loss.loc[2, "batch"] > max(loss.loc[2, "group"], loss.loc[2, "layer"]) + 0.05
+    assert loss.loc[64, "batch"] < min(loss.loc[64, "group"], loss.loc[64, "layer"]) - 0.05
+
+
+def test_norm_zoo(tmp_path: Path) -> None:
+    df = sweep("norm_zoo", tmp_path)
+    by = df.set_index("norm")
+    assert set(by.index) == {"none", "batch", "group", "layer", "instance", "rms"} and (by["status"] == "ok").all()
+    # every norm re-anchors the scale: the default init's vanishing activations are gone
+    assert by.loc["none", "act_std_ratio"] < 0.1
+    assert all(0.4 < by.loc[n, "act_std_ratio"] < 1.5 for n in by.index if n != "none")
+    assert by.loc["batch", "loss_avg"] < min(by.loc[n, "loss_avg"] for n in by.index if n != "batch") - 0.2
+
+
+def mlp_grad_ratios(run_dir: Path) -> np.ndarray:
+    """Per weight draw at init (probe.parquet): the MLP blocks' last Linear (`mlp.fc2`), its
+    weight-gradient norm in the last block over the first block's."""
+    p = pd.read_parquet(run_dir / "probe.parquet")
+    g = p[(p.kind == "weight_grad") & (p.param == "weight") & p.layer.str.endswith("mlp.fc2")]
+    g = g.sort_values("layer_idx").groupby("seed")["norm"]
+    return (g.last() / g.first()).to_numpy()
+
+
+@pytest.mark.slow  # about 4 min on the 2-core CPU
+def test_ln_position(tmp_path: Path) -> None:
+    df = sweep("ln_position", tmp_path)
+    assert (df["status"] == "ok").all()
+    df["train_q4"] = last_quarter_loss(df, tmp_path, "ln_position")
+    first = df[df["optim.warmup_steps"] == 0].set_index(["model.depth", "model.norm_position"])
+    ratios = {key: mlp_grad_ratios(tmp_path / "ln_position" / path) for key, path in first["path"].items()}
+    for depth in (6, 12):  # over 3 draws each, the ranges do not overlap: post-LN's is the higher
+        assert len(ratios[(depth, "post")]) == 3
+        assert ratios[(depth, "post")].min() > 1.5 * ratios[(depth, "pre")].max()
+    assert ratios[(12, "pre")].max() < ratios[(6, "pre")].min()  # pre-LN's last block: less with depth
+    loss = df.set_index(["model.depth", "model.norm_position", "optim.warmup_steps"])["train_q4"]
+    # depth 12 at lr 0.003: post-LN without warm-up stays at chance (ln 10 = 2.30), with it trains;
+    # pre-LN trains without (at depth 6 one seed's runs do not separate: not asserted)
+    assert loss[(12, "post", 0)] > 2.2
+    assert loss[(12, "post", 75)] < loss[(12, "post", 0)] - 0.1
+    assert loss[(12, "pre", 0)] < loss[(12, "post", 0)] - 0.1
+
+
 @pytest.mark.parametrize("name", ["seed_mlp100", "fastai_conv4", "glorot_tanh", "he_deep_relu", "d2l_bn_lenet",
-                                  "resnet_bn_ablation", "bn_position", "lsuv"])
+                                  "resnet_bn_ablation", "bn_position", "lsuv", "small_batch_norm", "norm_zoo",
+                                  "ln_position"])
 def test_every_experiment_is_a_documented_multirun(name: str) -> None:
     conf = (Path(__file__).parents[1] / "conf" / "experiment" / f"{name}.yaml").read_text()
     assert "mode: MULTIRUN" in conf and f"initlab experiment={name}" in conf

@@ -21,6 +21,7 @@ from initlab.plots.base import (
     panel_title,
     save,
 )
+from initlab.store import LOSS_TAIL
 
 
 def _combo(row: pd.Series, factors: list[str]) -> str:
@@ -54,9 +55,12 @@ def _grid_final_loss(done: pd.DataFrame, groups: list[str], cmap: Any, out_dir: 
                      probe: bool) -> Path:
     fig, axes = figure(1, 1, (5.0, 3.6), left=1.2, right=1.2, bottom=1.0)
     ax = axes[0][0]
-    what = "loss at init (step 0)" if probe else "final training loss"
+    # the training loss over the last LOSS_TAIL steps where the runs have it: one minibatch is noise
+    col = "loss_avg" if not probe and "loss_avg" in done and done["loss_avg"].notna().any() else "final_loss"
+    what = "loss at init (step 0)" if probe else \
+        f"training loss, last {LOSS_TAIL} steps" if col == "loss_avg" else "final training loss"
     if len(groups) >= 2:
-        ok = done.assign(loss=done["final_loss"].where(done["status"].eq("ok")),
+        ok = done.assign(loss=done[col].where(done["status"].eq("ok")),
                          diverged=done["status"].eq("diverged"))
         by = ok.groupby(groups[:2], sort=True)
         grid = by["loss"].mean().unstack()  # diverged jobs are counted, not averaged in
@@ -78,9 +82,9 @@ def _grid_final_loss(done: pd.DataFrame, groups: list[str], cmap: Any, out_dir: 
             else:
                 text = "diverged" if k else "non-finite"
             ax.text(j, i, text, ha="center", va="center", color="w" if v >= mid else "k", fontsize=8)
-        fig.colorbar(im, ax=ax, label=f"{what}, mean of the jobs that did not diverge")
+        fig.colorbar(im, ax=ax, label="mean of the jobs (diverged left out)")
     else:
-        ok = done["final_loss"].where(done["status"].eq("ok"))  # as in the grid: diverged jobs not averaged
+        ok = done[col].where(done["status"].eq("ok"))  # as in the grid: diverged jobs not averaged
         means = ok.groupby(done["combo"], sort=False).mean()  # the loss curves' order: the same colours
         ax.bar(range(len(means)), means.to_numpy(), color=[cmap(i) for i in range(len(means))])
         ax.set_xticks(range(len(means)), means.index, rotation=30, ha="right", fontsize=8)
@@ -119,14 +123,17 @@ def _smooth(loss: pd.Series) -> pd.Series:
     return loss.rolling(max(1, len(loss) // 30), min_periods=1).mean()
 
 
-def _curve(path: str) -> tuple[pd.Series | None, pd.Series | None]:
-    """A job's training loss (running mean, finite steps) and held-out loss, from its metrics."""
+def _curve(path: str, batch: int | None = None) -> tuple[pd.Series | None, pd.Series | None]:
+    """A job's training loss (running mean, finite steps) and held-out loss, from its metrics,
+    over steps, or over samples seen when `batch` (its batch size) is given."""
     mp = Path(path) / "metrics.parquet"
     if not mp.exists():
         return None, None
     m = pd.read_parquet(mp)
     if "loss" not in m:
         return None, None
+    if batch:
+        m = m.assign(step=(m["step"] + 1) * batch)
     train = _smooth(m[np.isfinite(m["loss"])].set_index("step")["loss"])
     held = m.dropna(subset=["val_loss"]).set_index("step")["val_loss"] if "val_loss" in m else None
     return train, held
@@ -138,12 +145,18 @@ def _loss_curves(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str) -> Path
     fig, axes = figure(1, 1, (6.5, 3.8), right=3.2 if outside else 0.25)
     ax = axes[0][0]
     groups = list(done.groupby("combo", sort=False))
+    # a sweep over the batch size compares jobs by the samples they saw, not by their steps
+    per_sample = "train.batch_size" in done and done["train.batch_size"].nunique() > 1
+
+    def batch(job: pd.Series) -> int | None:
+        return int(job["train.batch_size"]) if per_sample else None
+
     labels = {}
     for ci, (combo, jobs) in enumerate(groups):  # first the jobs that did not diverge: they set the scale
         curves, held = [], []
         diverged = jobs["status"].eq("diverged")
-        for path in jobs.loc[~diverged, "path"]:
-            train, val = _curve(path)
+        for _, job in jobs[~diverged].iterrows():
+            train, val = _curve(job["path"], batch(job))
             if train is not None:
                 curves.append(train)
             if val is not None and len(val):
@@ -161,16 +174,17 @@ def _loss_curves(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str) -> Path
         limits = ax.get_ylim()
     for ci, (combo, jobs) in enumerate(groups):  # then each diverged job, on that scale, up to where it went
         for _, job in jobs[jobs["status"].eq("diverged")].iterrows():
-            train, _ = _curve(job["path"])
+            train, _ = _curve(job["path"], batch(job))
             if train is not None:
                 ax.plot(train.index, train.to_numpy(), ls="--", lw=0.9, color=cmap(ci), label=labels.pop(combo, None))
             if job.get("diverged_step") == job.get("diverged_step"):  # not NaN
-                ax.axvline(job["diverged_step"], color=cmap(ci), ls=":", lw=1)
+                step = job["diverged_step"]
+                ax.axvline((step + 1) * batch(job) if per_sample else step, color=cmap(ci), ls=":", lw=1)
     if limits is not None:
         ax.set_ylim(limits)  # a diverged job's 1e25 leaves the top instead of flattening the others
     else:
         log_axis(ax)  # every job diverged: their own scale
-    ax.set_xlabel("step")
+    ax.set_xlabel("samples seen" if per_sample else "step")
     ax.set_ylabel("training loss (running mean)")
     panel_title(ax, "o held-out loss · dashed: a job that diverged (off the scale), dotted: where", 8)
     ax.grid(alpha=0.3)
