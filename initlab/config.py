@@ -13,9 +13,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from initlab.defaults import preset
 from initlab.errors import ConfigError, InitlabError
-from initlab.models import DEFAULT_NORMS
+from initlab.models import MODELS, own_norm
 from initlab.models.blocks import ACTIVATIONS, NORM_POSITIONS
 from initlab.models.cnn import VGG_PLANS
+from initlab.models.external import EXTERNAL
 from initlab.nn.norms import NormSpec
 
 _MISSING = object()
@@ -102,9 +103,8 @@ def norm_spec(cfg: DictConfig) -> NormSpec:
             raise ConfigError("bn", bn, f"bn={str(bn).lower()} is short for norm={short}, which disagrees with "
                               f"norm={norm['name']}: give one of them")
         norm = {**norm, "name": short}
-    if norm["name"] == "auto" and _get(cfg, "model.name") in DEFAULT_NORMS:
-        norm = {**norm, "name": DEFAULT_NORMS[_get(cfg, "model.name")]}
-    return NormSpec.of(norm)
+    model = _get(cfg, "model.name")
+    return own_norm(model, NormSpec.of(norm)) if model in MODELS and model not in EXTERNAL else NormSpec.of(norm)
 
 
 def check_bool(cfg: DictConfig, key: str) -> None:

@@ -70,6 +70,11 @@ def require_image(name: str, shape: tuple[int, ...], min_hw: int) -> None:
         raise ShapeError(name, shape, f"the smallest input it accepts is {min_hw}x{min_hw}")
 
 
+def own_norm(name: str, spec: NormSpec) -> NormSpec:
+    """norm=auto made concrete: the norm model `name` builds by default."""
+    return NormSpec.of({**spec.as_dict(), "name": DEFAULT_NORMS[name]}) if spec.name == "auto" else spec
+
+
 def build_model(name: str, cfg: Mapping[str, Any] | None, in_shape: tuple[int, ...], num_classes: int,
                 bn: bool = False, norm: "str | Mapping[str, Any] | NormSpec | None" = None) -> nn.Module:
     """Build a registered model; unknown names list the valid ones. `cfg` is merged over
@@ -77,9 +82,7 @@ def build_model(name: str, cfg: Mapping[str, Any] | None, in_shape: tuple[int, .
     (`group`), conf/norm's keys as a dict, or a NormSpec; `bn=True` is short for norm="batch"."""
     builder = MODELS.get(name)
     full = preset("model", name, cfg)
-    spec = NormSpec.of(norm if norm is not None else ("batch" if bn else "auto"))
-    if spec.name == "auto":
-        spec = NormSpec.of({**spec.as_dict(), "name": DEFAULT_NORMS[name]})
+    spec = own_norm(name, NormSpec.of(norm if norm is not None else ("batch" if bn else "auto")))
     model = builder(ModelRequest(full, tuple(in_shape), num_classes, spec))
     spec.check_built(model)
     return model
@@ -89,4 +92,5 @@ def build_model(name: str, cfg: Mapping[str, Any] | None, in_shape: tuple[int, .
 from initlab.models import cnn, external, mlp, nin, resnet, vit  # noqa: E402,F401
 
 ACTIVATIONS = acts.ACTIVATIONS
-__all__ = ["ACTIVATIONS", "MODELS", "ModelRequest", "NormSpec", "ShapeError", "build_model", "register"]
+__all__ = ["ACTIVATIONS", "MODELS", "ModelRequest", "NormSpec", "ShapeError", "build_model", "own_norm",
+           "register"]

@@ -213,16 +213,15 @@ class Telemetry:
         if self.cfg.bn:
             handles += [m.register_forward_pre_hook(self._bn_pre_hook(name))
                         for name, m in self.modules if isinstance(m, BATCH_NORMS)]
-        sinks = [m for _, m in self.modules if self.cfg.norm and exposes_stats(m)]
-        for name, m in self.modules:
-            if m in sinks:
-                m.stats_sink = self._norm_sink(name)
+        sinks = [(name, m) for name, m in self.modules if self.cfg.norm and exposes_stats(m)]
+        for name, m in sinks:
+            m.stats_sink = self._norm_sink(name)
         try:
             yield
         finally:
             for h in handles:
                 h.remove()
-            for m in sinks:
+            for _, m in sinks:
                 m.stats_sink = None
             self._bn_prev.clear()
             self._norm_stats.clear()
