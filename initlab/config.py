@@ -188,6 +188,9 @@ def validate(cfg: DictConfig) -> None:
         v = _get(cfg, key)
         if v is not _MISSING and v is not None and not (_is_int(v) and v >= lo):
             raise ConfigError(key, v, f"expected null (the whole split) or an integer >= {lo}")
+    resize = _get(cfg, "data.resize")
+    if resize is not _MISSING and resize is not None and not (_is_int(resize) and resize >= 8):
+        raise ConfigError("data.resize", resize, "expected null (8x8) or a size >= 8, e.g. 16 for model=lenet")
     check_bool(cfg, "data.download")
     root = _get(cfg, "data.root")
     if root is not _MISSING and root is not None and not isinstance(root, str):

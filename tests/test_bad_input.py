@@ -60,6 +60,7 @@ BAD = [
     ("optim.lr_batch=0", "optim.lr_batch=0 is invalid: expected null (lr as given) or the batch size lr is meant for"),
     ("optim.schedule=linear", "optim.schedule='linear' is invalid: choose from constant, cosine"),
     ("train.samples=0", "train.samples=0 is invalid: expected null (train.steps counts) or an integer >= 1"),
+    ("data=digits data.resize=4", "data.resize=4 is invalid: expected null (8x8) or a size >= 8"),
     ("telemetry.norm=yes", "telemetry.norm='yes' is invalid: expected true or false"),
 ]
 

@@ -203,10 +203,11 @@ def _readme_commands(marker: str) -> list[list[str]]:
     return [shlex.split(line.split("#")[0])[1:] for line in block.splitlines() if line.strip().startswith("initlab ")]
 
 
-@pytest.mark.parametrize("args", _readme_commands("**Normalisation beyond BatchNorm**"), ids=" ".join)
+@pytest.mark.parametrize("args", _readme_commands("**Normalisation beyond BatchNorm**")
+                         + _readme_commands("**Real images offline**"), ids=" ".join)
 def test_the_readmes_normalisation_commands_run_as_written(tmp_path, args: list[str]) -> None:
-    """Each command of the README's normalisation tour, as written, on a shrunk budget (the
-    shrink overrides come after, so they win; nothing else is changed)."""
+    """Each command of the README's normalisation and real-digits tours, as written, on a shrunk
+    budget (the shrink overrides come after, so they win; nothing else is changed)."""
     shrink = ["train.steps=2", "train.batch_size=2", "data.train_size=64", "data.val_size=8", "plots=false",
               "train.progress=false"]
     if "-m" in args:

@@ -2,6 +2,7 @@
 
 - `base`: DeviceDataset (resident tensors, one index per batch), Normalizer, permutations
 - `synthetic`: the offline default
+- `digits`: real 8x8 digits from scikit-learn's wheel, no download
 - `vision`: torchvision's MNIST, Fashion-MNIST, CIFAR-10/100 (imported only when used:
   torchvision costs a third of start-up)
 """
@@ -13,6 +14,7 @@ from typing import Any, Protocol
 import torch
 
 from initlab.data.base import Batch, DeviceDataset, MissingData, Normalizer, epoch_permutations
+from initlab.data.digits import digits
 from initlab.data.synthetic import synthetic
 from initlab.defaults import preset
 from initlab.registry import Registry
@@ -39,6 +41,7 @@ class Dataset(Protocol):
 Loader = Callable[[Mapping[str, Any], torch.device, int], Any]
 DATASETS: Registry[Loader] = Registry("data")
 DATASETS.register("synthetic")(synthetic)
+DATASETS.register("digits")(digits)
 
 # torchvision datasets: (shape of one image, classes) known without importing torchvision
 VISION_SHAPES: dict[str, tuple[tuple[int, int, int], int]] = {
