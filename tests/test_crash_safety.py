@@ -147,8 +147,13 @@ def test_a_second_ctrl_c_while_the_summary_is_written_does_not_lose_it(run, tmp_
 
     monkeypatch.setattr("initlab.study.probe", ctrl_c)
     monkeypatch.setattr("initlab.diagnose.diagnose", second_ctrl_c)
-    with pytest.raises(KeyboardInterrupt):  # delivered once the summary is on disk
-        run("probe.seeds=3")
+    # Ctrl-C as in a terminal: a job started in the background of a script inherits SIGINT ignored
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):  # delivered once the summary is on disk
+            run("probe.seeds=3")
+    finally:
+        signal.signal(signal.SIGINT, old)
     assert _summary(tmp_path / "run0")["status"] == "interrupted"
 
 

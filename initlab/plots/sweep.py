@@ -25,7 +25,11 @@ from initlab.store import LOSS_TAIL
 
 
 def _combo(row: pd.Series, factors: list[str]) -> str:
-    return ", ".join(f"{f}={row[f]}" for f in factors) or "all jobs"
+    """'depth=6, norm_position=pre': the factors' last dotted parts where those stay distinct
+    (a legend of full keys runs off the figure)."""
+    short = [f.rsplit(".", 1)[-1] for f in factors]
+    names = short if len(set(short)) == len(short) else factors
+    return ", ".join(f"{n}={row[f]}" for n, f in zip(names, factors)) or "all jobs"
 
 
 def _read_step0(path: str) -> pd.DataFrame:
