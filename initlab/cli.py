@@ -50,8 +50,9 @@ def app(cfg: DictConfig) -> float | None:
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
-    signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
+        # inside the try: a SIGTERM landing while the handler is being installed is handled too
+        signal.signal(signal.SIGTERM, _raise_interrupted)
         from initlab.study import run_study  # torch: only for a run (not --help, --cfg, completion)
 
         if SIGNALLED:  # a Ctrl-C during those imports that one of them swallowed (a run once went on)
