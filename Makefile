@@ -2,7 +2,7 @@
 PYTHON ?= python
 PYTEST_ARGS ?=
 
-.PHONY: install test test-all smoke warm sweep plots bench lint clean
+.PHONY: install test test-all smoke warm sweep plots bench studies lint clean
 
 install:  ## editable install with the dev tools
 	$(PYTHON) -m pip install -e ".[dev]"
@@ -28,6 +28,9 @@ plots:  ## rebuild the plots of the latest run under outputs/
 
 bench:  ## benchmarks/: measured tables written to benchmarks/results/
 	$(PYTHON) benchmarks/run_all.py
+
+studies:  ## the classic studies over 3 seeds: benchmarks/results/studies_cpu.md and the README's table (~35 min)
+	$(PYTHON) -m benchmarks.studies
 
 lint:
 	$(PYTHON) -m ruff check initlab hydra_plugins tests benchmarks

@@ -196,8 +196,8 @@ def validate(cfg: DictConfig) -> None:
     if root is not _MISSING and root is not None and not isinstance(root, str):
         raise ConfigError("data.root", root, "expected null ($INITLAB_DATA or ~/.cache/initlab/data) or a directory path")
     fallback = _get(cfg, "data.fallback")
-    if fallback is not _MISSING and fallback not in (None, "synthetic"):
-        raise ConfigError("data.fallback", fallback, "expected null or synthetic")
+    if fallback is not _MISSING and fallback not in (None, "synthetic", "digits"):
+        raise ConfigError("data.fallback", fallback, "expected null, synthetic or digits")
     check_bool(cfg, "data.normalize")
     check_choice(cfg, "data.loader", ["auto", "resident", "torch"])
     check_num(cfg, "data.memory_budget_mb", 0.0, strict=True)

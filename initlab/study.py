@@ -175,11 +175,12 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
     device = job_device(cfg.device)
     seed_everything(cfg.seed)
     data = load_dataset(OmegaConf.to_container(cfg.data, resolve=True), device, cfg.seed)
-    if data.n_train < cfg.train.batch_size:
+    if data.n_train is not None and data.n_train < cfg.train.batch_size:
         raise ConfigError("train.batch_size", cfg.train.batch_size,
                           f"expected at most the {data.n_train} training samples of data={data.name}")
-    log.info("data    %s: %d train / %d held-out, shape %s, %d classes, on %s",
-             data.name, data.n_train, data.n_val, list(data.in_shape), data.num_classes, device)
+    log.info("data    %s: %s / %d held-out, shape %s, %d classes, on %s", data.name,
+             "a fresh stream" if data.n_train is None else f"{data.n_train} train", data.n_val,
+             list(data.in_shape), data.num_classes, device)
     mcfg = OmegaConf.to_container(cfg.model, resolve=True)
     norm = norm_spec(cfg)
     icfg = OmegaConf.to_container(cfg.init, resolve=True)

@@ -56,7 +56,8 @@ def test_smoke_experiment_and_report(tmp_path: Path) -> None:
         (["device=cuda:7"], "device='cuda:7' is invalid"),
         (["device=tpu"], "device='tpu' is invalid: expected one of auto, cpu, cuda, cuda:N, mps"),
         (["data.shape=[256]"], "model=conv4 cannot take input shape [256]: it needs images [C,H,W]"),
-        (["train.batch_size=9999"], "train.batch_size=9999 is invalid: expected at most data.train_size=4096"),
+        (["data.train_size=4096", "train.batch_size=9999"],
+         "train.batch_size=9999 is invalid: expected at most data.train_size=4096"),
     ],
 )
 def test_bad_input_is_one_line_and_nonzero(tmp_path: Path, args: list[str], expected: str) -> None:

@@ -50,7 +50,11 @@ def test_fastai_conv4(tmp_path: Path) -> None:
     default, kaiming = one(df, init="default"), one(df, init="kaiming")
     assert default["act_std_ratio"] < 0.1 and default["flag_vanishing_act"]
     assert kaiming["act_std_ratio"] > 0.4 and not kaiming.get("flag_vanishing_act", False)
-    assert kaiming["final_loss"] < default["final_loss"] - 0.1
+    # no MNIST here: the real digits stand in; both train, Kaiming's training loss is the lower
+    # (seed 0: 0.023 vs 0.063; over seeds 0-2 the ranges separate, the held-out ones do not)
+    assert default["summary"]["data"]["name"] == "digits (fallback for mnist)"
+    assert kaiming["loss_avg"] < 0.7 * default["loss_avg"]
+    assert min(default["val_accuracy"], kaiming["val_accuracy"]) > 0.85
 
 
 def test_glorot_tanh(tmp_path: Path) -> None:
@@ -67,17 +71,18 @@ def test_he_deep_relu(tmp_path: Path) -> None:
     xavier, kaiming = one(df, init="xavier"), one(df, init="kaiming")
     assert xavier["act_std_ratio"] < 1e-3 and xavier["flag_vanishing_act"]
     assert 0.3 < kaiming["act_std_ratio"] < 2 and not kaiming.get("flag_vanishing_act", False)
-    assert xavier["final_loss"] > 2.25  # it does not train: chance level is ln 10 = 2.303
-    assert kaiming["final_loss"] < xavier["final_loss"] - 0.2
+    # on the stream neither leaves chance (ln 10 = 2.303) in 300 steps at lr 0.01: the README says
+    # "no difference at this budget" (the 2.02 once quoted for Kaiming was a fixed set memorised)
+    assert xavier["loss_avg"] > 2.25 and kaiming["loss_avg"] > 2.2
 
 
 @pytest.mark.slow  # 35-120 s on the 2-core CPU: `make test-all` runs it
 def test_d2l_bn_lenet(tmp_path: Path) -> None:
     df = sweep("d2l_bn_lenet", tmp_path, f"data.root={tmp_path / 'no-data'}")
     plain, bn = one(df, bn=False), one(df, bn=True)
-    assert plain["summary"]["data"]["name"] == "synthetic (fallback for fashion_mnist)"
-    assert bn["final_loss"] < plain["final_loss"] - 0.5
-    assert bn["grad_std_ratio_first_last"] > 100 * plain["grad_std_ratio_first_last"]
+    assert plain["summary"]["data"]["name"] == "digits (fallback for fashion_mnist)"
+    assert plain["loss_avg"] > 2.25 and plain["val_accuracy"] < 0.2  # the sigmoid LeNet stays at chance
+    assert bn["loss_avg"] < 0.3 and bn["val_accuracy"] > 0.9  # with BN it learns the real digits
 
 
 @pytest.mark.slow  # 35-120 s on the 2-core CPU: `make test-all` runs it
@@ -86,18 +91,24 @@ def test_resnet_bn_ablation(tmp_path: Path) -> None:
     assert len(df) == 4
     assert one(df, bn=False, init="default")["act_std_ratio"] < 0.1  # default init: residual nets shrink
     assert one(df, bn=False, init="kaiming")["act_std_ratio"] > 3  # Kaiming: every add stacks variance
+    assert one(df, bn=False, init="kaiming")["status"] == "diverged"
+    assert one(df, bn=False, init="default")["loss_avg"] > 2.2  # shrunk: it does not leave chance
     for init in ("default", "kaiming"):
         row = one(df, bn=True, init=init)
         assert 0.3 < row["act_std_ratio"] < 2 and row["status"] == "ok"
+        assert row["loss_avg"] < 0.2 and row["val_accuracy"] > 0.9  # with BN both train (real digits)
 
 
 @pytest.mark.slow  # 35-120 s on the 2-core CPU: `make test-all` runs it
 def test_bn_position(tmp_path: Path) -> None:
     df = sweep("bn_position", tmp_path)
     assert len(df) == 6
-    by = df.groupby("model.norm_position")[["final_loss", "act_std_ratio"]].mean()
-    assert by.loc["after_act", "final_loss"] < by.loc["before_act", "final_loss"]
-    assert by.loc["after_act", "act_std_ratio"] > by.loc["before_act", "act_std_ratio"] + 0.15
+    by = df.groupby("model.norm_position")
+    mean_ratio = by["act_std_ratio"].mean()
+    assert mean_ratio["after_act"] > mean_ratio["before_act"] + 0.15
+    # training: the README says "no difference at this budget"; this fails when the seeds separate
+    lo, hi = by["loss_avg"].min(), by["loss_avg"].max()
+    assert lo["after_act"] < hi["before_act"] and lo["before_act"] < hi["after_act"]
 
 
 @pytest.mark.slow  # 35-120 s on the 2-core CPU: `make test-all` runs it
@@ -108,7 +119,9 @@ def test_lsuv(tmp_path: Path) -> None:
     assert len(records) == 21 and all(r["lsuv_converged"] for r in records)
     assert 0.9 < lsuv["act_std_ratio"] < 1.1
     assert default["grad_std_ratio_first_last"] < 1e-4 and default["flag_vanishing_grad"]
-    assert max(lsuv["final_loss"], kaiming["final_loss"]) < default["final_loss"] - 0.5
+    assert lsuv["grad_std_ratio_first_last"] > 5  # unit forward variance, a backward gain > 1 (seed 0: 14.7)
+    # on the stream after 300 steps: leaky Kaiming < LSUV < default (seeds 0-2 separate by >= 0.06)
+    assert kaiming["loss_avg"] < lsuv["loss_avg"] - 0.03 and lsuv["loss_avg"] < default["loss_avg"] - 0.03
 
 
 def last_quarter_loss(df: pd.DataFrame, tmp_path: Path, name: str) -> pd.Series:
@@ -145,7 +158,8 @@ def test_norm_zoo(tmp_path: Path) -> None:
     # every norm re-anchors the scale: the default init's vanishing activations are gone
     assert by.loc["none", "act_std_ratio"] < 0.1
     assert all(0.4 < by.loc[n, "act_std_ratio"] < 1.5 for n in by.index if n != "none")
-    assert by.loc["batch", "loss_avg"] < min(by.loc[n, "loss_avg"] for n in by.index if n != "batch") - 0.2
+    # BatchNorm trains fastest (over seeds 0-2 its range separates from every other norm's)
+    assert by.loc["batch", "loss_avg"] < min(by.loc[n, "loss_avg"] for n in by.index if n != "batch") - 0.03
 
 
 def mlp_grad_ratios(run_dir: Path) -> np.ndarray:
@@ -167,13 +181,14 @@ def test_ln_position(tmp_path: Path) -> None:
     for depth in (6, 12):  # over 3 draws each, the ranges do not overlap: post-LN's is the higher
         assert len(ratios[(depth, "post")]) == 3
         assert ratios[(depth, "post")].min() > 1.5 * ratios[(depth, "pre")].max()
-    assert ratios[(12, "pre")].max() < ratios[(6, "pre")].min()  # pre-LN's last block: less with depth
+    assert np.median(ratios[(12, "pre")]) < np.median(ratios[(6, "pre")])  # pre-LN's last block: less with depth
     loss = df.set_index(["model.depth", "model.norm_position", "optim.warmup_steps"])["train_q4"]
-    # depth 12 at lr 0.003: post-LN without warm-up stays at chance (ln 10 = 2.30), with it trains;
-    # pre-LN trains without (at depth 6 one seed's runs do not separate: not asserted)
-    assert loss[(12, "post", 0)] > 2.2
-    assert loss[(12, "post", 75)] < loss[(12, "post", 0)] - 0.1
-    assert loss[(12, "pre", 0)] < loss[(12, "post", 0)] - 0.1
+    # at lr 0.003 post-LN without warm-up stays at chance (ln 10 = 2.30), with it trains; pre-LN
+    # trains without (measured on the stream: 2.30 / 1.99-2.02 / 2.00-2.07 at depths 6 and 12)
+    for depth in (6, 12):
+        assert loss[(depth, "post", 0)] > 2.2
+        assert loss[(depth, "post", 75)] < loss[(depth, "post", 0)] - 0.1
+        assert loss[(depth, "pre", 0)] < loss[(depth, "post", 0)] - 0.1
 
 
 @pytest.mark.parametrize("name", ["seed_mlp100", "fastai_conv4", "glorot_tanh", "he_deep_relu", "d2l_bn_lenet",

@@ -2,10 +2,7 @@
 torch's, the statistics they hand telemetry equal a direct computation, the ViT with pre- and
 post-LN, and the learning-rate warm-up and cosine schedule."""
 
-import json
 import math
-import shlex
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +17,6 @@ from initlab.nn.kinds import NORMS
 from initlab.nn.norms import GroupNorm, InstanceNorm2d, LayerNorm, LayerNorm2d, RMSNorm
 from initlab.telemetry import Telemetry, TelemetryConfig
 from initlab.train import lr_factor
-from tests.conftest import run_cli
 
 ZOO = ["mlp", "conv4", "lenet", "alexnet", "vgg", "resnet", "nin"]
 NORM_NAMES = ["none", "batch", "layer", "group", "instance", "rms"]
@@ -194,30 +190,6 @@ def test_norm_group_on_the_command_line_with_bn_as_its_short_form(run) -> None:
     stats = initlab.load_run(run_dir).stats
     assert "GroupNorm" in set(stats["module_type"]) and "BatchNorm2d" not in set(stats["module_type"])
     assert stats.query("kind == 'norm_mean' and layer == 'features.1'")["numel"].iloc[0] == 8 * 2  # batch x groups
-
-
-def _readme_commands(marker: str) -> list[list[str]]:
-    """The `initlab ...` lines of the first indented block after `marker` in the README."""
-    text = (Path(__file__).parents[1] / "README.md").read_text()
-    block = text[text.index(marker):].split("\n\n")[1]
-    return [shlex.split(line.split("#")[0])[1:] for line in block.splitlines() if line.strip().startswith("initlab ")]
-
-
-@pytest.mark.parametrize("args", _readme_commands("**Normalisation beyond BatchNorm**")
-                         + _readme_commands("**Real images offline**"), ids=" ".join)
-def test_the_readmes_normalisation_commands_run_as_written(tmp_path, args: list[str]) -> None:
-    """Each command of the README's normalisation and real-digits tours, as written, on a shrunk
-    budget (the shrink overrides come after, so they win; nothing else is changed)."""
-    shrink = ["train.steps=2", "train.batch_size=2", "data.train_size=64", "data.val_size=8", "plots=false",
-              "train.progress=false"]
-    if "-m" in args:
-        shrink = [s for s in shrink if not s.startswith("train.batch_size")]  # the sweep sets its own
-    proc = run_cli([*args, *shrink, "hydra.run.dir=run", "hydra.sweep.dir=sweep"], cwd=tmp_path, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summaries = [json.loads(p.read_text()) for p in tmp_path.rglob("summary.json")]
-    assert summaries and all(s["status"] == "ok" for s in summaries)
-    if "-m" in args:
-        assert len(summaries) == 15
 
 
 @pytest.mark.parametrize("norm", ["layer", "rms", "group", "batch"])

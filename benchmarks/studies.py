@@ -1,0 +1,215 @@
+"""`make studies`: run the classic studies as a user types them, over 3 seeds where a study
+compares training outcomes, and write the table the README quotes.
+
+Each arm's training loss is the mean over its last 50 steps (`loss_avg`), beside the held-out
+loss and accuracy; a comparison is claimed only when the seed ranges separate. The table goes
+to benchmarks/results/studies_cpu.md (or _cuda) and replaces the README's block between
+`<!-- studies:begin -->` and `<!-- studies:end -->`, so README and file always agree (tested).
+
+    python -m benchmarks.studies                      # all of them (about 35 min on 2 cores)
+    python -m benchmarks.studies fastai_conv4 lsuv    # some; the others keep their rows
+    python -m benchmarks.studies --figures NAME ...   # redraw the README's figures (docs/figures/)
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.common import RESULTS, machine
+
+README = Path(__file__).parents[1] / "README.md"
+FIGURES = Path(__file__).parents[1] / "docs" / "figures"
+BEGIN, END = "<!-- studies:begin -->", "<!-- studies:end -->"
+SEEDS = "0,1,2"
+HEADER = ["study", "data", "arm", "seeds", "status", "act std last/first, step 0",
+          "training loss, last 50 steps", "held-out loss", "held-out accuracy"]
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    arms: tuple[str, ...]  # the sweep's columns that name an arm
+    seeds: bool = True  # compared on training outcomes: run over SEEDS (False: step 0 only, or the config sweeps seed)
+    figure: str = "step0_std_overlay"  # the sweep figure the README shows (docs/figures/NAME.png)
+
+
+STUDIES = [
+    Study("seed_mlp100", ("init.std", "model.act"), seeds=False),
+    Study("glorot_tanh", ("init",), seeds=False),
+    Study("fastai_conv4", ("init",)),
+    Study("he_deep_relu", ("init",)),
+    Study("d2l_bn_lenet", ("bn",), figure="loss_curves"),
+    Study("resnet_bn_ablation", ("bn", "init")),
+    Study("bn_position", ("model.norm_position",), seeds=False, figure="loss_curves"),  # its config sweeps seed=0,1,2
+    Study("lsuv", ("init",)),
+    Study("norm_zoo", ("norm",)),
+    # one seed each (4 min apiece on 2 cores); their own tests assert their study-specific headlines
+    Study("small_batch_norm", ("norm", "train.batch_size"), seeds=False, figure="loss_curves"),
+    Study("ln_position", ("model.depth", "model.norm_position", "optim.warmup_steps"), seeds=False,
+          figure="loss_curves"),
+]
+
+
+def run_study(study: Study, out: Path, figures: bool = False) -> pd.DataFrame:
+    """One study's sweep as `initlab experiment=NAME` (plus seeds), each job's summary beside it;
+    with `figures`, as the README's command runs it (its own seeds, plots on)."""
+    cmd = [sys.executable, "-m", "initlab", f"experiment={study.name}", f"hydra.sweep.dir={out}",
+           f"plots={str(figures).lower()}", "train.progress=false"]
+    if study.seeds and not figures:
+        cmd.append(f"seed={SEEDS}")
+    t0 = time.perf_counter()
+    # no dataset files: the studies' own fallbacks, the same on every machine
+    env = {**os.environ, "INITLAB_DATA": str(out.parent / "no-data")}
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"studies: {' '.join(cmd[2:])} failed:\n{proc.stderr[-3000:]}")
+    df = pd.read_parquet(out / "sweep.parquet")
+    df["summary"] = [json.loads((out / p / "summary.json").read_text()) for p in df["path"]]
+    df.attrs["wall_s"] = time.perf_counter() - t0
+    return df
+
+
+def spread(values: pd.Series, digits: int = 3) -> str:
+    """'median [min–max]' over seeds, one value alone; non-finite values counted, not hidden."""
+    finite = values[values.map(lambda v: v is not None and math.isfinite(v))]
+    bad = len(values) - len(finite)
+    if finite.empty:
+        return "non-finite" if bad else "—"
+    text = f"{finite.median():.{digits}g}"
+    if len(finite) > 1:
+        text += f" [{finite.min():.{digits}g}–{finite.max():.{digits}g}]"
+    return text + (f", {bad} non-finite" if bad else "")
+
+
+def step0(rows: pd.DataFrame) -> str:
+    probe = rows["summary"].iloc[0].get("probe")
+    if probe:  # a probe over weight draws: its own spread
+        r = probe["act_std_last_over_first"]
+        return f"{r['mean']:.3g} ± {r['sd']:.2g} ({r['n']} draws)"
+    return f"{spread(rows['act_std_ratio'])} (first {spread(rows['act_std_first'])})"
+
+
+def arm_label(study: Study, key: tuple) -> str:
+    return ", ".join(f"{col.split('.')[-1]}={v}" for col, v in zip(study.arms, key, strict=True))
+
+
+def rows_of(study: Study, df: pd.DataFrame) -> list[list[str]]:
+    out = []
+    data = df["summary"].iloc[0]["data"]["name"]
+    for key, rows in df.groupby(list(study.arms), sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        status = ", ".join(f"{s} ×{n}" if len(rows) > 1 else s for s, n in rows["status"].value_counts().items())
+        if len(rows) == 1 and rows["status"].iloc[0] == "diverged":  # say where
+            status += f" at step {int(rows['diverged_step'].iloc[0])}, `{rows['diverged_layer'].iloc[0]}`"
+        trained = rows["steps_done"].max() > 0
+        out.append([f"`{study.name}`", data, arm_label(study, key), str(len(rows)), status, step0(rows),
+                    spread(rows["loss_avg"]) if trained else "— (step 0 only)",
+                    spread(rows["val_loss"]) if trained else "—",
+                    spread(rows["val_accuracy"]) if trained else "—"])
+    return out
+
+
+def verdict(study: Study, df: pd.DataFrame, column: str) -> str:
+    """Arms ordered by median `column`; each neighbour pair claimed only when its ranges separate."""
+    groups = [(arm_label(study, k if isinstance(k, tuple) else (k,)), g[column].astype(float))
+              for k, g in df.groupby(list(study.arms), sort=False)]
+    groups = [(a, v[v.map(math.isfinite)]) for a, v in groups]
+    groups = sorted([g for g in groups if not g[1].empty], key=lambda g: g[1].median())
+    parts = [groups[0][0]] if groups else []
+    for (_, lo), (arm, hi) in zip(groups, groups[1:]):
+        parts.append(("< " if lo.max() < hi.min() else "≈ ") + arm)
+    return " ".join(parts)
+
+
+def verdicts(study: Study, df: pd.DataFrame) -> list[str]:
+    if df["steps_done"].max() == 0 or df.groupby(list(study.arms)).size().min() < 3:
+        return []
+    return [f"`{study.name}` ({df['summary'].iloc[0]['data']['name']}, {df.groupby(list(study.arms)).size().min()} "
+            f"seeds): training loss {verdict(study, df, 'loss_avg')}; held-out loss {verdict(study, df, 'val_loss')}"]
+
+
+def render(tables: dict[str, tuple[list[list[str]], list[str], float]]) -> str:
+    lines = [f"Generated by `make studies` (`benchmarks/studies.py`) on: {machine()}", "",
+             "| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
+    for name in [s.name for s in STUDIES if s.name in tables]:
+        lines += ["| " + " | ".join(r) + " |" for r in tables[name][0]]
+    lines += ["", "Orderings (by median; `<` where the seed ranges separate, `≈` where they overlap: no "
+              "difference at this budget):", ""]
+    lines += [f"- {v}" for name in tables for v in tables[name][1]] or ["- none run over seeds"]
+    lines += ["", "Wall time per study (start-up included, plots off): "
+              + ", ".join(f"{name} {tables[name][2]:.0f} s" for name in tables), ""]
+    return "\n".join(lines)
+
+
+def parse(text: str) -> dict[str, tuple[list[list[str]], list[str], float]]:
+    """The tables already written, study by study, so a partial run keeps the others' rows."""
+    tables: dict[str, tuple[list[list[str]], list[str], float]] = {}
+    walls = dict(re.findall(r"(\w+) (\d+) s", text.split("Wall time per study", 1)[-1]))
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if line.startswith("| `") and len(cells) == len(HEADER):
+            name = cells[0].strip("`")
+            tables.setdefault(name, ([], [], float(walls.get(name, 0))))[0].append(cells)
+        elif line.startswith("- `"):
+            name = line[3:].split("`")[0]
+            if name in tables:
+                tables[name][1].append(line[2:])
+    return tables
+
+
+def block(readme: str) -> str:
+    """The README's generated block, between the markers."""
+    return readme.split(BEGIN, 1)[1].split(END, 1)[0].strip("\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="studies to run (default: all)")
+    parser.add_argument("--figures", action="store_true",
+                        help="instead of the table: run each study as its command does, plots on, and copy its "
+                             "comparison figure to docs/figures/NAME.png")
+    parser.add_argument("--keep", type=Path, default=None, metavar="DIR",
+                        help="write the sweeps under DIR and keep them (default: a temporary directory)")
+    args = parser.parse_args()
+    chosen = [s for s in STUDIES if not args.names or s.name in args.names]
+    if unknown := set(args.names) - {s.name for s in STUDIES}:
+        sys.exit(f"studies: unknown {sorted(unknown)}; choose from {[s.name for s in STUDIES]}")
+    import torch
+
+    path = RESULTS / f"studies_{'cuda' if torch.cuda.is_available() else 'cpu'}.md"
+    tables = parse(path.read_text()) if path.exists() and args.names else {}
+    if args.figures:
+        with tempfile.TemporaryDirectory() as tmp:
+            for study in chosen:
+                print(f"studies: {study.name} (figures) ...", file=sys.stderr, flush=True)
+                out = (args.keep or Path(tmp)) / study.name
+                run_study(study, out, figures=True)
+                shutil.copy(out / "plots" / f"{study.figure}.png", FIGURES / f"{study.name}.png")
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        for study in chosen:
+            print(f"studies: {study.name} ...", file=sys.stderr, flush=True)
+            df = run_study(study, (args.keep or Path(tmp)) / study.name)
+            tables[study.name] = (rows_of(study, df), verdicts(study, df), df.attrs["wall_s"])
+    text = render(tables)
+    RESULTS.mkdir(exist_ok=True)
+    path.write_text(text)
+    print(text)
+    readme = README.read_text()
+    if path.name == "studies_cpu.md" and BEGIN in readme:
+        README.write_text(readme.replace(f"{BEGIN}\n{block(readme)}\n{END}", f"{BEGIN}\n{text.strip()}\n{END}"))
+
+
+if __name__ == "__main__":
+    main()

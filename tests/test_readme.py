@@ -1,0 +1,152 @@
+"""Every command the README shows, taken from the README itself and run.
+
+`initlab` lines run with the overrides they give; the keys a line leaves out get a small
+budget (2 steps of batch 2, no figures), so the whole tour fits in CI. A line whose comment
+says it diverges runs as written, to the end, and must diverge where it says. Torchvision
+datasets come from tiny files in torchvision's own formats under $INITLAB_DATA. Not run
+here: `pip install ...` and `make test` (what .ci/run itself does), `make sweep` (the
+`initlab -m` sweep below it, larger), `tensorboard` (TensorBoard's own server)."""
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from benchmarks.studies import BEGIN, END, HEADER, block
+from initlab.study import run_study
+from initlab.testing import write_cifar10, write_mnist
+from tests.conftest import compose_cfg, run_cli
+
+README = Path(__file__).parents[1] / "README.md"
+BUDGET = {"train.steps": "2", "train.batch_size": "2", "data.val_size": "8", "plots": "false",
+          "train.progress": "false", "train.eval_every": "0"}
+SWEEP_BUDGET = ("train.steps", "plots", "train.progress", "data.val_size")  # a sweep keeps the batch it sweeps
+
+
+def commands(program: str) -> list[tuple[list[str], str]]:
+    """(arguments, comment) of every `program ...` line in the README's indented blocks,
+    continuation lines joined."""
+    found, lines = [], README.read_text().splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        if line.startswith("    ") and line.strip().split(" ")[0] == program:
+            text, comment = line.strip(), ""
+            while text.endswith("\\"):
+                i += 1
+                text = text[:-1] + lines[i].strip()
+            if "#" in text:
+                text, comment = text.split("#", 1)
+            found.append((shlex.split(text)[1:], comment.strip()))
+        i += 1
+    return found
+
+
+def _diverges_at(comment: str) -> int | None:
+    m = re.search(r"diverges at step (\d+)", comment)
+    return int(m.group(1)) if m else None
+
+
+def _budgeted(args: list[str], keys: tuple[str, ...] | None = None) -> list[str]:
+    given = {a.split("=", 1)[0].lstrip("+") for a in args if "=" in a}
+    return [*args, *(f"{k}={v}" for k, v in BUDGET.items() if k not in given and (keys is None or k in keys))]
+
+
+def _jobs(args: list[str]) -> int:
+    n = 1
+    for a in args:
+        if "=" in a and "," in a.split("=", 1)[1] and not a.split("=", 1)[1].startswith("["):
+            n *= len(a.split("=", 1)[1].split(","))
+    return n
+
+
+@pytest.fixture
+def data_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Tiny MNIST, Fashion-MNIST and CIFAR-10 files where $INITLAB_DATA points, with
+    torchvision's CIFAR integrity check run against their real md5s."""
+    root = tmp_path / "data"
+    write_mnist(root, "MNIST", n_train=64, n_test=16)
+    write_mnist(root, "FashionMNIST", n_train=64, n_test=16)
+    md5 = write_cifar10(root, n_per_batch=16, n_test=16)
+    cls = torchvision.datasets.CIFAR10
+    monkeypatch.setattr(cls, "train_list", [[f"data_batch_{i}", md5[f"data_batch_{i}"]] for i in range(1, 6)])
+    monkeypatch.setattr(cls, "test_list", [["test_batch", md5["test_batch"]]])
+    monkeypatch.setattr(cls, "meta", {**cls.meta, "md5": md5["batches.meta"]})
+    monkeypatch.setenv("INITLAB_DATA", str(root))
+    return root
+
+
+def _single(args: list[str], comment: str) -> pytest.param:
+    marks = [pytest.mark.gpu] if "device=cuda" in args else []
+    return pytest.param(args, comment, id=" ".join(["initlab", *args])[:90], marks=marks)
+
+
+SINGLE = [_single(a, c) for a, c in commands("initlab") if "-m" not in a]
+SWEEPS = [pytest.param(a, id=" ".join(["initlab", *a])[:90], marks=[pytest.mark.slow] if _jobs(a) > 16 else [])
+          for a, _ in commands("initlab") if "-m" in a]
+
+
+def test_the_readme_has_the_commands_this_file_runs() -> None:
+    assert len(SINGLE) >= 25 and len(SWEEPS) >= 2  # a change to the parsing that found nothing fails here
+    assert any(_diverges_at(c) for _, c in commands("initlab"))
+
+
+@pytest.mark.parametrize("args, comment", SINGLE)
+def test_every_readme_run_command_runs(tmp_path: Path, data_root: Path, args: list[str], comment: str) -> None:
+    """In-process (Hydra composes the same overrides the command line gives), so the CIFAR
+    checksums above apply."""
+    if "device=cuda" in args and not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    if "data.fallback=synthetic" in args or "data.fallback=digits" in args:  # its point: the files are absent
+        args = [*args, f"data.root={tmp_path / 'absent'}"]
+    at = _diverges_at(comment)
+    overrides = [*args, "plots=false", "train.progress=false"] if at is not None else _budgeted(args)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    summary = run_study(compose_cfg(overrides), run_dir)
+    if at is not None:  # as the README says, to the step
+        assert summary["status"] == "diverged" and summary["diverged"]["step"] == at, summary["diverged"]
+    elif "diverged" in comment:
+        assert summary["status"] == "diverged"
+    else:
+        assert summary["status"] == "ok", summary.get("diverged")
+    assert (run_dir / "summary.json").exists() and (run_dir / "metrics.parquet").exists()
+
+
+@pytest.mark.parametrize("args", SWEEPS)
+def test_every_readme_sweep_runs(tmp_path: Path, args: list[str]) -> None:
+    proc = run_cli([*_budgeted(args, SWEEP_BUDGET), "hydra.sweep.dir=sweep"], cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in (tmp_path / "sweep").rglob("summary.json")]
+    assert len(summaries) == _jobs(args) and all(s["status"] == "ok" for s in summaries)
+
+
+def test_every_readme_report_command_runs(tmp_path: Path) -> None:
+    """`initlab-report` lines, on a real run in place of the README's example paths."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    run_study(compose_cfg(_budgeted([])), run_dir)
+    lines = commands("initlab-report")
+    assert len(lines) >= 3
+    from initlab.report import main
+
+    for args, _ in lines:
+        args = [str(run_dir) if a.startswith(("outputs/runs/", "RUN_OR_SWEEP_DIR")) else a for a in args]
+        args = [str(tmp_path / "tb") if a == "LOGDIR" else a for a in args if a != "[LOGDIR]"]
+        assert main(args) in (0, None), args
+    assert (run_dir / "report.html").exists() and any((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+def test_the_readmes_studies_table_is_the_generated_file() -> None:
+    """The block between the markers is benchmarks/results/studies_cpu.md as `make studies`
+    wrote it: same text, the generator's header."""
+    generated = (Path(__file__).parents[1] / "benchmarks" / "results" / "studies_cpu.md").read_text()
+    text = README.read_text()
+    assert text.count(BEGIN) == 1 and text.count(END) == 1
+    assert block(text) == generated.strip()
+    assert "| " + " | ".join(HEADER) + " |" in generated
+    assert generated.startswith("Generated by `make studies`") and "torch " in generated.splitlines()[0]
