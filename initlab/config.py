@@ -187,7 +187,8 @@ def validate(cfg: DictConfig) -> None:
     for key, lo in (("data.train_size", 1), ("data.val_size", 0)):
         v = _get(cfg, key)
         if v is not _MISSING and v is not None and not (_is_int(v) and v >= lo):
-            raise ConfigError(key, v, f"expected null (the whole split) or an integer >= {lo}")
+            what = "synthetic: the online stream; a dataset: its whole split" if key == "data.train_size" else "the whole split"
+            raise ConfigError(key, v, f"expected null ({what}) or an integer >= {lo}")
     resize = _get(cfg, "data.resize")
     if resize is not _MISSING and resize is not None and not (_is_int(resize) and resize >= 8):
         raise ConfigError("data.resize", resize, "expected null (8x8) or a size >= 8, e.g. 16 for model=lenet")

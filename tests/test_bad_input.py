@@ -62,6 +62,8 @@ BAD = [
     ("train.samples=0", "train.samples=0 is invalid: expected null (train.steps counts) or an integer >= 1"),
     ("data=digits data.resize=4", "data.resize=4 is invalid: expected null (8x8) or a size >= 8"),
     ("telemetry.norm=yes", "telemetry.norm='yes' is invalid: expected true or false"),
+    ("data=mnist data.fallback=cifar10", "data.fallback='cifar10' is invalid: expected null, synthetic or digits"),
+    ("data.train_size=0", "data.train_size=0 is invalid: expected null (synthetic: the online stream; a dataset: its whole split) or"),
 ]
 
 
