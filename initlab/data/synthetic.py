@@ -76,7 +76,8 @@ class SyntheticStream(DeviceDataset):
     """Fresh samples of the teacher for every training batch: inputs drawn on the CPU from
     the run's seed (the same on every device), labelled by the teacher on the run's device
     (the same labels but at float ties); a fixed held-out set of the same distribution.
-    `n_train` is None: there is no training set to count."""
+    `n_train` is None: there is no training set to count (`x_train` is empty, of the
+    inputs' shape and on the run's device, which is what `in_shape` and `device` read)."""
 
     labeller: Labeller | None = None
     stream_seed: int = 0
@@ -84,14 +85,6 @@ class SyntheticStream(DeviceDataset):
     @property
     def n_train(self) -> int | None:  # type: ignore[override]
         return None
-
-    @property
-    def in_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_val.shape[1:])
-
-    @property
-    def device(self) -> torch.device:
-        return self.x_val.device
 
     def train_batches(self, batch_size: int, seed: int) -> Iterator[Batch]:
         assert self.labeller is not None
