@@ -1,5 +1,6 @@
-"""Where users wait: start-up of the commands, a run's figures, and a step-0 probe over
-many weight draws (stacked against one draw at a time), measured side by side in one run.
+"""Where users wait: start-up of the commands, a run's figures, a step-0 run's overhead, a
+step-0 probe over many weight draws (stacked against one draw at a time) and a probe sweep
+with and without per-run figures, measured side by side in one run.
 
 Start-up: wall time of fresh processes (the interpreter, imports, Hydra, the run), the
 median of `--rounds`, the reference commands interleaved with initlab's in each round.
@@ -48,7 +49,9 @@ def start_up(rounds: int, tmp: Path) -> list[list[str]]:
     return [[name, spread(ts), f"{sorted(ts)[rounds // 2] - torch_s:+.2f} s"] for name, ts in times.items()]
 
 
-def figures(rounds: int, tmp: Path) -> tuple[list[str], int]:
+def figures(rounds: int, tmp: Path) -> tuple[float, list[float], int]:
+    """plot_run on the default study's tables: the first call in this process (matplotlib's
+    fonts and caches: what one `initlab` run pays) and the median of the calls after it."""
     from initlab.plots import plot_run
     from initlab.store import load_run
     from initlab.study import run_study
@@ -59,12 +62,41 @@ def figures(rounds: int, tmp: Path) -> tuple[list[str], int]:
     run_study(compose_cfg(["plots=false", "train.progress=false"]), run_dir)
     run = load_run(run_dir)
     times = []
-    for r in range(rounds + 1):  # the first round loads matplotlib's fonts: not counted
+    for r in range(rounds + 1):
         t0 = time.perf_counter()
         made = plot_run(run.stats, run.metrics, run.config, tmp / f"plots{r}", run.hist, run.probe)
-        if r:
-            times.append(time.perf_counter() - t0)
-    return [spread(times)], len(made)
+        times.append(time.perf_counter() - t0)
+    return times[0], times[1:], len(made)
+
+
+def step0_overhead(rounds: int, tmp: Path) -> list[float]:
+    """A step-0 run's own time but its forward and backward (run_study's timings.total_s
+    less the step's time), the 10-layer MLP, warm process."""
+    from initlab.study import run_study
+    from tests.conftest import compose_cfg
+
+    cfg = compose_cfg(["model=mlp", "model.depth=10", "model.width=256", "train.steps=0", "plots=false",
+                       "train.progress=false"])
+    run_study(cfg, tmp / "step0_warm")
+    out = []
+    for r in range(3 * rounds):
+        t = run_study(cfg, tmp / f"step0_{r}")["timings"]
+        out.append(t["total_s"] - t["step_time_median_s"])
+    return out
+
+
+SWEEP = ["train.steps=0", "model=mlp", "model.depth=10", "data.shape=[256]", "train.progress=false"]
+
+
+def sweep(jobs: int, tmp: Path) -> dict[str, float]:
+    """The README's probe sweep (`initlab -m "seed=range(0,N)" ...`) with plots=false and with
+    per-run figures: wall time of the whole command, one of each."""
+    out = {}
+    for plots in ("false", "true"):
+        cmd = [sys.executable, "-m", "initlab", "-m", f"seed=range(0,{jobs})", *SWEEP, f"plots={plots}",
+               f"hydra.sweep.dir={tmp / f'sweep_{plots}'}"]
+        out[plots] = wall(cmd, tmp)
+    return out
 
 
 def probe(rounds: int, tmp: Path, seeds: int) -> dict[str, list[float]]:
@@ -87,30 +119,44 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seeds", type=int, default=100)
-    parser.add_argument("--quick", action="store_true", help="1 round, 10 seeds")
+    parser.add_argument("--sweep-jobs", type=int, default=100)
+    parser.add_argument("--quick", action="store_true", help="1 round, 10 seeds, a 10-job sweep")
     args = parser.parse_args()
-    rounds, seeds = (1, 10) if args.quick else (args.rounds, args.seeds)
+    rounds, seeds, jobs = (1, 10, 10) if args.quick else (args.rounds, args.seeds, args.sweep_jobs)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         rows = [[name, t, "", over] for name, t, over in start_up(rounds, tmp)]
-        (fig_time,), n_figs = figures(rounds, tmp)
-        rows.append([f"the default study's {n_figs} figures (plot_run, in process)", fig_time, "", ""])
+        first, later, n_figs = figures(rounds, tmp)
+        rows.append([f"the default study's {n_figs} figures (plot_run): the first call in a process", spread([first]),
+                     "", ""])
+        rows.append([f"the default study's {n_figs} figures (plot_run): later calls (a sweep's jobs)", spread(later),
+                     "", ""])
+        rows.append(["a step-0 run's own overhead (MLP 10x256: run_study but forward/backward)",
+                     spread(step0_overhead(rounds, tmp)), "", ""])
         p = probe(rounds, tmp, seeds)
+        sw = sweep(jobs, tmp)
     speed = sorted(a / b for a, b in zip(p["per draw"], p["stacked"]))
     rows.append([f"probe.seeds={seeds}, MLP 10x256, batch 64: stacked (vmap)", spread(p["stacked"]),
                  f"{speed[len(speed) // 2]:.1f}x faster", ""])
     rows.append([f"probe.seeds={seeds}, MLP 10x256, batch 64: one draw at a time", spread(p["per draw"]), "1.0x", ""])
+    rows.append([f"{jobs}-job probe sweep, plots=false", spread([sw["false"]], digits=1), "1.0x", ""])
+    rows.append([f"{jobs}-job probe sweep, per-run figures", spread([sw["true"]], digits=1),
+                 f"{sw['true'] / sw['false']:.2f}x", ""])
     write_table(
-        "waiting_cpu",
-        "Where users wait: start-up, figures, probes",
-        ["what", "median (min–max)", "probe paths", "over `import torch`"],
+        "waiting_cpu" + ("_quick" if args.quick else ""),
+        "Where users wait: start-up, figures, probes, sweeps",
+        ["what", "median (min–max)", "against", "over `import torch`"],
         rows,
         [f"{rounds} rounds; start-up rows are fresh processes, interleaved in each round, after one warm-up run "
          "(numba's on-disk kernel cache and the page cache warm).",
-         "The smoke run includes torch._dynamo's import (its row above), which torch.optim pays at the first "
-         "optimizer call (Optimizer.add_param_group and step() are wrapped in torch._disable_dynamo).",
+         "The torch._dynamo row is what torch.optim's wrappers import at the first optimizer call; initlab's "
+         "optimizers take those wrappers off (initlab/eager_optim.py), so its runs do not pay it.",
+         "Figures: plot_run in this process on a default run's tables; the first call loads matplotlib's fonts.",
+         f"Step-0 overhead: {3 * rounds} runs in this process after a warm-up; total_s less step_time_median_s.",
          "Probe rows: the probe stage's own time (summary.json probe.seconds), building and initialising each draw "
-         "included; the same run_study otherwise."],
+         "included; the same run_study otherwise.",
+         f"Sweep rows: `initlab -m \"seed=range(0,{jobs})\" {' '.join(SWEEP)}` in a fresh process, one run each; "
+         "'against' is the ratio to plots=false."],
     )
 
 

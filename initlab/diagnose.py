@@ -29,16 +29,19 @@ def depth_ratio(step0: pd.DataFrame, kind: str) -> float:
     whose std is exactly zero were zeroed on purpose (Fixup) and are left out too. NaN
     without two such layers; inf where any of them holds a non-finite value (the scale is
     lost, not a large number: a ratio of the finite layers around it would be)."""
-    d = step0[(step0["kind"] == kind) & step0["module_type"].isin(WEIGHTED)].sort_values("layer_idx")
-    if kind == "grad" and len(d) >= 3:
-        d = d.iloc[:-1]
-    bad = ~np.isfinite(d["std"]) | ((d["nonfinite"] != 0) if "nonfinite" in d else False)
-    if len(d) >= 2 and bad.any():
+    # numpy on the columns, not pandas on the frame: the probe asks this of every draw
+    sel = (step0["kind"].to_numpy() == kind) & step0["module_type"].isin(WEIGHTED).to_numpy()
+    order = np.argsort(step0["layer_idx"].to_numpy()[sel], kind="stable")
+    std = step0["std"].to_numpy(dtype=float)[sel][order]
+    nonfinite = step0["nonfinite"].to_numpy()[sel][order] if "nonfinite" in step0 else np.zeros(len(std))
+    if kind == "grad" and len(std) >= 3:
+        std, nonfinite = std[:-1], nonfinite[:-1]
+    if len(std) >= 2 and (~np.isfinite(std) | (nonfinite != 0)).any():
         return float("inf")
-    d = d[np.isfinite(d["std"]) & (d["std"] > 0)]
-    if len(d) < 2:
+    std = std[np.isfinite(std) & (std > 0)]
+    if len(std) < 2:
         return float("nan")
-    ratio = float(d["std"].iloc[-1] / d["std"].iloc[0])
+    ratio = float(std[-1] / std[0])
     return 1 / ratio if kind == "grad" else ratio
 
 

@@ -35,8 +35,11 @@ def probe_stacked(make_model: Callable[[str, int], nn.Module], batch: tuple[torc
     prepares it); raises NotStackable (saying why) for the models it cannot take."""
     x, y = batch
     tables, _ = stacked_step0(lambda d: make_model(*d).to(device).train(), list(draws), x, y, tel_cfg)
-    return pd.concat([pd.DataFrame(t).assign(init=i, seed=s) for (i, s), t in zip(draws, tables)],
-                     ignore_index=True)
+    rows = [len(t["step"]) for t in tables]  # one frame from the joined columns, not N frames concatenated
+    cols = {k: np.concatenate([t[k] for t in tables]) for k in tables[0]}
+    cols["init"] = np.repeat(np.array([i for i, _ in draws], dtype=object), rows)
+    cols["seed"] = np.repeat(np.array([s for _, s in draws], dtype=np.int64), rows)
+    return pd.DataFrame(cols)
 
 
 def probe_draws(make_model: Callable[[str, int], nn.Module], batch: tuple[torch.Tensor, torch.Tensor],

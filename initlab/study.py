@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from rich.console import Console
 from rich.table import Table
 
+from initlab.allocator import keep_freed_memory
 from initlab.config import norm_spec, validate
 from initlab.data import load_dataset
 from initlab.defaults import preset
@@ -55,10 +56,13 @@ def versions() -> dict[str, str]:
     return {**_versions(), "hydra": hydra.__version__}
 
 
-def seed_everything(seed: int) -> None:
+def seed_everything(seed: int, cpu_only: bool = False) -> None:
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)  # every device's generator too
+    if cpu_only:  # what a model built on the CPU draws from; torch.manual_seed also queues every
+        torch.default_generator.manual_seed(seed)  # accelerator's seed with a stack trace: 2 ms a call
+    else:
+        torch.manual_seed(seed)  # every device's generator too
 
 
 def parallel_jobs() -> int:
@@ -172,6 +176,7 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
     _samples_to_steps(cfg)
     _check_external(cfg)
     configure_threads(cfg.threads)
+    keep_freed_memory()  # before the first large tensor: see allocator.py
     device = job_device(cfg.device)
     seed_everything(cfg.seed)
     data = load_dataset(OmegaConf.to_container(cfg.data, resolve=True), device, cfg.seed)
@@ -189,7 +194,7 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
     def make_model(seed: int, init: dict[str, Any] = icfg) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
         """Seeded, built and initialised on the CPU: the same seed gives the same weights on
         every device, whatever the data loading drew before."""
-        seed_everything(seed)
+        seed_everything(seed, cpu_only=True)  # the run's own seed_everything(cfg.seed) seeded the devices
         model = build_model(mcfg["name"], mcfg, data.in_shape, data.num_classes, norm=norm)
         report = apply_init(model, init, mcfg["act"], float(mcfg["act_slope"]), batch=lambda: batch0()[0].cpu())
         return model, report

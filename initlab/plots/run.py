@@ -297,6 +297,14 @@ def plot_update_ratio(stats: pd.DataFrame, title: str, path: Path, fmt: str = "p
     return save(fig, path, f"{title}: update:data ratio", fmt)
 
 
+def _ridge(ax: Axes, baseline: float, heights: np.ndarray, edges: np.ndarray, **kw: Any) -> None:
+    """What ax.stairs(baseline + heights, edges, baseline=baseline) draws, as one Line2D: a
+    StepPatch's data limits are found by walking its path in Python, 15 ms a ridge."""
+    x = np.repeat(edges, 2)
+    y = np.concatenate([[baseline], np.repeat(baseline + heights, 2), [baseline]])
+    ax.plot(x, y, **kw)
+
+
 def plot_hist_first_last(hist: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> Path | None:
     """Activation and gradient histograms at the first and the last logged step, one ridge
     per layer (each scaled to its own peak), every bin drawn, values across on the fixed bins."""
@@ -325,8 +333,8 @@ def plot_hist_first_last(hist: pd.DataFrame, title: str, path: Path, fmt: str = 
             peak = max((c.max() for c in counts.values()), default=0) or 1.0
             for step, ls in steps:
                 if step in counts:
-                    ax.stairs(row + 0.9 * counts[step] / peak, edges, baseline=row, ls=ls, color=color, lw=1,
-                              label=f"step {step}" if row == 0 else None)
+                    _ridge(ax, row, 0.9 * counts[step] / peak, edges, ls=ls, color=color, lw=1,
+                           label=f"step {step}" if row == 0 else None)
         ax.set_yticks(range(len(picked)), [f"{idx}: {layer}" for idx, layer in picked], fontsize=7)
         ax.set_ylim(-0.2, len(picked))
         bins.label(ax.xaxis, lo, hi)

@@ -1,0 +1,97 @@
+"""What a run pays for besides its arithmetic: torch's optimizers without torch._dynamo, the
+allocator setting, and the import graph of a real run in a fresh interpreter."""
+
+import copy
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from initlab.allocator import keep_freed_memory
+from initlab.eager_optim import eager
+from initlab.train import OPTIMIZERS, build_optimizer
+
+
+def _net() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+
+
+@pytest.mark.parametrize("cls, kw", [
+    (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-3}),
+    (torch.optim.SGD, {"lr": 0.1, "momentum": 0.9, "nesterov": True}),
+    (torch.optim.Adam, {"lr": 0.01, "betas": (0.9, 0.99), "weight_decay": 1e-4}),
+])
+def test_the_eager_optimizers_are_torchs_bit_for_bit(cls, kw) -> None:
+    """Same weights, state and lr schedule as torch's own class after a few steps."""
+    a, b = _net(), _net()
+    opts = [cls(a.parameters(), **kw), eager(cls)(b.parameters(), **kw)]
+    scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: 1 / (s + 1)) for o in opts]
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    for _ in range(4):
+        for net, opt, sched in zip((a, b), opts, scheds):
+            opt.zero_grad()
+            F.cross_entropy(net(x), y).backward()
+            opt.step()
+            sched.step()
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+    sa, sb = opts[0].state_dict(), opts[1].state_dict()
+    assert sa["param_groups"] == sb["param_groups"]
+    for k in sa["state"]:
+        for name, v in sa["state"][k].items():
+            assert torch.equal(v, sb["state"][k][name]), name
+    assert isinstance(opts[1], cls) and eager(cls) is eager(cls)  # a subclass, made once
+    restored = eager(cls)(copy.deepcopy(b).parameters(), **kw)
+    restored.load_state_dict(copy.deepcopy(sb))
+    assert restored.state_dict()["param_groups"] == sb["param_groups"]
+
+
+def test_the_registry_builds_the_eager_classes() -> None:
+    cfg = {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "betas": [0.9, 0.999]}
+    for name in OPTIMIZERS:
+        opt = build_optimizer(_net(), {**cfg, "name": name})
+        assert type(opt).__module__ == "initlab.eager_optim", name
+
+
+def test_step_closures_keep_their_grad_mode() -> None:
+    """step(closure) evaluates the closure with grad enabled, as torch's wrapper does."""
+    net = _net()
+    opt = eager(torch.optim.SGD)(net.parameters(), lr=0.1)
+    x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        with torch.enable_grad():
+            loss = F.cross_entropy(net(x), y)
+            loss.backward()
+        return loss
+
+    assert torch.isfinite(opt.step(closure))
+    assert torch.is_grad_enabled()
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
+def test_the_allocator_keeps_freed_memory_on_linux() -> None:
+    assert keep_freed_memory() is True and keep_freed_memory() is True  # once, then cached
+
+
+def test_a_synthetic_run_imports_only_what_it_uses(tmp_path: Path) -> None:
+    """`initlab experiment=smoke plots=false` in a fresh interpreter: no torch._dynamo (3 s:
+    torch.optim's wrappers import it), no torchvision (synthetic data), no matplotlib (no
+    figures); numba does load, for the CPU statistics kernels."""
+    run_dir = tmp_path / "run"
+    probe = ("import runpy, sys\n"
+             f"sys.argv = ['initlab', 'experiment=smoke', 'plots=false', 'train.progress=false', "
+             f"'hydra.run.dir={run_dir}']\n"
+             "runpy.run_module('initlab', run_name='__main__')\n"
+             "print('LOADED', ','.join(m for m in ('torch._dynamo', 'torchvision', 'matplotlib', 'numba') "
+             "if m in sys.modules))")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == "LOADED numba", proc.stdout[-500:]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "ok"
