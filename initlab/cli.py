@@ -175,6 +175,40 @@ def _print_help(args: list[str]) -> None:
 
 
 def main() -> None:
+    """The console script: the command, then an exit that skips the interpreter's teardown
+    once torch is loaded (see _exit_now)."""
+    try:
+        _main()
+    except SystemExit as exc:
+        code = exc.code
+    else:
+        code = 0
+    if "torch" not in sys.modules:  # --help, --cfg, completion, errors before a run: nothing to skip
+        sys.exit(code)
+    _exit_now(code)
+
+
+def _exit_now(code: object) -> None:
+    """Exit as sys.exit(code) would, without freeing every module's objects one by one:
+    after a run that is 1-2 s here (torch, numba, pandas), longer than the run's own set-up.
+    Every file is written and closed by then; atexit handlers and logging's shutdown run,
+    and the streams are flushed."""
+    if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, status 1
+        print(code, file=sys.stderr)
+        code = 1
+    import atexit
+
+    atexit._run_exitfuncs()
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`initlab ... | head`)
+            pass
+    os._exit(code or 0)
+
+
+def _main() -> None:
     try:
         check_overrides(sys.argv[1:])
     except InitlabError as exc:

@@ -45,15 +45,16 @@ class InitContext:
 
 
 def _record(name: str, module: nn.Module, how: str) -> InitRecord:
-    w = getattr(module, "weight", None)
-    return {
-        "module": name,
-        "type": type(module).__name__,
-        "init": how,
-        # numpy's std: torch's takes ~3 ms for a 256x256 CPU weight, most of a probe draw's build
-        "weight_std": float(w.detach().float().cpu().numpy().std(ddof=1)) if w is not None and w.numel() > 1
-        else None,
-    }
+    """What a scheme touched; `weight_std` holds the weight itself until apply_init, once the
+    scheme is done, reads its std (or leaves it out for draws nobody reads it of)."""
+    return {"module": name, "type": type(module).__name__, "init": how, "weight_std": getattr(module, "weight", None)}
+
+
+def _weight_std(w: object) -> float | None:
+    # numpy's std: torch's took ~3 ms for a 256x256 CPU weight, most of a probe draw's build
+    if not isinstance(w, torch.Tensor) or w.numel() <= 1:
+        return None
+    return float(w.detach().float().cpu().numpy().std(ddof=1))
 
 
 def _norms_and_biases(model: nn.Module, records: list[InitRecord]) -> None:
@@ -201,8 +202,7 @@ def lsuv_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> lis
                     var, iters = _output_var(model, m, x), iters + 1
                 rec = by_name[name]
                 rec["init"] = f"orthogonal_(gain=1) + LSUV: output var {var:.3f} after {iters} rescale(s)"
-                rec.update(weight_std=float(m.weight.std()), lsuv_iters=iters, lsuv_var=var,
-                           lsuv_converged=abs(var - 1) < tol)
+                rec.update(lsuv_iters=iters, lsuv_var=var, lsuv_converged=abs(var - 1) < tol)  # std: as rescaled
     finally:
         model.load_state_dict(buffers, strict=False)
         model.train(was_training)
@@ -320,14 +320,15 @@ def model_act(model: nn.Module) -> tuple[str, float]:
 
 def apply_init(model: nn.Module, scheme: str | Mapping[str, Any] = "default", act: str = "auto",
                slope: float | None = None, batch: Callable[[], torch.Tensor] | torch.Tensor | None = None,
-               **params: Any) -> list[InitRecord]:
+               weight_std: bool = True, **params: Any) -> list[InitRecord]:
     """Initialise `model` in place with a registered scheme; return what was touched (one
     record per module: name, type, how, weight std).
 
     `scheme`: a name (`kaiming`, ...) or a mapping with `name` and the scheme's keys; missing
     keys, and `params`, fall back on conf/init/NAME.yaml. `act`: the nonlinearity the gains
     assume (`auto`: the model's first activation module). `batch`: inputs, or a function
-    returning them, for data-dependent schemes (LSUV)."""
+    returning them, for data-dependent schemes (LSUV). `weight_std=False`: records without
+    the weights' std (the probe's draws, whose records nobody reads)."""
     given = {"name": scheme} if isinstance(scheme, str) else dict(scheme)
     name = given["name"]
     fn = SCHEMES.get(name)
@@ -346,4 +347,6 @@ def apply_init(model: nn.Module, scheme: str | Mapping[str, Any] = "default", ac
             raise InitlabError("init.zero_last_bn=true needs residual blocks with a norm layer "
                                "(model=resnet norm=batch, block=basic)")
         records += zeroed
+    for r in records:
+        r["weight_std"] = _weight_std(r["weight_std"]) if weight_std else None
     return records

@@ -79,7 +79,8 @@ def probe(make_model: Callable[[str, int], nn.Module], batch: tuple[torch.Tensor
 def _ratios(per_seed: pd.DataFrame) -> dict[str, object]:
     out: dict[str, object] = {}
     for kind, key in (("act", "act_std_last_over_first"), ("grad", "grad_std_first_over_last")):
-        ratios = np.array([depth_ratio(g, kind) for _, g in per_seed.groupby("seed")], dtype=float)
+        rows = per_seed[per_seed["kind"].to_numpy() == kind]  # one split, not one per draw
+        ratios = np.array([depth_ratio(g, kind) for _, g in rows.groupby("seed")], dtype=float)
         lost = int(np.isinf(ratios).sum())  # draws whose values went non-finite: no ratio, counted
         ratios = ratios[np.isfinite(ratios)]
         if len(ratios):

@@ -191,13 +191,15 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
     icfg = OmegaConf.to_container(cfg.init, resolve=True)
     batch0 = first_batch(data, cfg)
 
-    def make_model(seed: int, init: dict[str, Any] = icfg) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
+    def make_model(seed: int, init: dict[str, Any] = icfg, report: bool = True
+                   ) -> tuple[torch.nn.Module, list[dict[str, Any]]]:
         """Seeded, built and initialised on the CPU: the same seed gives the same weights on
         every device, whatever the data loading drew before."""
         seed_everything(seed, cpu_only=True)  # the run's own seed_everything(cfg.seed) seeded the devices
         model = build_model(mcfg["name"], mcfg, data.in_shape, data.num_classes, norm=norm)
-        report = apply_init(model, init, mcfg["act"], float(mcfg["act_slope"]), batch=lambda: batch0()[0].cpu())
-        return model, report
+        records = apply_init(model, init, mcfg["act"], float(mcfg["act_slope"]), batch=lambda: batch0()[0].cpu(),
+                             weight_std=report)
+        return model, records
 
     model, init_report = make_model(cfg.seed)
     info = describe(model, data.in_shape)
@@ -236,7 +238,7 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
     if (cfg.probe.seeds > 1 or cfg.probe.inits) and result.status != "interrupted":  # not after a Ctrl-C
         schemes = {name: icfg if name == cfg.init.name else preset("init", name)
                    for name in cfg.probe.inits or [cfg.init.name]}
-        probe = _probe(run_dir, cfg, batch0(), lambda init, s: make_model(s, schemes[init])[0], list(schemes),
+        probe = _probe(run_dir, cfg, batch0(), lambda init, s: make_model(s, schemes[init], report=False)[0], list(schemes),
                        tel_cfg, device)
     step_times = [r["step_time"] for r in result.rows]
     watch.status = result.status

@@ -2,7 +2,7 @@
 every draw at once.
 
 The draws' parameters and buffers are stacked (`torch.func.stack_module_state`); one
-`vmap(grad(functional_call))` runs forward and backward for all of them; every tracked
+`vmap(functional_call)` runs the forward for all of them and one autograd pass the backward; every tracked
 module's output comes back stacked, and so does dLoss/d output (the gradient of a zero
 tensor added to the output, which is exactly that); each layer is then reduced over the
 stack in one call (`stacked_stats`: one row per draw). Which modules, their names, forward
@@ -113,8 +113,8 @@ def _layout(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TelemetryCo
 
 def _forward_backward(base: nn.Module, calls: list[_Call], x: torch.Tensor, y: torch.Tensor
                       ) -> Callable[..., tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]]:
-    """The function of one draw's (parameters, buffers, zeros per call) -> (gradients of the
-    parameters and of the zeros, (loss, outputs)), for vmap(grad(...))."""
+    """The function of one draw's (parameters, buffers, zeros per call) -> (loss, (loss
+    detached, outputs, norm statistics)), for vmap; d loss / d zeros[i] is d loss / d output i."""
     modules = dict(base.named_modules())
     by_name: dict[str, list[int]] = {}
     for i, c in enumerate(calls):
@@ -152,7 +152,9 @@ def _forward_backward(base: nn.Module, calls: list[_Call], x: torch.Tensor, y: t
                 h.remove()
             for name in norms:
                 modules[name].stats_sink = None
-        loss = F.cross_entropy(logits, y)
+        # cross-entropy written out: under vmap F.cross_entropy takes a decomposition whose
+        # shape checks import sympy (0.8 s at the first probe); the same loss to rounding
+        loss = -logits.log_softmax(-1).gather(-1, y[:, None]).mean()
         return loss, (loss.detach(), tuple(outputs), tuple(stats))
 
     return fn
@@ -195,8 +197,10 @@ def stacked_step0(make: Callable[[Hashable], nn.Module], draws: Sequence[Hashabl
     layout = _layout(copy.deepcopy(first), x, y, cfg)  # its BatchNorm buffers move: not the draw's own
     chunk = max(1, MEMORY_BUDGET // max(layout.bytes_per_draw, 1))
     base = copy.deepcopy(first).to("meta")
-    fn = torch.func.grad(_forward_backward(base, layout.calls, x, y), argnums=(0, 2), has_aux=True)
-    batched = torch.func.vmap(fn, in_dims=(0, 0, 0), randomness="error")
+    # vmap of the forward only, then one autograd pass over the sum of the draws' losses: the
+    # draws share nothing, so its gradient in draw i's parameters is draw i's own. (vmap(grad())
+    # gives the same numbers but imports torch._dynamo, 3 s, at its first call.)
+    batched = torch.func.vmap(_forward_backward(base, layout.calls, x, y), in_dims=(0, 0, 0), randomness="error")
     reduce = _Reducer(x.device)
     tables: list[Columns] = []
     losses: list[np.ndarray] = []
@@ -208,14 +212,30 @@ def stacked_step0(make: Callable[[Hashable], nn.Module], draws: Sequence[Hashabl
         n = len(group)
         del group
         before = {k: v.clone() for k, v in buffers.items() if k.endswith(("running_mean", "running_var"))}
-        zeros = [torch.zeros(n, *c.shape, dtype=x.dtype, device=x.device) for c in layout.calls]
+        zeros = [torch.zeros(n, *c.shape, dtype=x.dtype, device=x.device, requires_grad=True) for c in layout.calls]
         try:
-            (pgrads, ograds), (loss, outputs, norm_stats) = batched(params, buffers, zeros)
+            draw_losses, (loss, outputs, norm_stats) = batched(params, buffers, zeros)
+            pgrads, ograds = _gradients(draw_losses.sum(), params, zeros)
         except (RuntimeError, NotImplementedError, ValueError, TypeError) as exc:
             raise NotStackable(f"vmap cannot run this forward pass ({str(exc).splitlines()[0]})") from exc
+        outputs = tuple(o.detach() for o in outputs)
+        norm_stats = tuple(tuple(t.detach() for t in ts) for ts in norm_stats)
         tables += _tables(layout, base, params, pgrads, buffers, before, outputs, ograds, norm_stats, n, reduce)
         losses.append(loss.cpu().numpy())
     return tables, np.concatenate(losses)
+
+
+def _gradients(total: torch.Tensor, params: dict[str, torch.Tensor], zeros: list[torch.Tensor]
+               ) -> tuple[dict[str, torch.Tensor], list[torch.Tensor]]:
+    """d total / d each stacked parameter and zero tensor; zeros where one does not reach it
+    (as torch.func.grad gives)."""
+    names = [k for k, p in params.items() if p.requires_grad]
+    inputs = [params[k] for k in names] + zeros
+    grads = torch.autograd.grad(total, inputs, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
+    pgrads = {k: g for k, g in zip(names, grads)}
+    pgrads.update({k: torch.zeros_like(p) for k, p in params.items() if k not in pgrads})
+    return pgrads, grads[len(names):]
 
 
 def _tables(layout: _Layout, base: nn.Module, params: dict[str, torch.Tensor], pgrads: dict[str, torch.Tensor],
