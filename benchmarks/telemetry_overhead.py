@@ -30,6 +30,7 @@ from hydra import compose, initialize_config_module
 from torch import nn
 
 from benchmarks.common import median, random_dataset, write_table
+from initlab.allocator import keep_freed_memory
 from initlab.devices import resolve_device
 from initlab.init import apply_init
 from initlab.models import build_model
@@ -208,6 +209,7 @@ def main() -> None:
     args = parser.parse_args()
     device = resolve_device(args.device)
     if args.json:
+        keep_freed_memory()  # as the CLI's process does (initlab/allocator.py)
         steps, long_steps = _steps(args.json, device, args.quick)
         with tempfile.TemporaryDirectory() as tmp:
             rounds = 2 if args.quick else args.rounds
@@ -245,6 +247,7 @@ def _table(table: str, args: argparse.Namespace, device: torch.device) -> None:
          "README's plain user loop with watch(telemetry='full') over the same loop without it.",
          "full/naive/watch(): within a process, medians of per-step times over interleaved rounds; default: wall time of "
          f"the whole loop (parquet flushes included) over the run length shown, in {CHUNKS} off/default chunk pairs.",
+         "Each process keeps freed memory for reuse (initlab/allocator.py), as the CLI's does.",
          "ResNet-18 on CPU runs 1 process and 200 steps for the default-schedule column (a 1000-step CPU run takes "
          "~20 min); the shipped schedule logs a larger fraction of a 200-step run than of a 1000-step run.",
          "full records act+grad stats and histograms of every tracked module, weight/grad/update stats of "

@@ -191,13 +191,17 @@ def main() -> None:
 def _exit_now(code: object) -> None:
     """Exit as sys.exit(code) would, without freeing every module's objects one by one:
     after a run that is 1-2 s here (torch, numba, pandas), longer than the run's own set-up.
-    Every file is written and closed by then; atexit handlers and logging's shutdown run,
-    and the streams are flushed."""
+    Every file is written and closed by then; as at a normal exit, non-daemon threads are
+    joined, atexit handlers and logging's shutdown run, and the streams are flushed."""
     if code is not None and not isinstance(code, int):  # sys.exit("message"): printed, status 1
         print(code, file=sys.stderr)
         code = 1
     import atexit
+    import threading
 
+    for thread in threading.enumerate():  # what the interpreter's own shutdown waits for first
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
     atexit._run_exitfuncs()
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):

@@ -103,8 +103,8 @@ def synthetic(cfg: Mapping[str, Any], device: torch.device, seed: int) -> Device
     g = torch.Generator().manual_seed(data_seed)
     teacher = _teacher(shape, classes, g)
     if cfg.get("train_size") is None:
-        # labelled where the run computes: on the CPU a batch's labels cost about one conv4
-        # step (10 ms for 64 MNIST-sized images, 2 cores), on a GPU next to nothing
+        # labelled where the run computes: on the CPU 2 ms for 64 MNIST-sized images (2 cores,
+        # freed memory kept: allocator.py), on a GPU next to nothing
         teacher.to(device)
         calibration = torch.randn((CALIBRATION, *shape), generator=g).to(device)  # before x_val: the
         labeller = Labeller.calibrated(teacher, teacher_logits(teacher, calibration))  # same at any val_size

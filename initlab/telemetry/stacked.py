@@ -111,8 +111,8 @@ def _layout(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TelemetryCo
     return _Layout(calls, params, with_grad, 4 * out_bytes + 3 * param_bytes)
 
 
-def _forward_backward(base: nn.Module, calls: list[_Call], x: torch.Tensor, y: torch.Tensor
-                      ) -> Callable[..., tuple[dict[str, torch.Tensor], tuple[torch.Tensor, ...]]]:
+def _forward(base: nn.Module, calls: list[_Call], x: torch.Tensor, y: torch.Tensor
+             ) -> Callable[..., tuple[torch.Tensor, tuple[torch.Tensor, tuple[torch.Tensor, ...], tuple]]]:
     """The function of one draw's (parameters, buffers, zeros per call) -> (loss, (loss
     detached, outputs, norm statistics)), for vmap; d loss / d zeros[i] is d loss / d output i."""
     modules = dict(base.named_modules())
@@ -199,8 +199,8 @@ def stacked_step0(make: Callable[[Hashable], nn.Module], draws: Sequence[Hashabl
     base = copy.deepcopy(first).to("meta")
     # vmap of the forward only, then one autograd pass over the sum of the draws' losses: the
     # draws share nothing, so its gradient in draw i's parameters is draw i's own. (vmap(grad())
-    # gives the same numbers but imports torch._dynamo, 3 s, at its first call.)
-    batched = torch.func.vmap(_forward_backward(base, layout.calls, x, y), in_dims=(0, 0, 0), randomness="error")
+    # gives the same numbers to rounding but imports torch._dynamo, 3 s, at its first call.)
+    batched = torch.func.vmap(_forward(base, layout.calls, x, y), in_dims=(0, 0, 0), randomness="error")
     reduce = _Reducer(x.device)
     tables: list[Columns] = []
     losses: list[np.ndarray] = []
