@@ -299,7 +299,7 @@ def plot_update_ratio(stats: pd.DataFrame, title: str, path: Path, fmt: str = "p
 
 def _ridge(ax: Axes, baseline: float, heights: np.ndarray, edges: np.ndarray, **kw: Any) -> None:
     """What ax.stairs(baseline + heights, edges, baseline=baseline) draws, as one Line2D: a
-    StepPatch's data limits are found by walking its path in Python, 15 ms a ridge."""
+    StepPatch's data limits are found by walking its path in Python, ~12 ms a ridge here."""
     x = np.repeat(edges, 2)
     y = np.concatenate([[baseline], np.repeat(baseline + heights, 2), [baseline]])
     ax.plot(x, y, **kw)
