@@ -16,9 +16,8 @@ test-all:  ## everything that can run here, slow tests included
 smoke:  ## the CI smoke study: seconds on a 2-core CPU
 	$(PYTHON) -m initlab experiment=smoke
 
-warm:  ## compile the CPU statistics kernels ahead (numba caches them on disk; else the first run pays)
-	d=$$(mktemp -d) && $(PYTHON) -m initlab experiment=smoke plots=false train.progress=false \
-	  hydra.run.dir=$$d/run > /dev/null && rm -rf $$d
+warm:  ## compile the CPU statistics kernels ahead (numba caches them on disk; else the first long run pays)
+	$(PYTHON) -c "from initlab.telemetry.reducers import warm_kernels; warm_kernels()"
 
 sweep:  ## demonstration study: conv4 x 4 inits x bn on/off on synthetic data
 	$(PYTHON) -m initlab -m model=conv4 init=default,xavier,kaiming,normal bn=false,true train.steps=100

@@ -34,7 +34,7 @@ from initlab.allocator import keep_freed_memory
 from initlab.devices import resolve_device
 from initlab.init import apply_init
 from initlab.models import build_model
-from initlab.telemetry import Schedule, TelemetryConfig, tracked_modules
+from initlab.telemetry import CpuPath, Schedule, TelemetryConfig, tracked_modules
 from initlab.train import fit
 from initlab.watcher import Watch
 
@@ -134,8 +134,12 @@ def bench_case(label: str, device: torch.device, rounds: int, steps: int, long_s
     full_cfg = TelemetryConfig.of("full")
     plain_cfg = TelemetryConfig.of({**full_cfg.as_dict(), "bn": False, "norm": False})
 
-    def new_watch(mode: str, telemetry) -> Watch:
-        return Watch(model, opt, out=tmp / f"{label.replace(' ', '_')}_{mode}", telemetry=telemetry, plots=False)
+    def new_watch(mode: str, telemetry, logged: int | None = None) -> Watch:
+        # the CPU's reducer as the CLI's run of that many logged steps takes it; the rounds
+        # (steady state, every step logged) on the kernels from their first step
+        path = CpuPath(logged) if logged is not None else CpuPath(start="kernels")
+        return Watch(model, opt, out=tmp / f"{label.replace(' ', '_')}_{mode}", telemetry=telemetry, plots=False,
+                     cpu_path=path)
 
     watches = {"off": new_watch("off", "off"), "full": new_watch("full", full_cfg),
                "plain": new_watch("plain", plain_cfg),
@@ -155,7 +159,7 @@ def bench_case(label: str, device: torch.device, rounds: int, steps: int, long_s
     sched = Schedule(long_steps, DEFAULT_SCHEDULE.first, DEFAULT_SCHEDULE.every, DEFAULT_SCHEDULE.log_points)
     logged = sum(sched(s) for s in range(long_steps))
     chunk = max(1, long_steps // CHUNKS)
-    default_watch = new_watch("default", TelemetryConfig.of(DEFAULT_SCHEDULE))
+    default_watch = new_watch("default", TelemetryConfig.of(DEFAULT_SCHEDULE), logged)
     for k, start in enumerate(range(0, long_steps, chunk)):
         n = min(chunk, long_steps - start)
         order = (("off", watches["off"], None), ("default", default_watch, sched))

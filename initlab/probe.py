@@ -22,6 +22,7 @@ from torch import nn
 
 from initlab.diagnose import depth_ratio
 from initlab.telemetry import TelemetryConfig
+from initlab.telemetry.reducers import CpuPath
 from initlab.telemetry.stacked import NotStackable, stacked_step0
 from initlab.train import forward_backward
 from initlab.watcher import Watch
@@ -49,9 +50,10 @@ def probe_draws(make_model: Callable[[str, int], nn.Module], batch: tuple[torch.
     `make_model(init, seed)` builds and initialises on the CPU; `tel_cfg` as probe() prepares it."""
     x, y = batch
     frames = []
+    path = CpuPath(len(draws))  # one decision for all the draws: each is one logged step
     for init, seed in draws:
         model = make_model(init, seed).to(device).train()
-        w = Watch(model, telemetry=tel_cfg)  # in memory
+        w = Watch(model, telemetry=tel_cfg, cpu_path=path)  # in memory
         with w.step(0, force=True):
             forward_backward(model, x, y)
         w.flush()

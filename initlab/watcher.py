@@ -34,6 +34,7 @@ from initlab.signals import signals_deferred
 from initlab.store import LOSS_TAIL, RunStore, claim, read_stats, release
 from initlab.telemetry import Telemetry, TelemetryConfig, first_nonfinite
 from initlab.telemetry.columns import Columns
+from initlab.telemetry.reducers import CpuPath
 
 log = logging.getLogger("initlab")
 PENDING_METRICS = 256  # metric rows held as tensors before they are read in one transfer
@@ -55,12 +56,15 @@ class Watch:
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  out: str | Path | None = None, telemetry: Any = "default", total_steps: int | None = None,
-                 plots: bool = True, meta: Mapping[str, Any] | None = None, queued: bool = False) -> None:
+                 plots: bool = True, meta: Mapping[str, Any] | None = None, queued: bool = False,
+                 cpu_path: CpuPath | None = None) -> None:
         self.model, self.optimizer = model, optimizer
         self.cfg = TelemetryConfig.of(telemetry)
         self.schedule = self.cfg.schedule(total_steps)
         self.total_steps = total_steps
-        self.telemetry = Telemetry(model, self.cfg, queued=queued) if self.cfg.enabled else None
+        # the CPU's reducer: tensor ops, then the kernels if the logged steps ahead pay for loading them
+        path = cpu_path or CpuPath(self.schedule.count())
+        self.telemetry = Telemetry(model, self.cfg, queued=queued, path=path) if self.cfg.enabled else None
         self.out = Path(out) if out is not None else None
         self.plots = plots
         self.meta = dict(meta) if meta is not None else self._default_meta()

@@ -55,9 +55,13 @@ CLOSE = ["mean", "std", "min", "max", "zero_frac", "dead_frac", "dead_units", "n
 
 @pytest.mark.parametrize("arch", [MLP, ["model=conv4"], ["model=conv4", "bn=true"], ["model=conv4", "norm=group"],
                                   [*MLP, "norm=rms"]], ids=["mlp", "conv4", "conv4_bn", "conv4_gn", "mlp_rms"])
-def test_the_stacked_probe_gives_the_per_draw_rows(run, arch) -> None:
+@pytest.mark.parametrize("start", ["auto", "kernels"])  # 3 draws: tensor ops on both sides; or the CPU kernels
+def test_the_stacked_probe_gives_the_per_draw_rows(run, arch, start, monkeypatch) -> None:
     """One vmapped pass over the stacked draws and one draw at a time: the same rows (kinds,
     layers, parameters, BatchNorm rows), the same numbers within float32 tolerance."""
+    from initlab.telemetry import reducers
+
+    monkeypatch.setattr(reducers, "START", start)
     summary, stacked_dir = run(*arch, "train.steps=0", "probe.seeds=3", "plots=false")
     ref_summary, ref_dir = run(*arch, "train.steps=0", "probe.seeds=3", "plots=false", "probe.stacked=false")
     assert summary["probe"]["path"] == "stacked" and ref_summary["probe"]["path"].startswith("per draw")
@@ -120,7 +124,7 @@ def test_the_stacked_probe_on_the_queued_path_gives_the_same_rows(monkeypatch) -
 
     from initlab.nn.norms import GroupNorm
     from initlab.probe import probe
-    from initlab.telemetry import TelemetryConfig, stacked
+    from initlab.telemetry import TelemetryConfig, reducers
 
     def make(init: str, seed: int) -> nn.Module:
         torch.manual_seed(seed)
@@ -130,8 +134,9 @@ def test_the_stacked_probe_on_the_queued_path_gives_the_same_rows(monkeypatch) -
 
     batch = (torch.randn(6, 1, 8, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0, 1, 2]))
     draws = [("default", s) for s in range(3)]
+    monkeypatch.setattr(reducers, "START", "kernels")
     ref, _ = probe(make, batch, draws, TelemetryConfig(), torch.device("cpu"), stacked=False)
-    monkeypatch.setattr(stacked, "kernels", None)  # as on a GPU: no CPU kernels for the stack
+    monkeypatch.setattr(reducers, "START", "tensor")  # as on a GPU: no CPU kernels for the stack
     got, how = probe(make, batch, draws, TelemetryConfig(), torch.device("cpu"))
     assert how == "stacked" and len(got) == len(ref) and (got["kind"] == "norm_var").sum() == 3
     _assert_same_rows(got, ref, atol=1e-7)  # float32 sums in another order: |mean| ~ 1e-9 differs by 1e-8

@@ -11,6 +11,7 @@ from torch import nn
 from initlab.telemetry import (
     STATS,
     Binner,
+    CpuPath,
     CpuReducer,
     HistSpec,
     Schedule,
@@ -379,16 +380,17 @@ def test_every_act_and_grad_row_matches_torch(queued: bool) -> None:
                                                           for i in stats["layer_idx"][relu]])
 
 
-def test_param_rows_centre_where_the_mean_dwarfs_the_spread() -> None:
+@pytest.mark.parametrize("path", ["kernels", "tensor"])
+def test_param_rows_centre_where_the_mean_dwarfs_the_spread(path: str) -> None:
     """Weights near a large mean (1e5 +- 0.1) and an update that is mostly its mean (every
-    bias moved by 1 +- 1e-6) keep an exact std on the CPU path: the float64 sums alone
-    would lose it."""
+    bias moved by 1 +- 1e-6) keep an exact std on both paths (the float64 sums alone would
+    lose it), and a constant tensor has std 0 exactly."""
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(256, 256))
+    model = nn.Sequential(nn.Linear(256, 256), nn.BatchNorm1d(256))
     with torch.no_grad():
         model[0].weight.mul_(2).add_(1e5)
         model[0].bias.fill_(0.1)
-    tel = Telemetry(model, TelemetryConfig(hist=None))
+    tel = Telemetry(model, TelemetryConfig(hist=None), path=CpuPath(start=path))
     with tel.record():
         model(torch.randn(4, 256)).sum().backward()
     before = model[0].bias.detach().clone()
@@ -406,19 +408,22 @@ def test_param_rows_centre_where_the_mean_dwarfs_the_spread() -> None:
     assert stats["mean"][row("update", "bias")] == pytest.approx(upd.mean().item(), rel=1e-9)
     assert stats["std"][row("update", "bias")] == pytest.approx(upd.std().item(), rel=1e-6)
     assert stats["std"][row("weight", "weight")] == pytest.approx(w.std().item(), rel=1e-6)
+    bn_weight = np.flatnonzero((stats["kind"] == "weight") & (stats["layer"] == "1") & (stats["param"] == "weight"))
+    assert stats["std"][bn_weight].tolist() == [0.0] and stats["mean"][bn_weight].tolist() == [1.0]
 
 
 def test_without_numba_the_cpu_takes_the_tensor_op_path(monkeypatch) -> None:
-    """Where numba cannot be imported the CPU runs the queued tensor ops: same rows."""
-    import initlab.telemetry.recorder as T
+    """Where numba cannot be imported the CPU runs the queued tensor ops, even when the
+    kernels are asked for: same rows."""
+    from initlab.telemetry import reducers
 
     model = nn.Sequential(nn.Linear(6, 5), nn.Tanh())
     x = torch.randn(9, 6)
     out = {}
     for name in ("kernels", "no numba"):
         if name == "no numba":
-            monkeypatch.setattr(T, "kernels", None)
-        tel = Telemetry(model, TelemetryConfig(thresholds=THRESH))
+            monkeypatch.setattr(reducers, "_kernels", False)  # what a failed `import numba` leaves
+        tel = Telemetry(model, TelemetryConfig(thresholds=THRESH), path=CpuPath(start="kernels"))
         assert (tel._cpu is None) == (name == "no numba")
         with tel.record():
             model(x).sum().backward()
@@ -430,3 +435,61 @@ def test_without_numba_the_cpu_takes_the_tensor_op_path(monkeypatch) -> None:
     for col in ("mean", "std", "min", "max", "zero_frac", "dead_frac", "nonfinite"):
         np.testing.assert_allclose(a[col], b[col], rtol=1e-5, atol=1e-7)
     np.testing.assert_array_equal(a_hist["count"], b_hist["count"])
+
+
+def test_cpu_path_takes_the_kernels_once_they_pay(monkeypatch) -> None:
+    """The CPU starts on tensor ops. With the run's length known, the kernels take over
+    after the first logged step whose cost times the logged steps still ahead reaches the
+    cost of loading them; with it unknown, once the steps done have cost that much."""
+    from initlab.telemetry import reducers
+
+    budget = reducers.KERNEL_LOAD_ROWS
+    short, long = CpuPath(steps=10), CpuPath(steps=100)
+    rows = budget // 20  # 9 steps ahead cost 0.45 budgets, 99 steps 4.95
+    assert not short.kernels and not long.kernels
+    assert [short.step_done(rows, 0) for _ in range(10)] == [False] * 10
+    assert long.step_done(rows, 0) is True and long.kernels
+    elements = -(-budget * reducers.ROW_ELEMENTS // 3)  # a third of a budget a step, in elements only
+    unknown = CpuPath()
+    assert [unknown.step_done(0, elements) for _ in range(4)] == [False, False, True, True]
+    assert CpuPath(start="tensor").step_done(10 * budget, 0) is False  # forced: never
+    assert CpuPath().for_work(budget, 0) and not CpuPath().for_work(budget - 1, 0)
+    with pytest.raises(ValueError, match="auto, kernels or tensor"):
+        CpuPath(start="numba")
+
+
+def test_a_run_moves_to_the_kernels_between_steps_with_the_same_rows(monkeypatch) -> None:
+    """Through `Watch` (the CLI's recorder): a run of 3 logged steps whose steps ahead pay for
+    the kernels takes step 0 as tensor ops and steps 1-2 on the kernels; its rows equal a
+    run on the kernels throughout; a 1-step run never loads them."""
+    from initlab.telemetry import reducers
+    from initlab.watcher import Watch
+
+    def run(start: str | None, steps: int) -> tuple[list[bool], list]:
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(12, 16), nn.ReLU(), nn.Linear(16, 4))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        w = Watch(model, opt, telemetry="full", total_steps=steps,
+                  cpu_path=CpuPath(steps, start) if start else None)
+        on_kernels = []
+        for step in range(steps):
+            on_kernels.append(w.telemetry._cpu is not None)
+            with w.step(step):
+                loss = model(torch.randn(8, 12, generator=torch.Generator().manual_seed(step))).square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        w.flush()
+        return on_kernels, w.collected
+
+    per_step = 2 * 3 + 3 * 4  # act and grad of 3 modules; weight, weight_grad and update of 4 parameters
+    monkeypatch.setattr(reducers, "KERNEL_LOAD_ROWS", 2 * per_step)  # the 2 steps ahead of step 0 pay
+    moved, got = run(None, 3)
+    assert moved == [False, True, True]
+    always, ref = run("kernels", 3)
+    assert always == [True, True, True] and len(got) == len(ref) == 3
+    for (a, _), (b, _) in zip(got, ref):
+        assert list(a["kind"]) == list(b["kind"]) and list(a["layer"]) == list(b["layer"])
+        for col in ("mean", "std", "min", "max", "zero_frac", "dead_frac"):
+            np.testing.assert_allclose(a[col], b[col], rtol=1e-5, atol=1e-7, err_msg=col)
+    assert run(None, 1)[0] == [False]

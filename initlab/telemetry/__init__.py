@@ -1,7 +1,7 @@
 """Per-layer statistics of a training step, with one device->host transfer per logged step.
 
 - `recorder`: hooks, call order, parameter snapshot (`Telemetry`)
-- `reducers`: tensor -> row of statistics, CPU kernels or queued tensor ops, chosen once
+- `reducers`: tensor -> row of statistics, CPU kernels or queued tensor ops (`CpuPath`: when the kernels pay)
 - `kernels`: the numba kernels of the CPU path
 - `hist`: the fixed histogram bins and binners
 - `columns`: rows -> tidy columns
@@ -20,6 +20,7 @@ from initlab.telemetry.hist import (
 from initlab.telemetry.recorder import Telemetry, tracked_modules
 from initlab.telemetry.reducers import (
     STATS,
+    CpuPath,
     CpuReducer,
     DeadRegion,
     dead_region,
@@ -30,7 +31,7 @@ from initlab.telemetry.reducers import (
 from initlab.telemetry.schedule import Schedule, TelemetryConfig
 
 __all__ = [
-    "KINDS", "PARAM_KINDS", "STATS", "Binner", "CpuReducer", "DeadRegion", "HistSpec", "SampleStage",
+    "KINDS", "PARAM_KINDS", "STATS", "Binner", "CpuPath", "CpuReducer", "DeadRegion", "HistSpec", "SampleStage",
     "Schedule", "Slot", "Telemetry", "TelemetryConfig", "dead_region", "first_nonfinite", "group_stats",
     "hist_codes", "hist_lut", "param_rows", "sample_stride", "tensor_stats", "tracked_modules",
 ]

@@ -9,8 +9,9 @@ mean and variance of each of initlab's Layer/Group/Instance/RMS norms are the on
 computed, handed over through its `stats_sink`. Hooks exist only inside
 `record()`, so unlogged steps run the bare model.
 
-Every tensor is reduced where it is seen, by the reducer chosen once (CPU kernels, or
-queued tensor ops on CUDA/MPS): an in-place op that follows a layer (torchvision's
+Every tensor is reduced where it is seen, by the step's reducer (CPU kernels, or queued
+tensor ops: on CUDA/MPS, and on the CPU until the kernels pay for loading them, `CpuPath`):
+an in-place op that follows a layer (torchvision's
 `ReLU(inplace=True)`) or a `zero_grad` inside the user's step cannot change what was
 recorded. The queued rows stay on the device until `collect()`: one concatenation, one
 copy to the host per logged step.
@@ -33,10 +34,10 @@ from initlab.telemetry.columns import Columns, Slot, hist_columns, stats_columns
 from initlab.telemetry.hist import Binner, SampleStage
 from initlab.telemetry.reducers import (
     STATS,
+    CpuPath,
     CpuReducer,
     DeadRegion,
     dead_region,
-    kernels,
     param_rows,
     tensor_stats,
 )
@@ -100,10 +101,14 @@ class Telemetry:
     passes (gradient-accumulation micro-batches) run unobserved, so a step has one row set.
     """
 
-    def __init__(self, model: nn.Module, config: TelemetryConfig | None = None, queued: bool = False) -> None:
+    def __init__(self, model: nn.Module, config: TelemetryConfig | None = None, queued: bool = False,
+                 path: CpuPath | None = None) -> None:
         self.cfg = config or TelemetryConfig()
-        # CPU tensors go through the kernels; `queued` forces the tensor-op path on the CPU (tests)
-        self._cpu = CpuReducer(self.cfg.hist) if kernels is not None and not queued else None
+        # CPU tensors: tensor ops, then the kernels once `path` says they pay (it may be shared by
+        # several recorders, e.g. a probe's draws); `queued` forces the tensor ops on the CPU (tests)
+        self._path = CpuPath(start="tensor") if queued else path or CpuPath()
+        self._cpu = CpuReducer(self.cfg.hist) if self._path.kernels else None
+        self._cpu_work = [0, 0]  # this step's CPU tensors reduced as tensor ops: rows, elements
         self.thresholds = dead_thresholds(self.cfg)
         self.model = model
         self.modules = tracked_modules(model, self.cfg.modules)
@@ -147,10 +152,18 @@ class Telemetry:
             if counts is not None:
                 self._counts.append(counts)
         else:
+            self._count_cpu_work(t)
             row = tensor_stats(t, dead)  # queued ops, no sync
             if hist:
                 self._samples.add(t)
         self._rows.append(_Row(slot, kind, "", row, hist))
+
+    def _count_cpu_work(self, *ts: torch.Tensor) -> None:
+        """What the kernels would have taken, for `CpuPath`."""
+        for t in ts:
+            if t.device.type == "cpu":
+                self._cpu_work[0] += 1
+                self._cpu_work[1] += t.numel()
 
     def _forward_hook(self, name: str, module: nn.Module):
         want_hist = self.cfg.hist is not None
@@ -240,6 +253,7 @@ class Telemetry:
         if self._cpu is not None and present[0][1].device.type in ("cpu", "mps"):
             rows = [self._cpu.param_row(t.cpu()) for _, t in present]
         else:
+            self._count_cpu_work(*(t for _, t in present))
             block = param_rows([t for _, t in present])
             rows = list(block.unbind(0))
         for (i, _), row in zip(present, rows):
@@ -309,6 +323,9 @@ class Telemetry:
         rows, self._rows = self._rows, []
         self._snapped = False
         stats, hist_rows, counts = self._compute(rows)
+        (cpu_rows, cpu_elements), self._cpu_work = self._cpu_work, [0, 0]
+        if self._cpu is None and cpu_rows and self._path.step_done(cpu_rows, cpu_elements):
+            self._cpu = CpuReducer(self.cfg.hist)  # from the next logged step on
         index = np.fromiter((r.index for r in rows), np.int64, len(rows))
         cols = stats_columns(step, [r.slot for r in rows], [r.kind for r in rows], [r.param for r in rows],
                              index, stats, len(self.params))
@@ -318,7 +335,7 @@ class Telemetry:
 
     def discard(self) -> None:
         """Drop what a step recorded without collecting it (a failed step)."""
-        self._rows, self._counts = [], []
+        self._rows, self._counts, self._cpu_work = [], [], [0, 0]
         if self._samples.buf is not None:
             self._samples.take()
         self._snapped = False

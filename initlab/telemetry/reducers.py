@@ -1,14 +1,17 @@
-"""Reducers: a tensor -> its row of statistics (STATS), by one of two paths chosen once.
+"""Reducers: a tensor -> its row of statistics (STATS), by one of two paths.
 
 - CPU: single-pass numba kernels (`kernels`), read back as host numbers at once.
-- queued: every statistic a tensor op that stays on the device (CUDA/MPS, or the CPU
-  where numba is missing); no sync until the step's one transfer.
+- queued: every statistic a tensor op that stays on the device (CUDA/MPS, a short CPU run
+  before the kernels pay for loading them (`CpuPath`), or the CPU where numba is missing);
+  no sync until the step's one transfer.
 Both give the same rows and histogram counts (tested).
 """
 
+import importlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -17,10 +20,20 @@ from torch import nn
 from initlab.nn import acts
 from initlab.telemetry.hist import HistSpec, hist_lut, sample_stride
 
-try:
-    from initlab.telemetry import kernels
-except ImportError:  # numba has no wheel for this platform yet: the CPU takes the tensor-op path
-    kernels = None
+_kernels: Any = None  # initlab.telemetry.kernels once loaded; False where numba cannot be imported
+
+
+def load_kernels() -> Any:
+    """The numba kernels module, imported at its first use (numba and the cached kernels take
+    about 1.7 s to load on a 2-core CPU); None where numba is missing (no wheel for this
+    platform yet: the CPU takes the tensor-op path)."""
+    global _kernels
+    if _kernels is None:
+        try:
+            _kernels = importlib.import_module("initlab.telemetry.kernels")
+        except ImportError:
+            _kernels = False
+    return _kernels or None
 
 # Per-row statistics, in the order of the tensor returned by tensor_stats().
 STATS = ("mean", "std", "min", "max", "zero_frac", "dead_frac", "dead_units", "nonfinite", "numel")
@@ -131,6 +144,9 @@ class CpuReducer:
     """
 
     def __init__(self, hist: HistSpec | None) -> None:
+        self.k = load_kernels()
+        if self.k is None:
+            raise RuntimeError("the CPU kernels need numba, which cannot be imported here")
         self.spec = hist
         self._positions = np.empty(1 << 16, dtype=np.int32)  # kernel scratch, grown as needed
         if hist is not None:
@@ -156,14 +172,14 @@ class CpuReducer:
         units = x.shape[1] if x.dim() > 1 else n
         rest = n // (x.shape[0] * units) if x.dim() > 1 else 1
         if dead is None:
-            region, center, half_width = kernels.NO_REGION, 0.0, 0.0
+            region, center, half_width = self.k.NO_REGION, 0.0, 0.0
         elif dead.relu:
-            region, center, half_width = kernels.RELU_REGION, 0.0, 0.0
+            region, center, half_width = self.k.RELU_REGION, 0.0, 0.0
         else:
-            region, center, half_width = kernels.BAND_REGION, dead.center, dead.half_width
-        if region != kernels.NO_REGION and units * rest > self._positions.size:
+            region, center, half_width = self.k.BAND_REGION, dead.center, dead.half_width
+        if region != self.k.NO_REGION and units * rest > self._positions.size:
             self._positions = np.empty(units * rest, dtype=np.int32)
-        lo, hi, s, sq, nz, n_dead, dead_units = kernels.act_moments(
+        lo, hi, s, sq, nz, n_dead, dead_units = self.k.act_moments(
             a, units, rest, region, center, half_width, self._positions)
         mean_std = self._mean_std(a, s, sq)
         if mean_std is None:  # non-finite values: the exact path counts them
@@ -179,7 +195,7 @@ class CpuReducer:
         """Rows of the weights after the step and of before - after (collect() flips the
         mean to the update's sign), in one pass over both."""
         a, b = self.host(after), self.host(before)
-        s, sq, ds, dsq = kernels.update_sums(a, b)
+        s, sq, ds, dsq = self.k.update_sums(a, b)
         n = a.size
         if n and math.isfinite(ds) and math.isfinite(dsq):
             mean, var = ds / n, (dsq - ds * ds / n) / max(n - 1, 1)
@@ -190,7 +206,7 @@ class CpuReducer:
 
     def _param_row(self, a: np.ndarray, s: float | None = None, sq: float | None = None) -> list[float]:
         if s is None:
-            s, sq = kernels.sums(a)
+            s, sq = self.k.sums(a)
         n = a.size
         mean_std = self._mean_std(a, s, sq) if n else (NAN, NAN)
         if mean_std is not None:
@@ -200,8 +216,7 @@ class CpuReducer:
         return [mean, math.sqrt(var) if var >= 0 else NAN, *_NO_RANGE, float(np.count_nonzero(~np.isfinite(a))),
                 float(n)]
 
-    @staticmethod
-    def _mean_std(a: np.ndarray, s: float, sq: float) -> tuple[float, float] | None:
+    def _mean_std(self, a: np.ndarray, s: float, sq: float) -> tuple[float, float] | None:
         """(mean, std) from the sums, centred where they cancel; None where they are not finite."""
         if not (math.isfinite(s) and math.isfinite(sq)):
             return None
@@ -209,7 +224,7 @@ class CpuReducer:
         mean = s / n
         var = (sq - s * mean) / max(n - 1, 1)
         if var < CANCEL * mean * mean:
-            var = kernels.centred_sq(a, mean) / max(n - 1, 1)
+            var = self.k.centred_sq(a, mean) / max(n - 1, 1)
         return mean, math.sqrt(max(var, 0.0))
 
     def hist(self, a: np.ndarray) -> np.ndarray:
@@ -217,24 +232,106 @@ class CpuReducer:
         then a NaN column."""
         spec = self.spec
         counts = np.zeros(spec.n_bins + 1, dtype=np.int64)
-        kernels.hist_sample(a, sample_stride(a.size, spec.sample), self._lut, self._edges, spec.k + 2, counts)
+        self.k.hist_sample(a, sample_stride(a.size, spec.sample), self._lut, self._edges, spec.k + 2, counts)
         return counts
 
 
+def warm_kernels() -> bool:
+    """Compile (or load from numba's on-disk cache) every CPU kernel, through the calls a run
+    makes, so that the first run long enough to take them does not pay the compile after a
+    fresh install (`make warm`). False where numba is missing."""
+    if load_kernels() is None:
+        return False
+    cpu = CpuReducer(HistSpec())
+    x = torch.randn(4, 3, 5)
+    for dead in (None, DeadRegion(relu=True), DeadRegion(False, 0.0, 0.97)):
+        cpu.act_row(x, dead, hist=True)
+    cpu.update_rows(x, x + 1e-3)
+    cpu.param_row(torch.full((64,), 1e5) + torch.randn(64))  # the mean dwarfs the spread: centred
+    return True
+
+
+# What the tensor-op path costs over the kernels, in its own rows (2-core CPU, measured):
+# about 0.7 ms a tensor plus 20-30 ns an element, so 25,000 elements cost about one row more;
+# loading numba and the cached kernels (about 1.7 s, once per process) is 2,500 such rows.
+ROW_ELEMENTS = 25_000
+KERNEL_LOAD_ROWS = 2_500
+
+
+def tensor_path_cost(rows: int, elements: int) -> float:
+    """What reducing `rows` tensors of `elements` elements in all costs on the tensor-op path
+    over the kernels, in rows."""
+    return rows + elements / ROW_ELEMENTS
+
+
+START = "auto"  # how a CpuPath starts unless told; tests set "kernels" or "tensor" to take one path
+
+
+class CpuPath:
+    """Which path the CPU reduces on, decided between logged steps.
+
+    The kernels are 20-50x faster a tensor than the tensor ops, but loading them costs more
+    than a short run's whole telemetry (the smoke run's 160 rows take 0.16 s as tensor ops).
+    So a run starts on the tensor ops and moves to the kernels after a logged step once they
+    pay: when the `steps` still ahead (the run's logged steps, when its length is known)
+    would cost as much as loading them, or, when it is not known, once the steps done have
+    (then it pays at most twice what knowing would). The same run takes the same path at the
+    same step whatever ran before it in the process. `start`: "auto", "kernels" (from the
+    first step) or "tensor" (never: what CUDA/MPS tensors always take)."""
+
+    def __init__(self, steps: int | None = None, start: str | None = None) -> None:
+        start = start or START
+        if start not in ("auto", "kernels", "tensor"):
+            raise ValueError(f"CpuPath start={start!r}: auto, kernels or tensor")
+        self.steps_left = steps
+        self.spent = 0.0
+        self.fixed = start != "auto"
+        self.kernels = start == "kernels" and load_kernels() is not None
+
+    def step_done(self, rows: int, elements: int) -> bool:
+        """After a logged step that reduced `rows` CPU tensors of `elements` in all as tensor
+        ops: whether the kernels take the steps after it."""
+        if self.kernels or self.fixed:
+            return self.kernels
+        cost = tensor_path_cost(rows, elements)
+        self.spent += cost
+        if self.steps_left is not None:
+            self.steps_left = max(self.steps_left - 1, 0)
+            ahead = cost * self.steps_left
+        else:
+            ahead = self.spent
+        if ahead >= KERNEL_LOAD_ROWS:
+            self.kernels = load_kernels() is not None
+            self.fixed = not self.kernels
+        return self.kernels
+
+    def for_work(self, rows: int, elements: int) -> bool:
+        """For work known up front (a stacked probe's tensors): whether the kernels take it."""
+        if not self.fixed and tensor_path_cost(rows, elements) >= KERNEL_LOAD_ROWS:
+            self.kernels = load_kernels() is not None
+        return self.kernels
+
+
 def param_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
-    """mean, std and non-finite flag of many parameter tensors as queued ops: one multi-tensor
-    norm (torch._foreach_norm) and one sum per tensor, accumulated in float64; min, max and
-    zero counts are not recorded (NaN). The nonfinite column is -1 where a value is
-    non-finite (present, not counted: counting needs a sync)."""
+    """mean, std and non-finite flag of many parameter tensors as queued ops, accumulated in
+    float64: the sums, then one multi-tensor norm (torch._foreach_norm) about each tensor's
+    mean, so a constant tensor (a fresh BatchNorm's weight) has std 0 exactly and a mean that
+    dwarfs the spread loses no digits; min, max and zero counts are not recorded (NaN). The
+    nonfinite column is -1 where a value is non-finite (present, not counted: counting needs
+    a sync)."""
     ts = [t.detach() for t in tensors]
+    f64 = torch.float64
+    sums = torch.stack([t.sum(dtype=f64) for t in ts])
+    numel = torch.tensor([t.numel() for t in ts], dtype=f64, device=sums.device)
+    shift = (sums / numel.clamp_min(1)).unbind()
+    centred = [t - m.to(t.dtype) for t, m in zip(ts, shift)]  # about the mean as t's dtype holds it
     try:
-        norms = torch.stack(torch._foreach_norm(ts, 2, dtype=torch.float64))
+        norms = torch.stack(torch._foreach_norm(centred, 2, dtype=f64))
     except (TypeError, RuntimeError):  # torch releases before the dtype argument
-        norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float64) for t in ts])
-    sums = torch.stack([t.sum(dtype=torch.float64) for t in ts])
-    numel = torch.tensor([t.numel() for t in ts], dtype=torch.float64, device=norms.device)
+        norms = torch.stack([torch.linalg.vector_norm(c, dtype=f64) for c in centred])
+    rest = torch.stack([c.sum(dtype=f64) for c in centred])  # what the rounded mean left over
     mean = sums / numel
-    var = (norms.square() - sums * mean) / (numel - 1).clamp_min(1)
+    var = (norms.square() - rest.square() / numel) / (numel - 1).clamp_min(1)
     nan = torch.full_like(mean, NAN)
-    nonfinite = torch.where(torch.isfinite(norms) & torch.isfinite(sums), 0.0, -1.0).to(torch.float64)
+    nonfinite = torch.where(torch.isfinite(norms) & torch.isfinite(sums), 0.0, -1.0).to(f64)
     return torch.stack([mean, var.clamp_min(0).sqrt(), nan, nan, nan, nan, nan, nonfinite, numel], dim=1)

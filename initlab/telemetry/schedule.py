@@ -27,6 +27,15 @@ class Schedule:
     def __call__(self, step: int) -> bool:
         return step < self.first or step % self.every == 0 or step in self.log_steps or step == self.last
 
+    def count(self) -> int | None:
+        """How many of the run's steps are logged; None when its length is not known."""
+        if self.total is None:
+            return None
+        total, first, every = self.total, min(self.first, self.total), self.every
+        regular = first + max(-(-total // every) - -(-first // every), 0)  # below first, then multiples of every
+        extra = {s for s in self.log_steps | {self.last} if s < total and s >= first and s % every}
+        return regular + len(extra)
+
 
 @dataclass
 class TelemetryConfig:

@@ -31,10 +31,10 @@ from initlab.telemetry.columns import Columns, Slot, stats_columns
 from initlab.telemetry.recorder import dead_thresholds, first_tensor, layer_name, tracked_modules
 from initlab.telemetry.reducers import (
     STATS,
+    CpuPath,
     CpuReducer,
     DeadRegion,
     dead_region,
-    kernels,
     stacked_stats,
 )
 from initlab.telemetry.schedule import TelemetryConfig
@@ -66,6 +66,7 @@ class _Layout:
     params: list[tuple[str, str, str, str]]  # (module, module type, parameter, full name)
     with_grad: set[str]  # full names of the parameters that received a gradient
     bytes_per_draw: int
+    elements_per_draw: int  # of the tensors reduced: outputs and their gradients, parameters and theirs
 
 
 def _layout(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TelemetryConfig) -> _Layout:
@@ -106,9 +107,10 @@ def _layout(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TelemetryCo
     with_grad = {full for mod, _, pname, full in params if model.get_submodule(mod).get_parameter(pname).grad
                  is not None}
     size = x.element_size()
-    out_bytes = sum(math.prod(c.shape) for c in calls) * size
-    param_bytes = sum(p.numel() for p in model.parameters()) * size
-    return _Layout(calls, params, with_grad, 4 * out_bytes + 3 * param_bytes)
+    out_elements = sum(math.prod(c.shape) for c in calls)
+    param_elements = sum(p.numel() for p in model.parameters())
+    return _Layout(calls, params, with_grad, (4 * out_elements + 3 * param_elements) * size,
+                   2 * out_elements + 2 * param_elements)
 
 
 def _forward(base: nn.Module, calls: list[_Call], x: torch.Tensor, y: torch.Tensor
@@ -161,12 +163,16 @@ def _forward(base: nn.Module, calls: list[_Call], x: torch.Tensor, y: torch.Tens
 
 
 class _Reducer:
-    """Rows of a stacked tensor, one per draw. On the CPU, the recorder's own single-pass
-    kernels over each draw's view of the stack (the same numbers as one draw at a time);
-    elsewhere one queued reduction over the whole stack per tensor."""
+    """Rows of a stacked tensor, one per draw. On the CPU, when the probe is big enough to pay
+    for loading them (`CpuPath`), the recorder's own single-pass kernels over each draw's
+    view of the stack (the same numbers as one draw at a time); elsewhere one queued
+    reduction over the whole stack per tensor."""
 
-    def __init__(self, device: torch.device) -> None:
-        self.cpu = CpuReducer(None) if kernels is not None and device.type == "cpu" else None
+    def __init__(self, device: torch.device, layout: "_Layout", draws: int) -> None:
+        tensors = 2 * len(layout.calls) + 2 * len(layout.params)  # act and grad, weight and its grad
+        elements = draws * layout.elements_per_draw
+        wanted = device.type == "cpu" and CpuPath().for_work(tensors, elements)
+        self.cpu = CpuReducer(None) if wanted else None
 
     def act(self, X: torch.Tensor, dead: DeadRegion | None = None) -> torch.Tensor:
         if self.cpu is not None:
@@ -201,7 +207,7 @@ def stacked_step0(make: Callable[[Hashable], nn.Module], draws: Sequence[Hashabl
     # draws share nothing, so its gradient in draw i's parameters is draw i's own. (vmap(grad())
     # gives the same numbers to rounding but imports torch._dynamo, 3 s, at its first call.)
     batched = torch.func.vmap(_forward(base, layout.calls, x, y), in_dims=(0, 0, 0), randomness="error")
-    reduce = _Reducer(x.device)
+    reduce = _Reducer(x.device, layout, len(draws))
     tables: list[Columns] = []
     losses: list[np.ndarray] = []
     for start in range(0, len(draws), chunk):
