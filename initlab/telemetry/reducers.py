@@ -270,7 +270,7 @@ START = "auto"  # how a CpuPath starts unless told; tests set "kernels" or "tens
 class CpuPath:
     """Which path the CPU reduces on, decided between logged steps.
 
-    The kernels are 20-50x faster a tensor than the tensor ops, but loading them costs more
+    The kernels are 15-50x faster a tensor than the tensor ops, but loading them costs more
     than a short run's whole telemetry (the smoke run's 160 rows take 0.16 s as tensor ops).
     So a run starts on the tensor ops and moves to the kernels after a logged step once they
     pay: when the `steps` still ahead (the run's logged steps, when its length is known)
