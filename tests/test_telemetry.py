@@ -250,6 +250,17 @@ def test_schedule() -> None:
     assert logged[:20] == list(range(20)) and 999 in logged and len(logged) < 45
 
 
+def test_schedule_counts_its_logged_steps() -> None:
+    """Schedule.count() (what CpuPath plans with) equals counting step by step."""
+    import itertools
+
+    for total, first, every, points in itertools.product(
+            [0, 1, 2, 5, 10, 37, 100, 1000, 4097], [0, 1, 3, 10, 50], [1, 2, 7, 50, 1000], [0, 5, 20]):
+        sched = Schedule(total, first, every, points)
+        assert sched.count() == sum(sched(s) for s in range(total)), (total, first, every, points)
+    assert Schedule(None, 5, 20).count() is None
+
+
 @pytest.mark.parametrize("module", [nn.ReLU(), nn.LeakyReLU(), nn.Tanh(), nn.Sigmoid(), None])
 def test_queued_rows_reduced_together_equal_each_alone(module) -> None:
     g = torch.Generator().manual_seed(5)
