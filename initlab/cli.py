@@ -16,10 +16,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from initlab.behind import BEHIND
 from initlab.errors import InitlabError, Interrupted, RunDirTaken
 from initlab.help import help_text, wants_help
 from initlab.keys import check_overrides
 from initlab.launchers import LAST_SWEEP, STOPPED, make_discoverable
+from initlab.signals import SIGNALLED
 
 log = logging.getLogger("initlab")
 
@@ -29,9 +31,6 @@ EXIT_INTERRUPTED = 130
 # Hydra warns on every run that such a same-name merge is deprecated (it holds through 1.3).
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema")
 make_discoverable()
-
-
-SIGNALLED: list[int] = []  # every SIGINT/SIGTERM taken, in case an import swallowed the exception
 
 
 def _raise_interrupted(signum: int, frame: object) -> None:
@@ -57,7 +56,7 @@ def app(cfg: DictConfig) -> float | None:
 
         if SIGNALLED:  # a Ctrl-C during those imports that one of them swallowed (a run once went on)
             raise KeyboardInterrupt
-        summary = run_study(cfg, run_dir)
+        summary = run_study(cfg, run_dir, BEHIND if multirun and _in_process(hc) else None)
     except RunDirTaken as exc:  # another run's directory: write nothing into it
         if multirun:
             log.error("failed  %s", exc)
@@ -149,6 +148,11 @@ def _report_stopped_sweep() -> None:
         return
     from initlab.sweep import build_report
 
+    undrawn = BEHIND.abandon()
+    if undrawn:  # their data is on disk; `sweep/{3,4,7}` is one shell word for several jobs
+        where = str(undrawn[0]) if len(undrawn) == 1 else f"{sweep_dir}/{{{','.join(p.name for p in undrawn)}}}"
+        print(f"initlab: the figures of {len(undrawn)} jobs were not drawn; draw them with `initlab-report {where}`",
+              file=sys.stderr)
     try:
         table, _ = build_report(sweep_dir)
         print(f"initlab: sweep interrupted; the jobs that ran are in {table}", file=sys.stderr)
@@ -199,10 +203,8 @@ def _exit_now(code: object) -> None:
     import atexit
     import threading
 
-    for thread in threading.enumerate():  # what the interpreter's own shutdown waits for first
-        if thread is not threading.current_thread() and not thread.daemon:
-            thread.join()
-    atexit._run_exitfuncs()
+    threading._shutdown()  # what the interpreter's own shutdown does first: its exit hooks (a
+    atexit._run_exitfuncs()  # process pool's waits for its work), then every non-daemon thread
     logging.shutdown()
     for stream in (sys.stdout, sys.stderr):
         try:

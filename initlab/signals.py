@@ -6,6 +6,11 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+# Every SIGINT/SIGTERM the CLI's handlers took. Python drops an exception raised inside a
+# finalizer or a callback it calls for itself ("Exception ignored in ..."), so a Ctrl-C landing
+# there is lost; the training loop and the CLI read this instead of trusting the exception alone.
+SIGNALLED: list[int] = []
+
 
 @contextmanager
 def signals_deferred() -> Iterator[None]:

@@ -21,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from initlab.allocator import keep_freed_memory
+from initlab.behind import Behind
 from initlab.config import norm_spec, validate
 from initlab.data import load_dataset
 from initlab.defaults import preset
@@ -117,12 +118,13 @@ def _check_external(cfg: DictConfig) -> None:
                           "own normalisation); leave norm out")
 
 
-def run_study(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
-    """Run one study into `run_dir`; returns the summary written to summary.json."""
+def run_study(cfg: DictConfig, run_dir: Path, behind: Behind | None = None) -> dict[str, Any]:
+    """Run one study into `run_dir`; returns the summary written to summary.json. `behind`:
+    hand the figures (and report.html) to that worker instead of drawing them here."""
     t0 = time.perf_counter()
     lock = claim(run_dir)  # before any work: a run owns its directory
     try:
-        return _run(cfg, run_dir, t0)
+        return _run(cfg, run_dir, t0, behind)
     finally:
         release(lock)
 
@@ -134,10 +136,10 @@ class _Stage:
     watch: Watch | None = None
 
 
-def _run(cfg: DictConfig, run_dir: Path, t0: float) -> dict[str, Any]:
+def _run(cfg: DictConfig, run_dir: Path, t0: float, behind: Behind | None) -> dict[str, Any]:
     stage = _Stage()
     try:
-        return _stages(cfg, run_dir, t0, stage)
+        return _stages(cfg, run_dir, t0, stage, behind)
     except (KeyboardInterrupt, Interrupted):
         with signals_deferred():  # a second Ctrl-C waits until the summary is on disk
             return _interrupted(run_dir, stage)
@@ -171,7 +173,7 @@ def _samples_to_steps(cfg: DictConfig) -> None:
             cfg.train.steps = max(int(samples) // int(cfg.train.batch_size), 1)
 
 
-def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[str, Any]:
+def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Behind | None) -> dict[str, Any]:
     validate(cfg)
     _samples_to_steps(cfg)
     _check_external(cfg)
@@ -268,14 +270,17 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage) -> dict[st
     stage.name = "summary"
     summary = watch.finish(extra, OmegaConf.to_container(cfg.diagnose), plots=False)
     _flag_table(summary["flags"])
-    if cfg.plots:
-        stage.name = "plots"
-        watch.draw()
-    if cfg.report.html:
-        stage.name = "report"
-        from initlab.html import write_html
+    if cfg.plots and behind is not None:  # the figures, and the page that embeds them, behind the sweep
+        behind.submit(run_dir, bool(cfg.report.html))
+    else:
+        if cfg.plots:
+            stage.name = "plots"
+            watch.draw()
+        if cfg.report.html:
+            stage.name = "report"
+            from initlab.html import write_html
 
-        log.info("report  %s", write_html(run_dir))
+            log.info("report  %s", write_html(run_dir))
     final = summary["final"]
     if summary["status"] == "diverged":
         d = summary["diverged"]

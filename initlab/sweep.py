@@ -13,6 +13,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from initlab.behind import BEHIND
 from initlab.diagnose import depth_ratio
 from initlab.launchers import LAST_SWEEP
 from initlab.store import STATS_DIR, SUMMARY_FILE
@@ -141,6 +142,7 @@ class SweepReport(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
+        BEHIND.finish()  # the jobs' figures, then the sweep's
         try:
             table_path, _ = build_report(sweep_dir, OmegaConf.select(config, "plot_layers", default="weighted"),
                                          OmegaConf.select(config, "plot_format", default="png"))

@@ -22,6 +22,7 @@ from initlab.devices import synchronize
 from initlab.eager_optim import eager
 from initlab.errors import Diverged, Interrupted
 from initlab.registry import Registry
+from initlab.signals import SIGNALLED
 from initlab.watcher import Watch
 
 OPTIMIZERS: Registry[Callable[[Any, Mapping[str, Any]], torch.optim.Optimizer]] = Registry("optim.name")
@@ -150,6 +151,7 @@ def fit(
     for cb in callbacks:
         cb.on_fit_start(n_iter)
     t_start = time.perf_counter()
+    signalled = len(SIGNALLED)
     try:
         for step in range(n_iter):
             x, y = next(batches)
@@ -183,6 +185,8 @@ def fit(
             watch.log(**row)
             for cb in callbacks:
                 cb.on_step_end(step, row)
+            if len(SIGNALLED) > signalled:  # a Ctrl-C whose exception Python dropped (see signals.py)
+                raise KeyboardInterrupt
     except Diverged:
         result.status = "diverged"
     except (KeyboardInterrupt, Interrupted):

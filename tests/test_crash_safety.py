@@ -195,3 +195,33 @@ def test_a_signal_while_the_run_starts_up_is_exit_130_without_a_traceback(tmp_pa
         assert json.loads(summary.read_text())["status"] == "interrupted"
     else:
         assert "interrupted before the run began; nothing was recorded" in err
+
+
+def test_a_ctrl_c_python_dropped_still_stops_training_at_the_step_boundary(make_cfg) -> None:
+    """A SIGINT landing in a finalizer raises KeyboardInterrupt there, and Python prints and
+    drops it ("Exception ignored in ..."); the CLI's handler also counts it, and the loop reads the count."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from initlab.data import load_dataset
+    from initlab.signals import SIGNALLED
+    from initlab.train import Callback, fit
+    from initlab.watcher import Watch
+
+    cfg = make_cfg("train.steps=50")
+    data = load_dataset(OmegaConf.to_container(cfg.data, resolve=True), torch.device("cpu"), 0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(int(torch.tensor(data.in_shape).prod()), 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    class DroppedCtrlC(Callback):
+        def on_step_end(self, step: int, row: dict) -> None:
+            if step == 2:
+                SIGNALLED.append(signal.SIGINT)  # what the handler did before its exception was lost
+
+    before = len(SIGNALLED)
+    try:
+        with Watch(model, optimizer, total_steps=50, plots=False) as w:
+            result = fit(model, data, optimizer, cfg.train, w, 0, [DroppedCtrlC()])
+    finally:
+        del SIGNALLED[before:]
+    assert result.status == "interrupted" and result.steps_done == 3
