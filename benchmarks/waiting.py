@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from benchmarks.common import write_table
+from initlab.behind import NICE, workers
 
 
 def wall(cmd: list[str], cwd: Path) -> float:
@@ -162,7 +163,9 @@ def main() -> None:
          "included; the same run_study otherwise.",
          f"Sweep rows: `initlab -m \"seed=range(0,{jobs})\" {' '.join(SWEEP)}`, "
          "each in a fresh process, in rounds alternating which goes first; 'against' is the ratio to plots=false "
-         "within a round (median, range)."],
+         "within a round (median, range). With figures, the jobs run one after another in the sweep's process "
+         f"and {workers()} worker processes (nice +{NICE}, initlab/behind.py) draw each finished job's figures "
+         "from its files; the command ends when the last job's are drawn."],
     )
 
 

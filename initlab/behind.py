@@ -1,8 +1,8 @@
 """A sequential sweep's per-run figures, drawn behind it: while the next jobs run, worker
 processes draw each finished job's figures (and its report.html) from the files it wrote,
 with the same `report_run` as `initlab-report`. Drawing a step-0 job's figures takes longer
-than the rest of the job; in turn, a 100-job probe sweep took 2.5x its `plots=false` time,
-behind it 1.7x (benchmarks/waiting.py).
+than the rest of the job, so drawn in turn they more than doubled a probe sweep's time
+(benchmarks/waiting.py measures the sweep with and without figures).
 
 Only for Hydra's basic launcher, whose jobs run one after another in this process; the
 parallel launchers already keep every core busy, and a single run draws in its own process.
@@ -48,7 +48,7 @@ def draw_run(run_dir: str, html: bool) -> int:
 
 
 class Behind:
-    """One worker process, started at the first run handed to it, drawing runs in the order given."""
+    """The worker processes, started at the first run handed over, drawing runs in the order given."""
 
     def __init__(self) -> None:
         self._pool: ProcessPoolExecutor | None = None

@@ -110,9 +110,9 @@ def test_help_lists_the_groups_and_the_config_the_overrides_compose(tmp_path: Pa
 
 
 def test_the_file_side_modules_never_import_torch(tmp_path: Path) -> None:
-    """The README's Architecture: store, diagnose, sweep, plots, html and report read and write
-    files and DataFrames only (rebuilding a report never pays for torch)."""
+    """The README's Architecture: store, diagnose, sweep, plots, html, report and behind read and
+    write files and DataFrames only (rebuilding a report, or a sweep's drawing worker, never pays for torch)."""
     code = ("import sys, initlab.store, initlab.diagnose, initlab.sweep, initlab.plots, initlab.html, "
-            "initlab.report; print('torch' in sys.modules)")
+            "initlab.report, initlab.behind; print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stdout + proc.stderr
