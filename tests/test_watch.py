@@ -193,6 +193,15 @@ def test_telemetry_given_as_preset_dict_or_config_and_unlogged_steps_not_read() 
         assert len(w.collected) == (0 if spec == "off" else 1)
 
 
+def test_a_telemetry_config_round_trips_through_its_dict_histograms_off_included() -> None:
+    for spec in ("full", {"hist": None}, {"hist": {"enabled": False}}):
+        cfg = initlab.TelemetryConfig.of(spec)
+        again = initlab.TelemetryConfig.of(cfg.as_dict())
+        assert again.as_dict() == cfg.as_dict()
+    assert initlab.TelemetryConfig.of({"hist": None}).hist is None
+    assert initlab.TelemetryConfig.of({"hist": {"enabled": False}}).hist is None
+
+
 def test_nonfinite_loss_in_a_user_loop_is_diverged_not_a_crash(tmp_path: Path) -> None:
     model = nn.Sequential(nn.Linear(3, 3))
     with initlab.watch(model, out=tmp_path / "nan", plots=False) as w:

@@ -59,9 +59,9 @@ class TelemetryConfig:
     def from_cfg(cls, cfg: Mapping[str, Any]) -> "TelemetryConfig":
         """From a dict of conf/telemetry's keys; missing keys take the `default` preset's."""
         c = preset("telemetry", "default", cfg)
-        h = c["hist"] or {}
+        h = c["hist"]  # None (as `as_dict()` writes a config without histograms) or enabled=false: none
         hist = HistSpec(float(h["min_abs"]), float(h["max_abs"]), int(h["bins_per_decade"]),
-                        int(h["sample"])) if h.get("enabled", True) else None
+                        int(h["sample"])) if h is not None and h.get("enabled", True) else None
         return cls(params=bool(c["params"]), bn=bool(c["bn"]), norm=bool(c["norm"]), hist=hist, thresholds=dict(c["dead"] or {}),
                    modules=list(c["modules"] or []), enabled=bool(c["enabled"]), first=int(c["first"]),
                    every=int(c["every"]), log_points=int(c["log_points"]), flush_every=int(c["flush_every"]),
