@@ -1,6 +1,6 @@
 """Reducers: a tensor -> its row of statistics (STATS), by one of two paths.
 
-- CPU: single-pass numba kernels (`kernels`), read back as host numbers at once.
+- CPU: numba kernels (`kernels`) that read each tensor while it is in cache, read back as host numbers at once.
 - queued: every statistic a tensor op that stays on the device (CUDA/MPS, a short CPU run
   before the kernels pay for loading them (`CpuPath`), or the CPU where numba is missing);
   no sync until the step's one transfer.
@@ -135,7 +135,7 @@ CANCEL = 1e-4  # var below CANCEL * mean^2: the uncentred float64 sums may have 
 
 
 class CpuReducer:
-    """Rows of CPU tensors from the single-pass kernels, read straight back as host numbers.
+    """Rows of CPU tensors from the numba kernels, read straight back as host numbers.
 
     The variance comes from float64 sums of the float32 values and their (exact) squares;
     where the mean dwarfs the spread (var < CANCEL * mean^2, e.g. BatchNorm weights near 1)

@@ -164,7 +164,7 @@ def _forward(base: nn.Module, calls: list[_Call], x: torch.Tensor, y: torch.Tens
 
 class _Reducer:
     """Rows of a stacked tensor, one per draw. On the CPU, when the probe is big enough to pay
-    for loading them (`CpuPath`), the recorder's own single-pass kernels over each draw's
+    for loading them (`CpuPath`), the recorder's own kernels over each draw's
     view of the stack (the same numbers as one draw at a time); elsewhere one queued
     reduction over the whole stack per tensor."""
 
