@@ -278,7 +278,7 @@ def test_queued_rows_reduced_together_equal_each_alone(module) -> None:
 @pytest.mark.parametrize("module", [nn.ReLU(), nn.ReLU6(), nn.LeakyReLU(), nn.GELU(), nn.Tanh(), nn.Sigmoid(), None],
                          ids=["relu", "relu6", "leaky", "gelu", "tanh", "sigmoid", "plain"])
 @pytest.mark.parametrize("shape", [(64, 8, 4, 4), (64, 100), (5000,), (3, 2, 7, 1, 5), (2, 4096)],
-                         ids=["4d", "2d", "1d", "5d", "whole-rows"])  # 1d, 2d: the plain kernel's rows of 4096 and a rest
+                         ids=["4d", "2d", "1d", "5d", "whole-rows"])  # 1d, 2d: the plain kernel's rows of 4096, the last shorter
 def test_kernel_row_equals_exact_statistics(module, shape) -> None:
     """The CPU kernel's row equals the exact centred tensor-op computation,
     dead fraction and dead units included."""

@@ -61,10 +61,10 @@ def act_moments(x, units, rest, region, center, half_width, position_dead):
     if region != NO_REGION:
         for j in range(positions):
             position_dead[j] = 0
-    for r in range(rows):
+    for r in range(-(-x.size // max(positions, 1))):  # NO_REGION: the last row may be shorter
         xr, br = x[r * positions:(r + 1) * positions], bits[r * positions:(r + 1) * positions]
         row_nz = _I32(0)  # every 32-bit result cast back: numba widens int32 arithmetic to int64
-        for j in range(positions):
+        for j in range(xr.size):
             b = br[j]
             k = _I32(b ^ ((b >> 31) & _MAG))
             lo, hi = _I32(min(lo, k)), _I32(max(hi, k))
@@ -74,11 +74,6 @@ def act_moments(x, units, rest, region, center, half_width, position_dead):
             elif region == BAND_REGION:
                 position_dead[j] = _I32(position_dead[j] + _I32(abs(xr[j] - c) > hw))
         nz += row_nz
-    for j in range(rows * positions, x.size):  # NO_REGION: what is left after the last whole row
-        b = bits[j]
-        k = _I32(b ^ ((b >> 31) & _MAG))
-        lo, hi = _I32(min(lo, k)), _I32(max(hi, k))
-        nz += (b & _MAG) != 0
     s, sq = 0.0, 0.0
     for i in range(x.size):
         f = np.float64(x[i])
