@@ -189,7 +189,8 @@ def _steps(label: str, device: torch.device, quick: bool) -> tuple[int, int]:
 def _in_processes(label: str, args: argparse.Namespace, n: int) -> list[dict]:
     """The case measured in n fresh processes, one after another."""
     cmd = [sys.executable, "-m", "benchmarks.telemetry_overhead", "--device", args.device, "--rounds",
-           str(args.rounds), "--json", label] + (["--quick"] if args.quick else [])
+           str(args.rounds), "--json", label] + (["--quick"] if args.quick else []) + (
+        ["--threads", str(args.threads)] if args.threads else [])
     return [json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             for _ in range(n)]
 
@@ -209,9 +210,14 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", default=None, help="cases whose label starts with these words")
     parser.add_argument("--tables", nargs="*", default=list(TABLES), choices=list(TABLES),
                         help="models: the overhead table; norms: conv4 under each norm")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own); the telemetry's work is one thread's")
+    parser.add_argument("--tag", default="", help="appended to the results' file names (e.g. torch2.15)")
     parser.add_argument("--json", default=None, metavar="LABEL", help=argparse.SUPPRESS)  # one case, one process
     args = parser.parse_args()
     device = resolve_device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.json:
         keep_freed_memory()  # as the CLI's process does (initlab/allocator.py)
         steps, long_steps = _steps(args.json, device, args.quick)
@@ -241,7 +247,7 @@ def _table(table: str, args: argparse.Namespace, device: torch.device) -> None:
     name = "telemetry" if table == "models" else "telemetry_norms"
     title = "Telemetry overhead" if table == "models" else "Telemetry overhead under each norm, conv4"
     write_table(
-        f"{name}_{device.type}" + ("_quick" if args.quick else ""), f"{title} on {device.type} (step time / telemetry=off step time)",
+        f"{name}_{device.type}" + (f"_{args.tag}" if args.tag else "") + ("_quick" if args.quick else ""), f"{title} on {device.type} (step time / telemetry=off step time)",
         ["model", "processes", "off: median step (ms)", "full", "of which BN/norm rows", "watch() full, plain user loop",
          "naive .item() reference", "default schedule, whole run"],
         rows,

@@ -103,12 +103,14 @@ def sweep(jobs: int, tmp: Path, rounds: int = 2) -> dict[str, list[float]]:
     return out
 
 
+PROBE = ["model=mlp", "model.depth=10", "model.width=256", "train.steps=0", "plots=false", "train.progress=false"]
+
+
 def probe(rounds: int, tmp: Path, seeds: int) -> dict[str, list[float]]:
     from initlab.study import run_study
     from tests.conftest import compose_cfg
 
-    base = ["model=mlp", "model.depth=10", "model.width=256", "train.steps=0", "plots=false",
-            "train.progress=false", f"probe.seeds={seeds}"]
+    base = [*PROBE, f"probe.seeds={seeds}"]
     out: dict[str, list[float]] = {"stacked": [], "per draw": []}
     for r in range(rounds):
         for path, flag in (("stacked", "true"), ("per draw", "false")):
@@ -117,6 +119,19 @@ def probe(rounds: int, tmp: Path, seeds: int) -> dict[str, list[float]]:
             summary = run_study(compose_cfg([*base, f"probe.stacked={flag}"]), d)
             out[path].append(summary["probe"]["seconds"])
     return out
+
+
+def probe_fresh(rounds: int, tmp: Path, seeds: int) -> tuple[list[float], list[float]]:
+    """What `initlab ... probe.seeds=N` pays as a command: the wall time of fresh processes and
+    their probe stage (the process's first probe: numba's kernels load, its memory is fresh)."""
+    import json
+
+    walls, stages = [], []
+    for r in range(rounds):
+        d = tmp / f"probe_cli_{r}"
+        walls.append(wall([sys.executable, "-m", "initlab", *PROBE, f"probe.seeds={seeds}", f"hydra.run.dir={d}"], tmp))
+        stages.append(json.loads((d / "summary.json").read_text())["probe"]["seconds"])
+    return walls, stages
 
 
 def main() -> None:
@@ -138,11 +153,14 @@ def main() -> None:
         rows.append(["a step-0 run's own overhead (MLP 10x256: run_study but forward/backward)",
                      spread(step0_overhead(rounds, tmp)), "", ""])
         p = probe(rounds, tmp, seeds)
+        cli_wall, cli_stage = probe_fresh(rounds, tmp, seeds)
         sw = sweep(jobs, tmp, 1 if args.quick else 2)
     speed = sorted(a / b for a, b in zip(p["per draw"], p["stacked"]))
     rows.append([f"probe.seeds={seeds}, MLP 10x256, batch 64: stacked (vmap)", spread(p["stacked"]),
                  f"{speed[len(speed) // 2]:.1f}x faster", ""])
     rows.append([f"probe.seeds={seeds}, MLP 10x256, batch 64: one draw at a time", spread(p["per draw"]), "1.0x", ""])
+    rows.append([f"`initlab ... probe.seeds={seeds}` in a fresh process: its probe stage", spread(cli_stage), "", ""])
+    rows.append([f"`initlab ... probe.seeds={seeds}` in a fresh process: the whole command", spread(cli_wall), "", ""])
     ratios = [t / f for t, f in zip(sw["true"], sw["false"])]
     rows.append([f"{jobs}-job probe sweep, plots=false", spread(sw["false"], digits=1), "1.0x", ""])
     rows.append([f"{jobs}-job probe sweep, per-run figures", spread(sw["true"], digits=1),
@@ -160,7 +178,8 @@ def main() -> None:
          "Figures: plot_run in this process on a default run's tables; the first call loads matplotlib's fonts.",
          f"Step-0 overhead: {3 * rounds} runs in this process after a warm-up; total_s less step_time_median_s.",
          "Probe rows: the probe stage's own time (summary.json probe.seconds), building and initialising each draw "
-         "included; the same run_study otherwise.",
+         "included; the same run_study otherwise. The fresh-process rows run the command itself "
+         f"(`initlab {' '.join(PROBE)} probe.seeds={seeds}`), the first probe of its process.",
          f"Sweep rows: `initlab -m \"seed=range(0,{jobs})\" {' '.join(SWEEP)}`, "
          "each in a fresh process, in rounds alternating which goes first; 'against' is the ratio to plots=false "
          "within a round (median, range). With figures, the jobs run one after another in the sweep's process "

@@ -142,6 +142,31 @@ def test_the_stacked_probe_on_the_queued_path_gives_the_same_rows(monkeypatch) -
     _assert_same_rows(got, ref, atol=1e-7)  # float32 sums in another order: |mean| ~ 1e-9 differs by 1e-8
 
 
+def test_the_stacked_probe_in_chunks_gives_the_same_rows(monkeypatch) -> None:
+    """Draws that do not fit one chunk are stacked a chunk at a time (here one draw each, with a
+    BatchNorm's running statistics): the same rows as one draw at a time."""
+    import torch
+    from torch import nn
+
+    from initlab.probe import probe
+    from initlab.telemetry import TelemetryConfig, stacked
+
+    def make(init: str, seed: int) -> nn.Module:
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(8, 16, bias=False), nn.BatchNorm1d(16), nn.ReLU(), nn.Linear(16, 3))
+
+    batch = (torch.randn(6, 8, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2, 0, 1, 2]))
+    draws = [("default", s) for s in range(3)]
+    ref, _ = probe(make, batch, draws, TelemetryConfig(), torch.device("cpu"), stacked=False)
+    calls = []
+    real = torch.func.stack_module_state
+    monkeypatch.setattr(torch.func, "stack_module_state", lambda group: calls.append(len(group)) or real(group))
+    monkeypatch.setattr(stacked, "MEMORY_BUDGET", 1)  # less than one draw: a chunk of one
+    got, how = probe(make, batch, draws, TelemetryConfig(), torch.device("cpu"))
+    assert how == "stacked" and calls == [1, 1, 1] and {"bn_running_mean", "bn_batch_var"} <= set(got["kind"])
+    _assert_same_rows(got, ref)
+
+
 def _assert_same_rows(got, ref, atol: float = 0.0) -> None:
     j = got.merge(ref, on=KEY, how="outer", suffixes=("", "_ref"), validate="one_to_one", indicator=True)
     assert (j["_merge"] == "both").all()  # the same rows, no row only on one side
