@@ -25,7 +25,7 @@ _kernels: Any = None  # initlab.telemetry.kernels once loaded; False where numba
 
 def load_kernels() -> Any:
     """The numba kernels module, imported at its first use (numba and the cached kernels take
-    about 1.7 s to load on a 2-core CPU); None where numba is missing (no wheel for this
+    1.7 s to load on a 2-core AMD EPYC, 0.6 s on a 2-core Xeon); None where numba is missing (no wheel for this
     platform yet: the CPU takes the tensor-op path)."""
     global _kernels
     if _kernels is None:
@@ -251,7 +251,7 @@ def warm_kernels() -> bool:
     return True
 
 
-# What the tensor-op path costs over the kernels, in its own rows (2-core CPU, measured):
+# What the tensor-op path costs over the kernels, in its own rows (2-core AMD EPYC, measured):
 # about 0.7 ms a tensor plus 20-30 ns an element, so 25,000 elements cost about one row more;
 # loading numba and the cached kernels (about 1.7 s, once per process) is 2,500 such rows.
 ROW_ELEMENTS = 25_000
