@@ -8,6 +8,7 @@ Figures: `plot_run` on the default study's own tables (a run made once with plot
 Probe: `run_study` in this process, the two probe paths interleaved."""
 
 import argparse
+import json
 import statistics
 import subprocess
 import sys
@@ -124,8 +125,6 @@ def probe(rounds: int, tmp: Path, seeds: int) -> dict[str, list[float]]:
 def probe_fresh(rounds: int, tmp: Path, seeds: int) -> tuple[list[float], list[float]]:
     """What `initlab ... probe.seeds=N` pays as a command: the wall time of fresh processes and
     their probe stage (the process's first probe: numba's kernels load, its memory is fresh)."""
-    import json
-
     walls, stages = [], []
     for r in range(rounds):
         d = tmp / f"probe_cli_{r}"
