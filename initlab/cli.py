@@ -21,7 +21,7 @@ from initlab.errors import InitlabError, Interrupted, RunDirTaken
 from initlab.help import help_text, wants_help
 from initlab.keys import check_overrides
 from initlab.launchers import LAST_SWEEP, STOPPED, make_discoverable
-from initlab.signals import SIGNALLED
+from initlab.signals import SIGNALLED, install_handlers, raise_interrupted
 
 log = logging.getLogger("initlab")
 
@@ -33,16 +33,6 @@ warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated
 make_discoverable()
 
 
-def _raise_interrupted(signum: int, frame: object) -> None:
-    SIGNALLED.append(signum)
-    raise Interrupted(f"signal {signum}")
-
-
-def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
-    SIGNALLED.append(signum)
-    raise KeyboardInterrupt  # outside the run, through Hydra (which would report an Exception as an error)
-
-
 @hydra.main(version_base="1.3", config_path="pkg://initlab.conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the final loss so sweepers can optimise it."""
@@ -51,7 +41,7 @@ def app(cfg: DictConfig) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         # inside the try: a SIGTERM landing while the handler is being installed is handled too
-        signal.signal(signal.SIGTERM, _raise_interrupted)
+        signal.signal(signal.SIGTERM, raise_interrupted)
         from initlab.study import run_study  # torch: only for a run (not --help, --cfg, completion)
 
         if SIGNALLED:  # a Ctrl-C during those imports that one of them swallowed (a run once went on)
@@ -226,8 +216,7 @@ def _main() -> None:
     if problem:
         print(f"initlab: error: {problem}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
-    for signum in (signal.SIGINT, signal.SIGTERM):  # the run itself turns SIGTERM into Interrupted
-        signal.signal(signum, _raise_keyboard_interrupt)
+    install_handlers()  # KeyboardInterrupt outside the run: through Hydra, which reports an Exception as an error
     try:
         app()
     except KeyboardInterrupt:  # before a run began, or in a sweep run in this process

@@ -1,15 +1,50 @@
-"""Signals held while a step's records are written, so what is on disk describes whole steps."""
+"""Signals: the handlers that count each Ctrl-C and SIGTERM, and the block that holds them while a
+step's records are written, so what is on disk describes whole steps."""
 
 import signal
+import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from functools import partial
+from typing import Any, NoReturn
+
+from initlab.errors import Interrupted
 
 # Every SIGINT/SIGTERM the CLI's handlers took. Python drops an exception raised inside a
 # finalizer or a callback it calls for itself ("Exception ignored in ..."), so a Ctrl-C landing
 # there is lost; the training loop and the CLI read this instead of trusting the exception alone.
 SIGNALLED: list[int] = []
+
+
+def raise_keyboard_interrupt(signum: int, frame: object) -> NoReturn:
+    """SIGINT (and, outside a run, SIGTERM): counted, then raised as Python's own handler would."""
+    SIGNALLED.append(signum)
+    raise KeyboardInterrupt
+
+
+def raise_interrupted(signum: int, frame: object) -> NoReturn:
+    """SIGTERM inside a run: counted, then raised as an exception the run turns into `interrupted`."""
+    SIGNALLED.append(signum)
+    raise Interrupted(f"signal {signum}")
+
+
+def _quiet_dropped_interrupt(args: Any, *, then: Callable[[Any], object]) -> None:
+    """Python prints the traceback of an exception it had to drop. A counted Ctrl-C dropped so
+    (e.g. landing in numba's LLVM callback while a kernel compiles) is not a crash: the loop
+    stops at the next step boundary, so saying nothing is the truthful report."""
+    if SIGNALLED and isinstance(args.exc_value, (KeyboardInterrupt, Interrupted)):
+        return
+    then(args)
+
+
+def install_handlers() -> None:
+    """What a process that runs initlab jobs needs: Ctrl-C and SIGTERM counted and raised, and the
+    interrupts Python drops kept quiet (the CLI's process and each joblib job's)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):  # the run itself turns SIGTERM into Interrupted
+        signal.signal(signum, raise_keyboard_interrupt)
+    if getattr(sys.unraisablehook, "func", None) is not _quiet_dropped_interrupt:  # once, not around itself
+        sys.unraisablehook = partial(_quiet_dropped_interrupt, then=sys.unraisablehook)
 
 
 @contextmanager

@@ -24,13 +24,14 @@ from joblib import Parallel, delayed
 from omegaconf import open_dict
 
 from initlab.launchers import STOPPED, dead_job, how_it_died, job_dir, log
+from initlab.signals import install_handlers
 
 
 def _child(conn: Any, blob: bytes) -> None:
     """One job in its own process: what the plugin's execute_job does in a loky worker, with
     the job directory sent first so the parent can speak for a job that dies."""
     os.setpgrp()  # the terminal's Ctrl-C goes to the launcher, which forwards exactly one
-    signal.signal(signal.SIGINT, signal.default_int_handler)
+    install_handlers()  # as in the CLI's process: a Ctrl-C Python drops is still counted
     num, overrides, hydra_context, config, task_function, singleton_state = cloudpickle.loads(blob)
     setup_globals()
     Singleton.set_state(singleton_state)
