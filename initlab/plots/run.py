@@ -13,6 +13,7 @@ from initlab.plots.base import (
     BinAxis,
     LayerAxis,
     colors,
+    drawing,
     figure,
     legend,
     log_axis,
@@ -347,6 +348,7 @@ def plot_hist_first_last(hist: pd.DataFrame, title: str, path: Path, fmt: str = 
     return save(fig, path, f"{title}: histograms at the first and last logged step", fmt)
 
 
+@drawing
 def plot_run(stats: pd.DataFrame, metrics: pd.DataFrame, config: dict[str, Any], out_dir: Path,
              hist: pd.DataFrame | None = None, probe: pd.DataFrame | None = None, fmt: str = "png",
              layers: str | None = None) -> list[Path]:

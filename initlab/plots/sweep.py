@@ -14,6 +14,7 @@ from matplotlib.ticker import MaxNLocator
 
 from initlab.plots.base import (
     LayerAxis,
+    drawing,
     figure,
     layer_axis_name,
     legend,
@@ -199,6 +200,7 @@ def _loss_curves(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str) -> Path
     return save(fig, out_dir / "loss_curves", f"{_study(out_dir, done, [])}: loss curves", fmt)
 
 
+@drawing
 def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path, fmt: str = "png", layers: str = "weighted"
                ) -> list[Path]:
     """Comparison figures of a sweep: the grid of final losses over the swept factors,
