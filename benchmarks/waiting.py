@@ -5,6 +5,7 @@ with and without per-run figures, measured side by side in one run.
 Start-up: wall time of fresh processes (the interpreter, imports, Hydra, the run), the
 median of `--rounds`, the reference commands interleaved with initlab's in each round.
 Figures: `plot_run` on the default study's own tables (a run made once with plots=false).
+Collector: two whole commands with and without initlab/collector.py's policy.
 Probe: `run_study` in this process, the two probe paths interleaved."""
 
 import argparse
@@ -55,8 +56,8 @@ def start_up(rounds: int, tmp: Path) -> list[list[str]]:
 def figures(rounds: int, tmp: Path) -> tuple[float, list[float], list[float], int]:
     """plot_run on the default study's tables: the first call in this process (matplotlib's
     fonts and caches: what one `initlab` run pays), then later calls alternating with the same
-    drawing while the cycle collector rescans the whole heap (plot_run without its
-    `heap_set_aside`, initlab/plots/base.py)."""
+    drawing while Python starts full collections as it would (plot_run without its `drawing`
+    wrapper, initlab/plots/base.py)."""
     from initlab.plots import plot_run
     from initlab.store import load_run
     from initlab.study import run_study
@@ -66,7 +67,7 @@ def figures(rounds: int, tmp: Path) -> tuple[float, list[float], list[float], in
     run_dir.mkdir()
     run_study(compose_cfg(["plots=false", "train.progress=false"]), run_dir)
     run = load_run(run_dir)
-    draw = {"set aside": plot_run, "rescanned": plot_run.__wrapped__}
+    draw = {"paused": plot_run, "collected": plot_run.__wrapped__}
     times: dict[str, list[float]] = {k: [] for k in draw}
     t0 = time.perf_counter()
     made = plot_run(run.stats, run.metrics, run.config, tmp / "plots_first", run.hist, run.probe)
@@ -77,7 +78,7 @@ def figures(rounds: int, tmp: Path) -> tuple[float, list[float], list[float], in
             out = tmp / f"plots_{r}_{k.replace(' ', '_')}"
             draw[k](run.stats, run.metrics, run.config, out, run.hist, run.probe)
             times[k].append(time.perf_counter() - t0)
-    return first, times["set aside"], times["rescanned"], len(made)
+    return first, times["paused"], times["collected"], len(made)
 
 
 def step0_overhead(rounds: int, tmp: Path) -> list[float]:
@@ -99,6 +100,30 @@ def step0_overhead(rounds: int, tmp: Path) -> list[float]:
 SWEEP = ["train.steps=0", "model=mlp", "model.depth=10", "data.shape=[256]", "train.progress=false"]
 
 
+PROBE = ["model=mlp", "model.depth=10", "model.width=256", "train.steps=0", "plots=false", "train.progress=false"]
+
+
+# The command with initlab/collector.py switched off: Python's collector as it comes.
+COLLECTOR_OFF = ("import contextlib, initlab.collector as c; c.paused = contextlib.nullcontext; "
+                 "c.freeze_loaded = lambda: None; ")
+COLLECTED = {"the default study (`initlab`)": ["train.progress=false"],
+             "the probe command (`initlab ... probe.seeds=100`)": [*PROBE, "probe.seeds=100"]}
+
+
+def collector(rounds: int, tmp: Path) -> dict[str, dict[str, list[float]]]:
+    """Each command in COLLECTED as shipped and with initlab/collector.py switched off, fresh
+    processes, interleaved (which goes first alternates): the whole command's wall time."""
+    out: dict[str, dict[str, list[float]]] = {name: {"shipped": [], "off": []} for name in COLLECTED}
+    for r in range(rounds):
+        for name, args in COLLECTED.items():
+            for variant in ("shipped", "off") if r % 2 == 0 else ("off", "shipped"):
+                argv = ["initlab", *args, f"hydra.run.dir={tmp / f'collector_{variant}_{r}_{len(args)}'}"]
+                code = (COLLECTOR_OFF if variant == "off" else "") + (
+                    f"import sys; sys.argv = {argv!r}; from initlab.cli import main; main()")
+                out[name][variant].append(wall([sys.executable, "-c", code], tmp))
+    return out
+
+
 def sweep(jobs: int, tmp: Path, rounds: int = 2) -> dict[str, list[float]]:
     """The README's probe sweep (`initlab -m "seed=range(0,N)" ...`) with plots=false and with
     per-run figures: wall time of the whole command, in rounds that alternate which goes
@@ -110,9 +135,6 @@ def sweep(jobs: int, tmp: Path, rounds: int = 2) -> dict[str, list[float]]:
                    f"hydra.sweep.dir={tmp / f'sweep_{plots}_{r}'}"]
             out[plots].append(wall(cmd, tmp))
     return out
-
-
-PROBE = ["model=mlp", "model.depth=10", "model.width=256", "train.steps=0", "plots=false", "train.progress=false"]
 
 
 def probe(rounds: int, tmp: Path, seeds: int) -> dict[str, list[float]]:
@@ -152,15 +174,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         rows = [[name, t, "", over] for name, t, over in start_up(rounds, tmp)]
-        first, later, rescanned, n_figs = figures(rounds, tmp)
+        first, later, collected, n_figs = figures(rounds, tmp)
         rows.append([f"the default study's {n_figs} figures (plot_run): the first call in a process", spread([first]),
                      "", ""])
         rows.append([f"the default study's {n_figs} figures (plot_run): later calls (a sweep's jobs)", spread(later),
-                     f"{statistics.median(r / s for r, s in zip(rescanned, later)):.2f}x faster", ""])
-        rows.append([f"the same {n_figs} figures, the heap rescanned by each full collection", spread(rescanned),
+                     f"{statistics.median(c / p for c, p in zip(collected, later)):.2f}x faster", ""])
+        rows.append([f"the same {n_figs} figures, full collections as Python starts them", spread(collected),
                      "1.0x", ""])
         rows.append(["a step-0 run's own overhead (MLP 10x256: run_study but forward/backward)",
                      spread(step0_overhead(rounds, tmp)), "", ""])
+        for name, t in collector(rounds, tmp).items():
+            ratios = [off / on for on, off in zip(t["shipped"], t["off"])]
+            rows.append([f"{name}, whole command", spread(t["shipped"]),
+                         f"{statistics.median(ratios):.2f}x faster ({min(ratios):.2f}–{max(ratios):.2f})", ""])
+            rows.append([f"{name}, whole command, Python's collector as it comes", spread(t["off"]), "1.0x", ""])
         p = probe(rounds, tmp, seeds)
         cli_wall, cli_stage = probe_fresh(rounds, tmp, seeds)
         sw = sweep(jobs, tmp, 1 if args.quick else 2)
@@ -185,9 +212,12 @@ def main() -> None:
          "The torch._dynamo row is what torch.optim's wrappers import at the first optimizer call; initlab's "
          "optimizers take those wrappers off (initlab/eager_optim.py), so its runs do not pay it.",
          "Figures: plot_run in this process on a default run's tables; the first call loads matplotlib's fonts. "
-         "The later calls alternate with the same drawing without `heap_set_aside` (initlab/plots/base.py: what "
-         "the process already holds is frozen out of the cycle collector while drawing); 'against' is the median "
-         "of their ratios, call by call.",
+         "The later calls alternate with the same drawing without its `drawing` wrapper (initlab/plots/base.py: "
+         "no full collection starts while a set of figures is drawn, initlab/collector.py); 'against' is the "
+         "median of their ratios, call by call.",
+         "Whole-command rows: fresh processes, each command as shipped and with initlab/collector.py switched "
+         "off (no pause of full collections during imports and drawing, nothing frozen after the imports), "
+         "interleaved, which goes first alternating; 'against' is the median (range) of the per-round ratios.",
          f"Step-0 overhead: {3 * rounds} runs in this process after a warm-up; total_s less step_time_median_s.",
          "Probe rows: the probe stage's own time (summary.json probe.seconds), building and initialising each draw "
          "included; the same run_study otherwise. The fresh-process rows run the command itself "

@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from initlab.behind import BEHIND
+from initlab.collector import freeze_loaded, paused
 from initlab.errors import InitlabError, Interrupted, RunDirTaken
 from initlab.help import help_text, wants_help
 from initlab.keys import check_overrides
@@ -42,7 +43,11 @@ def app(cfg: DictConfig) -> float | None:
     try:
         # inside the try: a SIGTERM landing while the handler is being installed is handled too
         signal.signal(signal.SIGTERM, raise_interrupted)
-        from initlab.study import run_study  # torch: only for a run (not --help, --cfg, completion)
+        # torch: only for a run (not --help, --cfg, completion); no full collection walks what
+        # loads, which is then left out of every later one (initlab/collector.py)
+        with paused():
+            from initlab.study import run_study
+        freeze_loaded()
 
         if SIGNALLED:  # a Ctrl-C during those imports that one of them swallowed (a run once went on)
             raise KeyboardInterrupt

@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from initlab.collector import paused
 from initlab.errors import InitlabError
 from initlab.signals import signals_deferred
 from initlab.store import LOSS_TAIL, RunStore, claim, read_stats, release
@@ -306,9 +307,10 @@ class Watch:
     def draw(self) -> None:
         """The run's figures; a plotting failure is logged, never raised (the data is safe)."""
         try:
-            from initlab.report import report_run
+            with paused():  # matplotlib's import and the figures (see initlab/collector.py)
+                from initlab.report import report_run
 
-            report_run(self.out)
+                report_run(self.out)
         except Exception as exc:
             log.error("plots   failed (%s); rebuild later with `initlab-report %s`", exc, self.out)
 

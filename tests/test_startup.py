@@ -1,5 +1,6 @@
 """What a run pays for besides its arithmetic: torch's optimizers without torch._dynamo, the
-allocator setting, and the import graph of a real run in a fresh interpreter."""
+allocator setting, the cycle collector's policy, and the import graph of a real run in a fresh
+interpreter."""
 
 import copy
 import json
@@ -107,3 +108,59 @@ def test_make_warm_compiles_every_cpu_kernel() -> None:
     assert warm_kernels() is True
     for fn in (kernels.act_moments, kernels.sums, kernels.update_sums, kernels.centred_sq, kernels.hist_sample):
         assert fn.signatures, fn.__name__
+
+
+def _full_collections(make: int) -> int:
+    """How many full collections CPython starts while `make` long-lived objects are created."""
+    import gc
+
+    full: list[int] = []
+
+    def count(phase: str, info: dict) -> None:
+        if phase == "start" and info["generation"] == 2:
+            full.append(1)
+
+    gc.callbacks.append(count)
+    try:
+        kept = [[i] for i in range(make)]  # tracked containers that outlive the young collections
+    finally:
+        gc.callbacks.remove(count)
+    del kept
+    return len(full)
+
+
+def test_the_collector_starts_no_full_collection_while_paused() -> None:
+    """What imports and drawing create without a full collection walking the whole heap: the
+    same allocation starts full collections outside `paused()` and none inside, and the
+    thresholds come back as they were (nested, and after an exception)."""
+    import gc
+
+    from initlab.collector import NEVER, paused
+
+    before = gc.get_threshold()
+    make = len(gc.get_objects())  # enough for CPython's rule (long-lived objects up by a quarter)
+    assert _full_collections(make) >= 1
+    with paused():
+        assert _full_collections(make) == 0
+        with paused():
+            assert gc.get_threshold()[2] == NEVER
+        assert gc.get_threshold()[2] == NEVER
+    assert gc.get_threshold() == before
+    with pytest.raises(KeyError), paused():
+        raise KeyError("inside")
+    assert gc.get_threshold() == before
+
+
+def test_the_command_freezes_what_it_loaded(tmp_path: Path) -> None:
+    """`initlab` sets its imports aside for good after loading them (gc.freeze), so the run's
+    full collections walk the run's own objects only; a library caller's process is left alone."""
+    import gc
+
+    code = ("import atexit, gc, sys; atexit.register(lambda: print('frozen', gc.get_freeze_count())); "
+            "sys.argv = ['initlab', 'experiment=smoke', 'plots=false', 'train.progress=false', "
+            f"'hydra.run.dir={tmp_path / 'run'}']; from initlab.cli import _main; _main()")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    frozen = int(proc.stdout.split("frozen")[-1])
+    assert frozen > 100_000  # torch's, pandas' and Hydra's objects
+    assert gc.get_freeze_count() == 0  # this process imported initlab as a library: nothing frozen

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from initlab.collector import paused
 from initlab.nn import acts
 from initlab.telemetry.hist import HistSpec, hist_lut, sample_stride
 
@@ -30,7 +31,8 @@ def load_kernels() -> Any:
     global _kernels
     if _kernels is None:
         try:
-            _kernels = importlib.import_module("initlab.telemetry.kernels")
+            with paused():  # numba's import: no collection walks the whole heap meanwhile
+                _kernels = importlib.import_module("initlab.telemetry.kernels")
         except ImportError:
             _kernels = False
     return _kernels or None
