@@ -34,8 +34,8 @@ def paused() -> Iterator[None]:
 
 def freeze_loaded() -> None:
     """Once per process: what is alive now (modules, classes, the config) is left out of every
-    later collection. The cycles among it stay in memory until the process exits; at the
-    CLI's first run that is the garbage its imports left, about 10,000 objects."""
+    later collection. Garbage cycles among it stay in memory until the process exits: after
+    the CLI's imports (younger collections ran), 81 objects here."""
     global _frozen
     if not _frozen:
         gc.freeze()
