@@ -75,7 +75,7 @@ def figures(rounds: int, tmp: Path) -> tuple[float, list[float], list[float], in
     for r in range(2 * rounds + 1):
         for k in draw if r % 2 else reversed(draw):
             t0 = time.perf_counter()
-            out = tmp / f"plots_{r}_{k.replace(' ', '_')}"
+            out = tmp / f"plots_{r}_{k}"
             draw[k](run.stats, run.metrics, run.config, out, run.hist, run.probe)
             times[k].append(time.perf_counter() - t0)
     return first, times["paused"], times["collected"], len(made)

@@ -38,10 +38,10 @@ def _quiet_dropped_interrupt(args: Any, *, then: Callable[[Any], object]) -> Non
     then(args)
 
 
-def install_handlers() -> None:
-    """What a process that runs initlab jobs needs: Ctrl-C and SIGTERM counted and raised, and the
-    interrupts Python drops kept quiet (the CLI's process and each joblib job's)."""
-    for signum in (signal.SIGINT, signal.SIGTERM):  # the run itself turns SIGTERM into Interrupted
+def install_handlers(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
+    """What a process that runs initlab jobs needs: Ctrl-C (and SIGTERM) counted and raised, and
+    the interrupts Python drops kept quiet (the CLI's process and each joblib job's)."""
+    for signum in signums:  # the run itself turns SIGTERM into Interrupted
         signal.signal(signum, raise_keyboard_interrupt)
     if getattr(sys.unraisablehook, "func", None) is not _quiet_dropped_interrupt:  # once, not around itself
         sys.unraisablehook = partial(_quiet_dropped_interrupt, then=sys.unraisablehook)

@@ -31,7 +31,9 @@ def _child(conn: Any, blob: bytes) -> None:
     """One job in its own process: what the plugin's execute_job does in a loky worker, with
     the job directory sent first so the parent can speak for a job that dies."""
     os.setpgrp()  # the terminal's Ctrl-C goes to the launcher, which forwards exactly one
-    install_handlers()  # as in the CLI's process: a Ctrl-C Python drops is still counted
+    # Ctrl-C as in the CLI's process (one Python drops is still counted); SIGTERM keeps its
+    # default until the run installs its own, so a job terminated before it began is that job's failure
+    install_handlers((signal.SIGINT,))
     num, overrides, hydra_context, config, task_function, singleton_state = cloudpickle.loads(blob)
     setup_globals()
     Singleton.set_state(singleton_state)

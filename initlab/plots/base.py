@@ -5,7 +5,7 @@ Speed comes from what is not done: no pyplot (no figure manager), no tight_layou
 every figure a second time to measure it; margins here are fixed in inches), no mathtext
 tick labels (parsing '$10^{-2}$' costs more than drawing the line), one legend position
 chosen rather than searched for, at most 5 ticks on a linear axis (the default figures
-took 14% less time than with matplotlib's ~9), and no cycle collection while drawing
+took 14% less time than with matplotlib's ~9), and no full cycle collection while drawing
 (`drawing`)."""
 
 import functools
@@ -33,7 +33,7 @@ R = TypeVar("R")
 
 
 def drawing(fn: Callable[P, R]) -> Callable[P, R]:
-    """For the functions that draw a set of figures (plot_run, plot_sweep): no cycle collection
+    """For the functions that draw a set of figures (plot_run, plot_sweep): no full collection
     while they draw. Their allocations set off a full collection walking everything the
     process holds: 0.2 s of the default study's ~1 s of figures (initlab/collector.py)."""
     @functools.wraps(fn)
