@@ -53,11 +53,22 @@ def start_up(rounds: int, tmp: Path) -> list[list[str]]:
     return [[name, spread(ts), f"{sorted(ts)[rounds // 2] - torch_s:+.2f} s"] for name, ts in times.items()]
 
 
-def figures(rounds: int, tmp: Path) -> tuple[float, list[float], list[float], int]:
-    """plot_run on the default study's tables: the first call in this process (matplotlib's
-    fonts and caches: what one `initlab` run pays), then later calls alternating with the same
-    drawing while Python starts full collections as it would (plot_run without its `drawing`
-    wrapper, initlab/plots/base.py)."""
+# matplotlib's own Agg text (glyph by glyph, every figure) and PNG encoding (in turn), as
+# initlab drew before initlab/plots/agg.py
+AGG_OFF = "import initlab.plots.agg as a; a.WHOLE_STRINGS = False; "
+FIRST_CALL = ("import sys, time; from pathlib import Path; from initlab.plots import plot_run; "
+              "from initlab.store import load_run; run = load_run(Path(sys.argv[1])); t0 = time.perf_counter(); "
+              "plot_run(run.stats, run.metrics, run.config, Path(sys.argv[2]), run.hist, run.probe); "
+              "print(time.perf_counter() - t0)")
+
+
+def figures(rounds: int, tmp: Path) -> dict[str, list[float]]:
+    """plot_run on the default study's tables. 'first': the first call of a fresh process
+    (what one `initlab` run pays: matplotlib's fonts, nothing kept yet), as shipped and with
+    AGG_OFF, interleaved. Then in this process, later calls (a sweep's jobs drawn by a worker)
+    alternating three ways: as shipped, with AGG_OFF, and without plot_run's `drawing` wrapper
+    (full collections as Python starts them, each PNG encoded in turn)."""
+    import initlab.plots.agg as agg
     from initlab.plots import plot_run
     from initlab.store import load_run
     from initlab.study import run_study
@@ -66,19 +77,25 @@ def figures(rounds: int, tmp: Path) -> tuple[float, list[float], list[float], in
     run_dir = tmp / "default"
     run_dir.mkdir()
     run_study(compose_cfg(["plots=false", "train.progress=false"]), run_dir)
+    times: dict[str, list[float]] = {k: [] for k in ("first", "first agg off", "later", "later agg off",
+                                                      "later collected")}
+    for r in range(2 * rounds + 1):
+        for variant in ("first", "first agg off") if r % 2 else ("first agg off", "first"):
+            code = (AGG_OFF if "off" in variant else "") + FIRST_CALL
+            out = subprocess.run([sys.executable, "-c", code, str(run_dir), str(tmp / f"first_{r}_{len(variant)}")],
+                                 check=True, capture_output=True, text=True).stdout
+            times[variant].append(float(out.strip().splitlines()[-1]))
     run = load_run(run_dir)
-    draw = {"paused": plot_run, "collected": plot_run.__wrapped__}
-    times: dict[str, list[float]] = {k: [] for k in draw}
-    t0 = time.perf_counter()
-    made = plot_run(run.stats, run.metrics, run.config, tmp / "plots_first", run.hist, run.probe)
-    first = time.perf_counter() - t0
+    draw = {"later": plot_run, "later agg off": plot_run, "later collected": plot_run.__wrapped__}
+    plot_run(run.stats, run.metrics, run.config, tmp / "plots_warm", run.hist, run.probe)
     for r in range(2 * rounds + 1):
         for k in draw if r % 2 else reversed(draw):
+            agg.WHOLE_STRINGS = k != "later agg off"
             t0 = time.perf_counter()
-            out = tmp / f"plots_{r}_{k}"
-            draw[k](run.stats, run.metrics, run.config, out, run.hist, run.probe)
+            draw[k](run.stats, run.metrics, run.config, tmp / f"plots_{r}_{len(k)}", run.hist, run.probe)
             times[k].append(time.perf_counter() - t0)
-    return first, times["paused"], times["collected"], len(made)
+    agg.WHOLE_STRINGS = True
+    return times
 
 
 def step0_overhead(rounds: int, tmp: Path) -> list[float]:
@@ -174,13 +191,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         rows = [[name, t, "", over] for name, t, over in start_up(rounds, tmp)]
-        first, later, collected, n_figs = figures(rounds, tmp)
-        rows.append([f"the default study's {n_figs} figures (plot_run): the first call in a process", spread([first]),
-                     "", ""])
-        rows.append([f"the default study's {n_figs} figures (plot_run): later calls (a sweep's jobs)", spread(later),
-                     f"{statistics.median(c / p for c, p in zip(collected, later)):.2f}x faster", ""])
-        rows.append([f"the same {n_figs} figures, full collections as Python starts them", spread(collected),
-                     "1.0x", ""])
+        f = figures(rounds, tmp)
+
+        def faster(base: str, against: str) -> str:
+            ratios = sorted(a / b for a, b in zip(f[against], f[base]))
+            return f"{statistics.median(ratios):.2f}x faster ({ratios[0]:.2f}–{ratios[-1]:.2f})"
+
+        rows += [["the default study's 8 figures (plot_run): the first call in a fresh process", spread(f["first"]),
+                  faster("first", "first agg off"), ""],
+                 ["the same, matplotlib's own Agg text and PNG encoding", spread(f["first agg off"]), "1.0x", ""],
+                 ["the default study's 8 figures: later calls in a process (a sweep's jobs)", spread(f["later"]),
+                  faster("later", "later agg off"), ""],
+                 ["the same, matplotlib's own Agg text and PNG encoding", spread(f["later agg off"]), "1.0x", ""],
+                 ["the same, without `drawing` (full collections as Python starts them, PNGs encoded in turn)",
+                  spread(f["later collected"]), f"{faster('later', 'later collected').split(' (')[0]} (shipped)", ""]]
         rows.append(["a step-0 run's own overhead (MLP 10x256: run_study but forward/backward)",
                      spread(step0_overhead(rounds, tmp)), "", ""])
         for name, t in collector(rounds, tmp).items():
@@ -211,10 +235,11 @@ def main() -> None:
          "(numba's on-disk kernel cache and the page cache warm).",
          "The torch._dynamo row is what torch.optim's wrappers import at the first optimizer call; initlab's "
          "optimizers take those wrappers off (initlab/eager_optim.py), so its runs do not pay it.",
-         "Figures: plot_run in this process on a default run's tables; the first call loads matplotlib's fonts. "
-         "The later calls alternate with the same drawing without its `drawing` wrapper (initlab/plots/base.py: "
-         "no full collection starts while a set of figures is drawn, initlab/collector.py); 'against' is the "
-         "median of their ratios, call by call.",
+         "Figures: plot_run on a default run's tables. First call: fresh processes (matplotlib's fonts load, no "
+         "string kept yet), as shipped and with matplotlib's own Agg text (glyph by glyph, laid out again in every "
+         "figure) and PNG encoding (in turn, not behind the next figure), initlab/plots/agg.py switched off, "
+         "interleaved. Later calls: in this process, the three ways alternating; the last without plot_run's "
+         "`drawing` wrapper (initlab/plots/base.py). 'against' is the median (range) of the call-by-call ratios.",
          "Whole-command rows: fresh processes, each command as shipped and with initlab/collector.py switched "
          "off (no pause of full collections during imports and drawing, nothing frozen after the imports), "
          "interleaved, which goes first alternating; 'against' is the median (range) of the per-round ratios.",

@@ -56,6 +56,13 @@ def test_histogram_axes_are_values_and_steps_not_indices(trained: Path, drawn, t
     steps = np.sort(run.hist["step"].unique())
     assert x.min() == pytest.approx(steps[0] - 0.5) and x.max() == pytest.approx(steps[-1] + 0.5)
     assert "0" in _labels(image.yaxis)
+    panels = drawn["act_hist_image"].axes  # only the panels drawn, ticks on the outer ones only
+    cols = 4 if len(panels) >= 4 else len(panels)
+    assert len(panels) == min(base.MAX_LINES, run.hist.query("kind == 'act'")["layer_idx"].nunique())
+    for i, ax in enumerate(panels):
+        assert ax.get_xlim() == panels[-1].get_xlim() and ax.get_ylim() == panels[0].get_ylim()
+        assert bool(_labels(ax.xaxis)) == (i + cols >= len(panels)), i  # nothing below: step ticks
+        assert bool(_labels(ax.yaxis)) == (i % cols == 0), i  # first of its row: value ticks
     for name in ("telemetry", "dead", "update_ratio"):
         ax = drawn[name].axes[0]
         assert ax.get_xscale() == "symlog" and ax.get_xlim()[0] >= -0.5, name

@@ -6,7 +6,7 @@ every figure a second time to measure it; margins here are fixed in inches), no 
 tick labels (parsing '$10^{-2}$' costs more than drawing the line), one legend position
 chosen rather than searched for, at most 5 ticks on a linear axis (the default figures
 took 14% less time than with matplotlib's ~9), and no full cycle collection while drawing
-(`drawing`)."""
+(`drawing`); what is drawn, text is rasterised a string at a time (initlab/plots/agg.py)."""
 
 import functools
 from collections.abc import Callable
@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, MaxNLocator, NullLocator
 
 from initlab.collector import paused
+from initlab.plots.agg import attach, writing
 
 FORMATS = ("png", "svg", "pdf")
 MAX_LINES = 10  # layers drawn as separate lines in one panel; more become unreadable
@@ -34,11 +35,12 @@ R = TypeVar("R")
 
 def drawing(fn: Callable[P, R]) -> Callable[P, R]:
     """For the functions that draw a set of figures (plot_run, plot_sweep): no full collection
-    while they draw. Their allocations set off a full collection walking everything the
-    process holds: 0.2 s of the default study's ~1 s of figures (initlab/collector.py)."""
+    while they draw (their allocations set off a full collection walking everything the
+    process holds: 0.2 s of the default study's ~1 s of figures, initlab/collector.py), and
+    each PNG encoded behind the drawing of the next (initlab/plots/agg.py `writing`)."""
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with paused():
+        with paused(), writing():
             return fn(*args, **kwargs)
     return wrapper
 
@@ -53,13 +55,18 @@ PLAIN = FuncFormatter(plain)
 
 def figure(rows: int, cols: int, panel: tuple[float, float] = (4.6, 3.3), *, sharex: bool = False,
            sharey: bool = False, left: float = 0.8, right: float = 0.25, bottom: float = 0.6, top: float = 0.55,
-           wspace: float = 1.0, hspace: float = 0.6) -> tuple[Figure, np.ndarray]:
+           wspace: float = 1.0, hspace: float = 0.6, panels: int | None = None) -> tuple[Figure, np.ndarray]:
     """A rows x cols grid of panels of `panel` inches, margins in inches: the layout is known
-    before anything is drawn, so the figure is drawn once."""
+    before anything is drawn, so the figure is drawn once. `panels`: only the first that
+    many, row by row (a 1-d array then), rather than hidden axes built for nothing."""
     width = left + right + cols * panel[0] + (cols - 1) * wspace
     height = top + bottom + rows * panel[1] + (rows - 1) * hspace
-    fig = Figure(figsize=(width, height))
-    axes = fig.subplots(rows, cols, squeeze=False, sharex=sharex, sharey=sharey)
+    fig = attach(Figure(figsize=(width, height)))
+    if panels is None:
+        axes = fig.subplots(rows, cols, squeeze=False, sharex=sharex, sharey=sharey)
+    else:
+        grid = fig.add_gridspec(rows, cols)
+        axes = np.array([fig.add_subplot(grid[i // cols, i % cols]) for i in range(panels)])
     for ax in axes.flat:  # at most 5 ticks a linear axis, not ~9: each is two lines and a text to lay out
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, steps=NICE_STEPS))
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=NICE_STEPS))
@@ -88,6 +95,17 @@ def legend(ax: Axes, **kw: Any) -> None:
     """A legend when something drawn has a label (matplotlib warns otherwise)."""
     if ax.get_legend_handles_labels()[0]:
         ax.legend(**kw)
+
+
+def shared_legend(axes: Any, **kw: Any) -> None:
+    """One legend for panels that draw alike (the same styles for the same labels): every
+    label any of them has, in the first panel. A legend costs about a tenth of a figure."""
+    handles: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(label, handle)
+    if handles:
+        axes[0].legend(list(handles.values()), list(handles), **kw)
 
 
 def colors(name: str, n: int) -> list[Any]:

@@ -1,0 +1,156 @@
+"""The Agg canvas initlab's figures are written with: matplotlib's, except that a string is
+laid out and rasterised once per process, in one FreeType call, rather than glyph by glyph
+in every figure it appears in.
+
+matplotlib 3.11 draws each glyph of a text through Python (a FreeType transform, a render
+and a blit per glyph): 28% of the default study's figures went to rendering their ~230 tick
+labels, titles and legend texts, and laying out one string in FreeType costs ~0.4 ms, paid
+again for every figure that measures or draws it. FreeType's `set_text` +
+`draw_glyphs_to_bitmap` (what matplotlib up to 3.10 drew with, and what its own text metrics
+still measure with) renders the whole string at once; the bitmap and the metrics are kept
+per string, font and size, and blitted (rotated when the text is) at the nearest whole
+pixel. Where a matplotlib lacks those calls, its own renderer draws.
+
+And inside `writing()` (a set of figures: plot_run, plot_sweep) a PNG is encoded on a thread
+while the next figure is drawn: Pillow's compressor releases the GIL, and its filtering and
+zlib took ~15% of the default study's figures."""
+
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from contextvars import ContextVar
+from math import cos, radians, sin
+from os import PathLike
+from typing import Any, NamedTuple
+
+import matplotlib.image
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hinting_flag
+from matplotlib.figure import Figure
+from matplotlib.font_manager import FontProperties
+from matplotlib.ft2font import FT2Font
+
+WHOLE_STRINGS = all(hasattr(FT2Font, m) for m in ("set_text", "draw_glyphs_to_bitmap", "get_image",
+                                                 "get_bitmap_offset", "get_descent", "get_width_height")) \
+    and hasattr(RendererAgg, "_prepare_font")
+KEPT = 20_000  # strings kept (a few kB each); past that the store starts again
+
+
+class Raster(NamedTuple):
+    """A string rendered at angle 0: its coverage bitmap, where the bitmap sits against the
+    text's origin and the font's descent (pixels)."""
+    image: np.ndarray
+    x_offset: float
+    y_offset: float
+    descent: float
+
+
+_metrics: dict[tuple, tuple[float, float, float]] = {}
+_rasters: dict[tuple, Raster] = {}
+
+
+def _key(s: str, prop: FontProperties, dpi: float) -> tuple:
+    return (s, tuple(prop.get_family()), prop.get_style(), prop.get_variant(), prop.get_weight(),
+            prop.get_stretch(), prop.get_file(), prop.get_size_in_points(), dpi, get_hinting_flag())
+
+
+def _kept(store: dict, key: tuple, value: Any) -> Any:
+    if len(store) >= KEPT:
+        store.clear()
+    store[key] = value
+    return value
+
+
+class Renderer(RendererAgg):
+    """RendererAgg drawing and measuring plain text a string at a time (mathtext and TeX as
+    matplotlib does)."""
+
+    def get_text_width_height_descent(self, s: str, prop: FontProperties, ismath: bool | str
+                                      ) -> tuple[float, float, float]:
+        if ismath:
+            return super().get_text_width_height_descent(s, prop, ismath)
+        key = _key(s, prop, self.dpi)
+        if (hit := _metrics.get(key)) is not None:
+            return hit
+        font = self._prepare_font(prop)
+        font.set_text(s, 0.0, flags=get_hinting_flag())
+        w, h = font.get_width_height()
+        return _kept(_metrics, key, (w / 64.0, h / 64.0, font.get_descent() / 64.0))
+
+    def _raster(self, s: str, prop: FontProperties, antialiased: bool) -> Raster:
+        key = (*_key(s, prop, self.dpi), antialiased)
+        if (hit := _rasters.get(key)) is not None:
+            return hit
+        font = self._prepare_font(prop)
+        font.set_text(s, 0, flags=get_hinting_flag())  # angle 0: the bitmap is rotated when blitted
+        font.draw_glyphs_to_bitmap(antialiased=antialiased)
+        xo, yo = font.get_bitmap_offset()
+        # a copy: the font's bitmap is overwritten by the next string
+        return _kept(_rasters, key, Raster(np.array(font.get_image()), xo / 64.0, yo / 64.0,
+                                           font.get_descent() / 64.0))
+
+    def draw_text(self, gc: Any, x: float, y: float, s: str, prop: FontProperties, angle: float,
+                  ismath: bool | str = False, mtext: Any = None) -> None:
+        if ismath or not s:
+            return super().draw_text(gc, x, y, s, prop, angle, ismath, mtext)
+        r = self._raster(s, prop, bool(gc.get_antialiased()))
+        x = round(x + r.x_offset + r.descent * sin(radians(angle)))
+        y = round(y + r.y_offset + r.descent * cos(radians(angle)))
+        self._renderer.draw_text_image(r.image, x, y + 1, angle, gc)
+
+
+_encoder: ContextVar[tuple[ThreadPoolExecutor, list[Future]] | None] = ContextVar("encoder", default=None)
+
+
+@contextmanager
+def writing() -> Iterator[None]:
+    """The PNG files of the figures saved inside are encoded on one thread, behind the
+    drawing; all of them are written (or the first failure raised) when the block ends.
+    Nested blocks share the outermost's thread."""
+    if _encoder.get() is not None:
+        yield
+        return
+    pool, futures = ThreadPoolExecutor(1, thread_name_prefix="initlab-png"), []
+    token = _encoder.set((pool, futures))
+    try:
+        yield
+    finally:
+        _encoder.reset(token)
+        pool.shutdown(wait=True)
+    for future in futures:
+        future.result()
+
+
+class Canvas(FigureCanvasAgg):
+    """FigureCanvasAgg with `Renderer`; savefig uses it for PNG (and the other raster
+    formats), SVG and PDF go to their own backends as before."""
+
+    def print_png(self, filename_or_obj: Any, *, metadata: dict[str, str] | None = None,
+                  pil_kwargs: dict[str, Any] | None = None, **_figure_settings: Any) -> None:
+        """matplotlib's print_png (draw, then Pillow encodes the pixels), the encoding on
+        `writing()`'s thread when there is one and the target is a file name. print_figure
+        hands a third party's method its dpi, colours etc. too: set on the figure already."""
+        encoder = _encoder.get()
+        if encoder is None or not isinstance(filename_or_obj, (str, PathLike)):
+            return super().print_png(filename_or_obj, metadata=metadata, pil_kwargs=pil_kwargs)
+        FigureCanvasAgg.draw(self)
+        pixels = np.array(self.buffer_rgba())  # a copy: the figure may be drawn again
+        pool, futures = encoder
+        futures.append(pool.submit(matplotlib.image.imsave, filename_or_obj, pixels, format="png",
+                                   origin="upper", dpi=self.figure.dpi, metadata=metadata,
+                                   pil_kwargs=pil_kwargs))
+
+    def get_renderer(self) -> RendererAgg:
+        w, h = self.get_width_height(physical=True)
+        key = (w, h, self.figure.dpi)
+        if getattr(self, "_renderer_key", None) != key:
+            self.renderer = Renderer(w, h, self.figure.dpi)
+            self._renderer_key = key
+        return self.renderer
+
+
+def attach(fig: Figure) -> Figure:
+    """Draw `fig` with `Canvas` when this matplotlib has the whole-string calls."""
+    if WHOLE_STRINGS:
+        Canvas(fig)
+    return fig
