@@ -33,7 +33,7 @@ from matplotlib.ft2font import FT2Font
 WHOLE_STRINGS = all(hasattr(FT2Font, m) for m in ("set_text", "draw_glyphs_to_bitmap", "get_image",
                                                  "get_bitmap_offset", "get_descent", "get_width_height")) \
     and hasattr(RendererAgg, "_prepare_font")
-KEPT = 20_000  # strings kept (a few kB each); past that the store starts again
+KEPT = 10_000  # strings kept, ~1 kB each (the default study's figures: 125, 126 kB); past that it starts again
 
 
 class Raster(NamedTuple):
