@@ -200,3 +200,15 @@ def test_no_full_collection_while_drawing(trained: Path, monkeypatch, tmp_path: 
     with pytest.raises(RuntimeError):
         plot_sweep(pd.DataFrame({"status": ["ok"], "seed": [0], "path": [str(trained)]}), ["seed"], tmp_path / "s")
     assert gc.get_threshold() == before
+
+
+def test_one_legend_names_every_line_the_panels_share(drawn, tmp_path: Path) -> None:
+    steps = np.arange(10)
+    metrics = pd.DataFrame({"step": steps, "loss": np.linspace(2.3, 2.0, 10), "accuracy": np.linspace(0.1, 0.3, 10),
+                            "val_accuracy": np.where(steps % 5 == 4, 0.25, np.nan)})  # held-out: accuracy only
+    plots.plot_metrics(metrics, "t", tmp_path / "metrics")
+    legends = [ax.get_legend() for ax in drawn["metrics"].axes if ax.get_legend() is not None]
+    assert len(legends) == 1 and legends[0].axes is drawn["metrics"].axes[0]
+    assert [t.get_text() for t in legends[0].get_texts()] == ["train", "held-out"]
+    held_out = [line for ax in drawn["metrics"].axes for line in ax.lines if line.get_label() == "held-out"]
+    assert legends[0].get_lines()[1].get_color() == held_out[0].get_color()  # the legend's style is the line's
