@@ -150,7 +150,8 @@ class Canvas(FigureCanvasAgg):
 
 
 def attach(fig: Figure) -> Figure:
-    """Draw `fig` with `Canvas` when this matplotlib has the whole-string calls."""
+    """Draw and write `fig` with `Canvas` (whole strings; PNGs behind the drawing inside
+    `writing()`) when this matplotlib has the whole-string calls; else as matplotlib does."""
     if WHOLE_STRINGS:
         Canvas(fig)
     return fig

@@ -6,7 +6,8 @@ every figure a second time to measure it; margins here are fixed in inches), no 
 tick labels (parsing '$10^{-2}$' costs more than drawing the line), one legend position
 chosen rather than searched for, at most 5 ticks on a linear axis (the default figures
 took 14% less time than with matplotlib's ~9), and no full cycle collection while drawing
-(`drawing`); what is drawn, text is rasterised a string at a time (initlab/plots/agg.py)."""
+(`drawing`). Where matplotlib allows, text is rasterised a string at a time and each PNG
+encoded behind the drawing of the next (initlab/plots/agg.py)."""
 
 import functools
 from collections.abc import Callable
@@ -58,7 +59,7 @@ def figure(rows: int, cols: int, panel: tuple[float, float] = (4.6, 3.3), *, sha
            wspace: float = 1.0, hspace: float = 0.6, panels: int | None = None) -> tuple[Figure, np.ndarray]:
     """A rows x cols grid of panels of `panel` inches, margins in inches: the layout is known
     before anything is drawn, so the figure is drawn once. `panels`: only the first that
-    many, row by row (a 1-d array then), rather than hidden axes built for nothing."""
+    many, row by row (a 1-d array then, not shared), rather than hidden axes built for nothing."""
     width = left + right + cols * panel[0] + (cols - 1) * wspace
     height = top + bottom + rows * panel[1] + (rows - 1) * hspace
     fig = attach(Figure(figsize=(width, height)))
@@ -93,13 +94,13 @@ def panel_title(ax: Axes, text: str, size: float = 9) -> None:
 
 def legend(ax: Axes, **kw: Any) -> None:
     """A legend when something drawn has a label (matplotlib warns otherwise)."""
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(**kw)
+    shared_legend([ax], **kw)
 
 
 def shared_legend(axes: Any, **kw: Any) -> None:
     """One legend for panels that draw alike (the same styles for the same labels): every
-    label any of them has, in the first panel. A legend costs about a tenth of a figure."""
+    label any of them has, in the first panel; none when nothing has a label. A legend costs
+    about a tenth of a figure."""
     handles: dict[str, Any] = {}
     for ax in axes:
         for handle, label in zip(*ax.get_legend_handles_labels()):

@@ -352,7 +352,7 @@ def plot_hist_first_last(hist: pd.DataFrame, title: str, path: Path, fmt: str = 
         ax.set_xlabel("value (fixed bins, symmetric log; grey: underflow, red: overflow)", fontsize=8)
         panel_title(ax, name, 9)
         ax.grid(alpha=0.3, axis="x")
-    # the line styles said in the title rather than in a legend a panel (a legend costs ~10 ms)
+    # the line styles said in the title rather than in a legend on each panel (~10 ms each)
     ends_said = f"step {first_step} (solid) and step {last_step} (dashed)" if len(steps) > 1 else f"step {first_step}"
     return save(fig, path, f"{title}: histograms at {ends_said}", fmt)
 
