@@ -41,11 +41,15 @@ def test_a_string_lands_where_matplotlib_draws_it(text: str, size: float, rotati
 
 
 def test_a_string_is_laid_out_once(monkeypatch) -> None:
-    calls = []
-    original = agg.Renderer._prepare_font
-    monkeypatch.setattr(agg.Renderer, "_prepare_font", lambda self, prop: calls.append(prop) or original(self, prop))
-    monkeypatch.setattr(agg, "_metrics", {})
-    monkeypatch.setattr(agg, "_rasters", {})
+    """One FreeType layout per string for its metrics and its bitmap, one font-height lookup
+    per font size, nothing again in a later figure."""
+    calls, drawn = [], set()
+    prepare, draw_text = agg.Renderer._prepare_font, agg.Renderer.draw_text
+    monkeypatch.setattr(agg.Renderer, "_prepare_font", lambda self, prop: calls.append(prop) or prepare(self, prop))
+    monkeypatch.setattr(agg.Renderer, "draw_text", lambda self, gc, x, y, s, prop, *a, **kw: drawn.add(
+        (s, prop.get_size_in_points())) or draw_text(self, gc, x, y, s, prop, *a, **kw))
+    monkeypatch.setattr(agg, "_strings", {})
+    monkeypatch.setattr(agg, "_heights", {})
 
     def draw() -> None:
         fig, axes = base.figure(1, 2)
@@ -56,6 +60,7 @@ def test_a_string_is_laid_out_once(monkeypatch) -> None:
 
     draw()
     first = len(calls)
+    assert first <= len(drawn) + len({size for _, size in drawn})
     draw()
     assert first > 0 and len(calls) == first  # the second figure's strings were all kept
 

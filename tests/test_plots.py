@@ -66,6 +66,26 @@ def test_histogram_axes_are_values_and_steps_not_indices(trained: Path, drawn, t
     for name in ("telemetry", "dead", "update_ratio"):
         ax = drawn[name].axes[0]
         assert ax.get_xscale() == "symlog" and ax.get_xlim()[0] >= -0.5, name
+    # what is drawn is the table's counts: a panel's cells, log(1 + count) at (bin, step); the
+    # ridges, each histogram's share per bin scaled to the layer's peak
+    act = run.hist[run.hist["kind"] == "act"]
+    idx = int(panels[1].get_title().split(":")[0])
+    cells = np.asarray(panels[1].collections[0].get_array()).reshape(-1, len(steps))
+    first = int(panels[1].get_ylim()[0])
+    for r in act[act["layer_idx"] == idx].sample(20, random_state=0).itertuples():
+        assert cells[r.bin - first, np.searchsorted(steps, r.step)] == pytest.approx(np.log1p(r.count))
+    solid, dashed = ridge.collections[0].get_segments(), ridge.collections[1].get_segments()  # first, last step
+    lo = int(solid[1][0, 0])  # the first bin edge drawn
+
+    def heights(line: np.ndarray) -> np.ndarray:  # a ridge's height over each bin, from its baseline
+        return line[1:-1:2, 1] - line[0, 1]
+
+    tallest = max(heights(solid[1]).max(), heights(dashed[1]).max())
+    assert tallest == pytest.approx(0.9)  # row 1 (the second picked layer) scaled to its own peak
+    at_first = act[(act["step"] == steps[0]) & (act["layer_idx"] == idx)]
+    expected = np.zeros(len(heights(solid[1])))
+    expected[at_first["bin"].to_numpy() - lo] = at_first["count"].to_numpy()
+    assert heights(solid[1]) / heights(solid[1]).max() == pytest.approx(expected / expected.max())
 
 
 def test_a_loss_within_a_decade_stays_linear_and_labelled(trained: Path, drawn, tmp_path: Path) -> None:
@@ -212,3 +232,61 @@ def test_one_legend_names_every_line_the_panels_share(drawn, tmp_path: Path) -> 
     assert [t.get_text() for t in legends[0].get_texts()] == ["train", "held-out"]
     held_out = [line for ax in drawn["metrics"].axes for line in ax.lines if line.get_label() == "held-out"]
     assert legends[0].get_lines()[1].get_color() == held_out[0].get_color()  # the legend's style is the line's
+
+
+@pytest.mark.parametrize("ls", ["-", "--"])
+def test_lines_drawn_as_one_collection_look_as_plotted(ls: str) -> None:
+    """base.curves draws the pixels ax.plot draws: the same view (margins on a symlog step
+    axis), gaps where a value is not finite, the same caps, joins and dashes; and its legend
+    stand-ins carry each line's colour and label."""
+    steps = np.array([0, 1, 2, 5, 10, 20, 50, 100, 200, 300.0])
+    ys = [np.sin(steps / 40 + k) for k in range(4)]
+    ys[1][3], ys[2][6] = np.nan, np.inf
+    palette = base.colors("viridis", len(ys))
+
+    def pixels(draw) -> np.ndarray:
+        fig, axes = base.figure(1, 2, sharex=True)
+        for ax in axes[0]:
+            draw(ax)
+            base.step_axis(ax, steps)
+            ax.grid(alpha=0.3)
+        fig.canvas.draw()
+        return np.asarray(fig.canvas.buffer_rgba()).copy()
+
+    plotted = pixels(lambda ax: [ax.plot(steps, y, color=c, lw=1, ls=ls) for y, c in zip(ys, palette)])
+    collected = pixels(lambda ax: base.curves(ax, [(steps, y) for y in ys], palette, ls=ls))
+    assert (plotted != collected).any(axis=-1).mean() < 0.001
+    fig, axes = base.figure(1, 1)
+    handles = base.curves(axes[0][0], [(steps, y) for y in ys], palette, [f"layer {k}" for k in range(4)])
+    assert [h.get_label() for h in handles] == [f"layer {k}" for k in range(4)]
+    assert [h.get_color() for h in handles] == palette
+
+
+def test_ticks_are_built_for_the_view_only_and_draw_the_same(tmp_path: Path) -> None:
+    """base.save keeps a locator's ticks outside the view from being built (InView): the
+    figure's pixels are what the plain locators draw."""
+    def make():
+        fig, axes = base.figure(1, 2)
+        linear, log = axes[0]
+        linear.plot([0.3, 9.7], [0.13, 0.87])
+        log.plot([1, 2, 3], [0.02, 3, 800])
+        base.log_axis(log)
+        return fig
+
+    plain = make()
+    plain.suptitle("t", fontsize=10)
+    plain.canvas.draw()
+    shown = make()
+    base.save(shown, tmp_path / "f", "t")
+    assert np.array_equal(np.asarray(plain.canvas.buffer_rgba()), np.asarray(shown.canvas.buffer_rgba()))
+
+    def outside(fig) -> int:
+        n = 0
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                lo, hi = sorted(axis.get_view_interval())
+                slack = 1e-9 * (hi - lo)
+                n += sum(not lo - slack <= t.get_loc() <= hi + slack for t in axis.majorTicks)
+        return n
+
+    assert outside(plain) > 0 and outside(shown) == 0

@@ -14,6 +14,7 @@ from initlab.plots.base import (
     BinAxis,
     LayerAxis,
     colors,
+    curves,
     drawing,
     figure,
     legend,
@@ -140,6 +141,14 @@ def _pick_layers(d: pd.DataFrame) -> list[tuple[int, str]]:
     return [tuple(r) for r in layers.iloc[keep].itertuples(index=False)]
 
 
+def _by_layer(d: pd.DataFrame, picked: list[tuple[int, str]], columns: list[str]) -> list[pd.DataFrame]:
+    """Each picked layer's `columns` in step order: one sort and one split of the table rather
+    than a filter a layer (~0.5 ms each)."""
+    d = d[["layer_idx", "step", *columns]].sort_values(["layer_idx", "step"], kind="stable")
+    groups = dict(tuple(d.groupby("layer_idx", sort=False)))
+    return [groups[idx] for idx, _ in picked]
+
+
 def plot_over_steps(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> Path | None:
     """fast.ai-style telemetry: per-layer mean, std and zero fraction over steps."""
     d = stats[stats["kind"] == "act"]
@@ -147,15 +156,15 @@ def plot_over_steps(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png
         return None
     fig, axes = figure(1, 3, (4.2, 3.2), sharex=True, wspace=0.6)
     picked = _pick_layers(d)
-    for (idx, layer), color in zip(picked, colors("viridis", len(picked))):
-        rows = d[d["layer_idx"] == idx].sort_values("step")
-        for ax, col in zip(axes[0], ("mean", "std", "zero_frac")):
-            ax.plot(rows["step"], rows[col], color=color, lw=1, label=f"{idx}: {layer}")
+    rows = _by_layer(d, picked, ["mean", "std", "zero_frac"])
+    palette = colors("viridis", len(picked))
+    for ax, col in zip(axes[0], ("mean", "std", "zero_frac")):
+        handles = curves(ax, [(r["step"], r[col]) for r in rows], palette, [f"{idx}: {layer}" for idx, layer in picked])
     for ax, col in zip(axes[0], ("mean", "std", "fraction exactly zero")):
         panel_title(ax, col, 9)
         step_axis(ax, d["step"].to_numpy())
         ax.grid(alpha=0.3)
-    legend(axes[0][0], fontsize=6, loc="upper left")
+    legend(axes[0][0], handles, fontsize=6, loc="upper left")
     return save(fig, path, f"{title}: activations over training", fmt)
 
 
@@ -198,6 +207,21 @@ def _hist_axis(d: pd.DataFrame) -> tuple[BinAxis, int, int]:
     return axis, max(first - 1, 0), min(last + 1, axis.n_bins - 1)
 
 
+def _counts(d: pd.DataFrame, layers: list[int], steps: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """A histogram table's counts as an array [layer, step, bin] (zero where no row), and
+    which (layer, step) have rows: one pass over the table, not a filter per histogram
+    (~0.5 ms each, 40 of them in hist_first_last)."""
+    li = pd.Index(layers).get_indexer(d["layer_idx"].to_numpy())
+    si = pd.Index(steps).get_indexer(d["step"].to_numpy())
+    keep = (li >= 0) & (si >= 0)
+    li, si = li[keep], si[keep]
+    counts = np.zeros((len(layers), len(steps), n_bins))
+    counts[li, si, d["bin"].to_numpy()[keep]] = d["count"].to_numpy()[keep]
+    present = np.zeros((len(layers), len(steps)), dtype=bool)
+    present[li, si] = True
+    return counts, present
+
+
 def plot_hist_image(hist: pd.DataFrame, title: str, path: Path, kind: str = "act",
                     fmt: str = "png") -> Path | None:
     """fast.ai's 'colorful dimension': per layer, the histogram at every logged step, values
@@ -210,14 +234,11 @@ def plot_hist_image(hist: pd.DataFrame, title: str, path: Path, kind: str = "act
     picked = _pick_layers(d)
     fig, axes, cols = _grid(len(picked))
     steps = np.sort(d["step"].unique())
-    col_of = {s: i for i, s in enumerate(steps)}
     x_edges = np.concatenate([[steps[0] - 0.5], (steps[:-1] + steps[1:]) / 2, [steps[-1] + 0.5]])
     y_edges = np.arange(first, last + 2)
-    for ax, (idx, layer) in zip(axes, picked):
-        img = np.zeros((bins.n_bins, len(steps)))
-        rows = d[d["layer_idx"] == idx]
-        img[rows["bin"].to_numpy(), rows["step"].map(col_of).to_numpy()] = rows["count"].to_numpy()
-        ax.pcolormesh(x_edges, y_edges, np.log1p(img[first:last + 1]), cmap="viridis", shading="flat",
+    counts, _ = _counts(d, [idx for idx, _ in picked], steps, bins.n_bins)
+    for ax, (idx, layer), img in zip(axes, picked, counts):
+        ax.pcolormesh(x_edges, y_edges, np.log1p(img[:, first:last + 1].T), cmap="viridis", shading="flat",
                       rasterized=True)
         panel_title(ax, f"{idx}: {layer}", 8)
         ax.tick_params(labelsize=6)
@@ -249,18 +270,18 @@ def plot_dead(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> 
     fig, axes = figure(1, 2, sharex=True)
     ax_f, ax_u = axes[0]
     picked = _pick_layers(d)
-    for (idx, layer), color in zip(picked, colors("plasma", len(picked))):
-        rows = d[d["layer_idx"] == idx].sort_values("step")
-        ax_f.plot(rows["step"], rows["dead_frac"], color=color, lw=1,
-                  label=f"{idx}: {layer} ({rows['module_type'].iloc[0]})")
-        ax_u.plot(rows["step"], rows["dead_units"], color=color, lw=1)
+    rows = _by_layer(d, picked, ["dead_frac", "dead_units", "module_type"])
+    palette = colors("plasma", len(picked))
+    handles = curves(ax_f, [(r["step"], r["dead_frac"]) for r in rows], palette,
+                     [f"{idx}: {layer} ({r['module_type'].iloc[0]})" for (idx, layer), r in zip(picked, rows)])
+    curves(ax_u, [(r["step"], r["dead_units"]) for r in rows], palette)
     panel_title(ax_f, "fraction of elements dead / saturated", 9)
     panel_title(ax_u, "fraction of units dead for the whole batch", 9)
     for ax in (ax_f, ax_u):
         step_axis(ax, d["step"].to_numpy())
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
-    legend(ax_f, fontsize=6, loc="upper left")
+    legend(ax_f, handles, fontsize=6, loc="upper left")
     return save(fig, path, title, fmt)
 
 
@@ -307,12 +328,12 @@ def plot_update_ratio(stats: pd.DataFrame, title: str, path: Path, fmt: str = "p
     return save(fig, path, f"{title}: update:data ratio", fmt)
 
 
-def _ridge(ax: Axes, baseline: float, heights: np.ndarray, edges: np.ndarray, **kw: Any) -> None:
-    """What ax.stairs(baseline + heights, edges, baseline=baseline) draws, as one Line2D: a
+def _ridge(baseline: float, heights: np.ndarray, edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The outline ax.stairs(baseline + heights, edges, baseline=baseline) draws, as a line: a
     StepPatch's data limits are found by walking its path in Python, ~12 ms a ridge here."""
     x = np.repeat(edges, 2)
     y = np.concatenate([[baseline], np.repeat(baseline + heights, 2), [baseline]])
-    ax.plot(x, y, **kw)
+    return x, y
 
 
 def plot_hist_first_last(hist: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> Path | None:
@@ -331,19 +352,18 @@ def plot_hist_first_last(hist: pd.DataFrame, title: str, path: Path, fmt: str = 
     steps = [(first_step, "-")] + ([(last_step, "--")] if last_step != first_step else [])
     for ax, (kind, color, name) in zip(axes[0], (("act", "tab:blue", "activations"),
                                                  ("grad", "tab:orange", "gradients (dL/d output)"))):
-        d = ends[ends["kind"] == kind]
-        for row, (idx, _layer) in enumerate(picked):
-            counts = {}
-            for step, _ls in steps:
-                r = d[(d["step"] == step) & (d["layer_idx"] == idx)]
-                if len(r):
-                    c = np.zeros(bins.n_bins)
-                    c[r["bin"].to_numpy()] = r["count"].to_numpy()
-                    counts[step] = c[lo:hi + 1] / c.sum()
-            peak = max((c.max() for c in counts.values()), default=0) or 1.0
-            for step, ls in steps:
-                if step in counts:
-                    _ridge(ax, row, 0.9 * counts[step] / peak, edges, ls=ls, color=color, lw=1)
+        counts, present = _counts(ends[ends["kind"] == kind], [idx for idx, _ in picked],
+                                  np.array([step for step, _ in steps]), bins.n_bins)
+        with np.errstate(invalid="ignore", divide="ignore"):  # an all-zero histogram: no ridge to scale
+            shares = counts[:, :, lo:hi + 1] / counts.sum(axis=2, keepdims=True)
+        ridges: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {ls: [] for _, ls in steps}
+        for row in range(len(picked)):
+            peak = max((shares[row, j].max() for j in range(len(steps)) if present[row, j]), default=0) or 1.0
+            for j, (_step, ls) in enumerate(steps):
+                if present[row, j]:
+                    ridges[ls].append(_ridge(row, 0.9 * shares[row, j] / peak, edges))
+        for ls, lines in ridges.items():
+            curves(ax, lines, [color] * len(lines), ls=ls)
         ax.set_yticks(range(len(picked)), [f"{idx}: {layer}" for idx, layer in picked], fontsize=7)
         ax.set_ylim(-0.2, len(picked))
         bins.label(ax.xaxis, lo, hi)
