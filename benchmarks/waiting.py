@@ -62,12 +62,19 @@ FIRST_CALL = ("import sys, time; from pathlib import Path; from initlab.plots im
               "print(time.perf_counter() - t0)")
 
 
+# the strings kept on disk (initlab/plots/textstore.py) removed first: a first run after an install
+EMPTY_STORE = "import initlab.plots.textstore as t; t.path().unlink(missing_ok=True); "
+FIRST_CALLS = {"first": "", "first empty store": EMPTY_STORE, "first agg off": AGG_OFF}
+
+
 def figures(rounds: int, tmp: Path) -> dict[str, list[float]]:
     """plot_run on the default study's tables. 'first': the first call of a fresh process
-    (what one `initlab` run pays: matplotlib's fonts, nothing kept yet), as shipped and with
-    AGG_OFF, interleaved. Then in this process, later calls (a sweep's jobs drawn by a worker)
-    alternating three ways: as shipped, with AGG_OFF, and without plot_run's `drawing` wrapper
-    (full collections as Python starts them, each PNG encoded in turn)."""
+    (what one `initlab` run pays: matplotlib's fonts, nothing kept in the process yet), as
+    shipped with the strings an earlier process kept on disk, as shipped with none kept
+    (the store file removed), and with AGG_OFF, interleaved. Then in this process, later
+    calls (a sweep's jobs drawn by a worker) alternating three ways: as shipped, with AGG_OFF,
+    and without plot_run's `drawing` wrapper (full collections as Python starts them, each
+    PNG encoded in turn)."""
     import initlab.plots.agg as agg
     from initlab.plots import plot_run
     from initlab.store import load_run
@@ -77,14 +84,19 @@ def figures(rounds: int, tmp: Path) -> dict[str, list[float]]:
     run_dir = tmp / "default"
     run_dir.mkdir()
     run_study(compose_cfg(["plots=false", "train.progress=false"]), run_dir)
-    times: dict[str, list[float]] = {k: [] for k in ("first", "first agg off", "later", "later agg off",
-                                                      "later collected")}
+    times: dict[str, list[float]] = {k: [] for k in (*FIRST_CALLS, "later", "later agg off", "later collected")}
+
+    def first_call(variant: str, out: Path) -> float:
+        code = FIRST_CALLS[variant] + FIRST_CALL
+        done = subprocess.run([sys.executable, "-c", code, str(run_dir), str(out)], check=True,
+                              capture_output=True, text=True).stdout
+        return float(done.strip().splitlines()[-1])
+
+    first_call("first", tmp / "first_warm")  # the store as a run before this one leaves it
+    order = list(FIRST_CALLS)
     for r in range(2 * rounds + 1):
-        for variant in ("first", "first agg off") if r % 2 else ("first agg off", "first"):
-            code = (AGG_OFF if "off" in variant else "") + FIRST_CALL
-            out = subprocess.run([sys.executable, "-c", code, str(run_dir), str(tmp / f"first_{r}_{len(variant)}")],
-                                 check=True, capture_output=True, text=True).stdout
-            times[variant].append(float(out.strip().splitlines()[-1]))
+        for variant in order[r % 3:] + order[:r % 3]:  # each variant first in turn
+            times[variant].append(first_call(variant, tmp / f"first_{r}_{len(variant)}"))
     run = load_run(run_dir)
     draw = {"later": plot_run, "later agg off": plot_run, "later collected": plot_run.__wrapped__}
     plot_run(run.stats, run.metrics, run.config, tmp / "plots_warm", run.hist, run.probe)
@@ -197,8 +209,10 @@ def main() -> None:
             ratios = sorted(a / b for a, b in zip(f[against], f[base]))
             return f"{statistics.median(ratios):.2f}x faster ({ratios[0]:.2f}–{ratios[-1]:.2f})"
 
-        rows += [["the default study's 8 figures (plot_run): the first call in a fresh process", spread(f["first"]),
-                  faster("first", "first agg off"), ""],
+        rows += [["the default study's 8 figures (plot_run): the first call in a fresh process, strings kept "
+                  "on disk by an earlier run", spread(f["first"]), faster("first", "first agg off"), ""],
+                 ["the same, no string kept on disk yet (a first run after an install)", spread(f["first empty store"]),
+                  faster("first empty store", "first agg off"), ""],
                  ["the same, matplotlib's own Agg text and PNG encoding", spread(f["first agg off"]), "1.0x", ""],
                  ["the default study's 8 figures: later calls in a process (a sweep's jobs)", spread(f["later"]),
                   faster("later", "later agg off"), ""],
@@ -236,9 +250,10 @@ def main() -> None:
          "The torch._dynamo row is what torch.optim's wrappers import at the first optimizer call; initlab's "
          "optimizers take those wrappers off (initlab/eager_optim.py), so its runs do not pay it.",
          "Figures: plot_run on a default run's tables. First call: fresh processes (matplotlib's fonts load, no "
-         "string kept yet), as shipped and with matplotlib's own Agg text (glyph by glyph, laid out again in every "
-         "figure) and PNG encoding (in turn, not behind the next figure), initlab/plots/agg.py switched off, "
-         "interleaved. Later calls: in this process, the three ways alternating; the last without plot_run's "
+         "string kept in the process yet), as shipped with the strings an earlier process kept on disk "
+         "(initlab/plots/textstore.py), as shipped with the store file removed, and with matplotlib's own Agg text "
+         "(glyph by glyph, laid out again in every figure) and PNG encoding (in turn, not behind the next figure), "
+         "initlab/plots/agg.py switched off, interleaved, each first in turn. Later calls: in this process, the three ways alternating; the last without plot_run's "
          "`drawing` wrapper (initlab/plots/base.py). 'against' is the median (range) of the call-by-call ratios.",
          "Whole-command rows: fresh processes, each command as shipped and with initlab/collector.py switched "
          "off (no pause of full collections during imports and drawing, nothing frozen after the imports), "

@@ -3,7 +3,7 @@
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -42,6 +42,18 @@ def run(tmp_path: Path, make_cfg) -> Callable[..., tuple[dict, Path]]:
         return run_study(make_cfg(*overrides), run_dir), run_dir
 
     return _run
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _text_store(tmp_path_factory) -> Iterator[None]:
+    """Figures drawn in the tests' own process keep their strings in a store of the session
+    (initlab/plots/textstore.py), not in the user's matplotlib cache."""
+    from initlab.plots import textstore
+
+    where = tmp_path_factory.mktemp("textstore") / "text.npz"
+    original, textstore.path = textstore.path, lambda: where
+    yield
+    textstore.path = original
 
 
 _FORKSERVER = None

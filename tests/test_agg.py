@@ -9,7 +9,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from initlab.plots import agg, base
+from initlab.plots import agg, base, textstore
 
 pytestmark = pytest.mark.skipif(not agg.WHOLE_STRINGS, reason="this matplotlib lacks the whole-string calls")
 
@@ -50,6 +50,8 @@ def test_a_string_is_laid_out_once(monkeypatch) -> None:
         (s, prop.get_size_in_points())) or draw_text(self, gc, x, y, s, prop, *a, **kw))
     monkeypatch.setattr(agg, "_strings", {})
     monkeypatch.setattr(agg, "_heights", {})
+    monkeypatch.setattr(agg, "_stored", {})  # nothing on disk
+    monkeypatch.setattr(agg, "_fresh", {})
 
     def draw() -> None:
         fig, axes = base.figure(1, 2)
@@ -96,3 +98,80 @@ def test_without_the_whole_string_calls_matplotlib_draws(monkeypatch, tmp_path: 
         path = base.save(fig, tmp_path / "f", "t")
     with Image.open(path) as im:
         assert im.format == "PNG"
+
+
+def _figure_pixels(path: Path | None = None) -> np.ndarray:
+    fig, axes = base.figure(1, 2)
+    for ax in axes.flat:
+        ax.plot([0, 1, 2], [1, 10, 100])
+        ax.set_title("kept from one process to the next")
+    if path is not None:
+        base.save(fig, path)
+    fig.canvas.draw()
+    return np.asarray(fig.canvas.buffer_rgba()).copy()
+
+
+@pytest.fixture
+def new_process(tmp_path: Path, monkeypatch) -> Path:
+    """A store file of its own, and the process's strings forgotten (as in a new process)."""
+    where = tmp_path / "store" / "text.npz"
+    monkeypatch.setattr(textstore, "path", lambda: where)
+    for name, empty in (("_strings", {}), ("_stored", None), ("_fresh", {})):
+        monkeypatch.setattr(agg, name, empty)
+    return where
+
+
+def _forget() -> None:
+    agg._strings.clear()
+    agg._stored = None
+
+
+def test_strings_kept_on_disk_are_not_laid_out_again(new_process: Path, tmp_path: Path) -> None:
+    with agg.writing():
+        first = _figure_pixels(tmp_path / "a")
+    kept = textstore.read(new_process)
+    assert len(kept) >= 5 and not agg._fresh  # tick labels and the title, written when the set was drawn
+    _forget()
+    assert np.array_equal(_figure_pixels(), first)  # the same pixels from the stored bitmaps
+    assert agg._fresh == {}  # and nothing laid out again
+
+
+def test_a_changed_font_file_lays_its_strings_out_again(new_process: Path, tmp_path: Path, monkeypatch) -> None:
+    with agg.writing():
+        first = _figure_pixels(tmp_path / "a")
+    _forget()
+    stamp = textstore.font_stamp
+    monkeypatch.setattr(textstore, "font_stamp", lambda fname: stamp(fname) + " (changed)")
+    assert np.array_equal(_figure_pixels(), first)
+    assert len(agg._fresh) >= 5  # every string again: the stored ones name the font as it was
+
+
+@pytest.mark.parametrize("content", [b"", b"not a zip file", b"PK\x03\x04 a broken zip"])
+def test_an_unreadable_store_is_replaced(new_process: Path, tmp_path: Path, content: bytes) -> None:
+    new_process.parent.mkdir(parents=True)
+    new_process.write_bytes(content)
+    with agg.writing():
+        _figure_pixels(tmp_path / "a")
+    assert (tmp_path / "a.png").exists() and len(textstore.read(new_process)) >= 5
+
+
+def test_a_store_that_cannot_be_written_leaves_the_figures(tmp_path: Path, monkeypatch) -> None:
+    (tmp_path / "a file").write_text("")
+    monkeypatch.setattr(textstore, "path", lambda: tmp_path / "a file" / "text.npz")  # under a file: no directory
+    for name, empty in (("_strings", {}), ("_stored", None), ("_fresh", {})):
+        monkeypatch.setattr(agg, name, empty)
+    with agg.writing():
+        _figure_pixels(tmp_path / "b")
+    assert (tmp_path / "b.png").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a file", "b.png"]  # no temporary file left
+
+
+def test_the_store_keeps_its_last_entries(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setattr(textstore, "KEPT", 3)
+    entries = {f"k{i}": textstore.Entry("font", (1.0, 2.0, 0.5, 0.0, 3.0), np.full((2, i + 1), i, np.uint8))
+               for i in range(5)}
+    textstore.write(tmp_path / "t.npz", entries)
+    back = textstore.read(tmp_path / "t.npz")
+    assert list(back) == ["k2", "k3", "k4"]
+    assert all(np.array_equal(back[k].image, entries[k].image) and back[k] == entries[k]._replace(image=back[k].image)
+               for k in back)

@@ -7,14 +7,16 @@ and a blit per glyph): 28% of the default study's figures went to rendering thei
 labels, titles and legend texts, and laying out one string in FreeType costs ~0.4 ms, paid
 again for every figure that measures or draws it. FreeType's `set_text` +
 `draw_glyphs_to_bitmap` (what matplotlib up to 3.10 drew with, and what its own text metrics
-still measure with) renders the whole string at once; the bitmap and the metrics are kept
-per string, font and size, and blitted (rotated when the text is) at the nearest whole
-pixel. Where a matplotlib lacks those calls, its own renderer draws.
+still measure with) renders the whole string at once, one layout for its metrics and its
+bitmap; both are kept per string, font and size, in the process and on disk between
+processes (initlab/plots/textstore.py), and the bitmap blitted (rotated when the text is) at
+the nearest whole pixel. Where a matplotlib lacks those calls, its own renderer draws.
 
 And inside `writing()` (a set of figures: plot_run, plot_sweep) a PNG is encoded on a thread
 while the next figure is drawn: Pillow's compressor releases the GIL, and its filtering and
 zlib took ~15% of the default study's figures."""
 
+import json
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -30,6 +32,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg, RendererAgg, get_hi
 from matplotlib.figure import Figure
 from matplotlib.font_manager import FontProperties
 from matplotlib.ft2font import FT2Font
+
+from initlab.plots import textstore
 
 WHOLE_STRINGS = all(hasattr(FT2Font, m) for m in ("set_text", "draw_glyphs_to_bitmap", "get_image",
                                                  "get_bitmap_offset", "get_descent", "get_width_height")) \
@@ -49,11 +53,29 @@ class Raster(NamedTuple):
 Metrics = tuple[float, float, float]  # width, height, descent (pixels)
 _strings: dict[tuple, tuple[Metrics, Raster]] = {}
 _heights: dict[tuple, tuple[float | None, float | None, float | None]] = {}
+# the strings kept on disk (initlab/plots/textstore.py): read at this process's first
+# string laid out; and those laid out since, written back when a set of figures is drawn
+_stored: dict[str, textstore.Entry] | None = None
+_fresh: dict[str, textstore.Entry] = {}
 
 
 def _key(s: str, prop: FontProperties, dpi: float) -> tuple:
     return (s, tuple(prop.get_family()), prop.get_style(), prop.get_variant(), prop.get_weight(),
-            prop.get_stretch(), prop.get_file(), prop.get_size_in_points(), dpi, get_hinting_flag())
+            prop.get_stretch(), prop.get_file(), prop.get_size_in_points(), dpi, get_hinting_flag(),
+            mpl.rcParams["text.hinting_factor"], mpl.rcParams["text.kerning_factor"])
+
+
+def keep_on_disk() -> None:
+    """Add the strings laid out since the last call to the store on disk."""
+    global _stored
+    if not _fresh:
+        return
+    where = textstore.path()
+    entries = textstore.read(where)
+    entries.update(_fresh)
+    textstore.write(where, entries)
+    _stored = entries
+    _fresh.clear()
 
 
 def _kept(store: dict, key: tuple, value: Any) -> Any:
@@ -68,20 +90,28 @@ class Renderer(RendererAgg):
     matplotlib does)."""
 
     def _string(self, s: str, prop: FontProperties, antialiased: bool) -> tuple[Metrics, Raster]:
-        """The metrics and the bitmap of a plain string: one FreeType layout for both (~0.3 ms
-        a string in matplotlib 3.11; drawing the bitmap from it costs a tenth of that)."""
+        """The metrics and the bitmap of a plain string: kept in this process, else on disk
+        (textstore), else laid out in one FreeType call for both (~0.3 ms a string in
+        matplotlib 3.11; drawing the bitmap from it costs a tenth of that)."""
+        global _stored
         key = (*_key(s, prop, self.dpi), antialiased)
         if (hit := _strings.get(key)) is not None:
             return hit
         font = self._prepare_font(prop)
-        font.set_text(s, 0.0, flags=get_hinting_flag())  # angle 0: the bitmap is rotated when blitted
-        w, h = font.get_width_height()
-        descent = font.get_descent() / 64.0
-        font.draw_glyphs_to_bitmap(antialiased=antialiased)
-        xo, yo = font.get_bitmap_offset()
-        # a copy: the font's bitmap is overwritten by the next string
-        return _kept(_strings, key, ((w / 64.0, h / 64.0, descent),
-                                     Raster(np.array(font.get_image()), xo / 64.0, yo / 64.0, descent)))
+        name, stamp = json.dumps(key, default=repr), textstore.font_stamp(font.fname)  # repr: FreeType flags
+        if _stored is None:
+            _stored = textstore.read(textstore.path())
+        entry = _stored.get(name)
+        if entry is None or entry.font != stamp:
+            font.set_text(s, 0.0, flags=get_hinting_flag())  # angle 0: the bitmap is rotated when blitted
+            w, h = font.get_width_height()
+            font.draw_glyphs_to_bitmap(antialiased=antialiased)
+            xo, yo = font.get_bitmap_offset()
+            # a copy: the font's bitmap is overwritten by the next string
+            entry = _fresh[name] = textstore.Entry(stamp, (w / 64.0, h / 64.0, font.get_descent() / 64.0,
+                                                           xo / 64.0, yo / 64.0), np.array(font.get_image()))
+        w, h, descent, xo, yo = entry.numbers
+        return _kept(_strings, key, ((w, h, descent), Raster(entry.image, xo, yo, descent)))
 
     def get_text_width_height_descent(self, s: str, prop: FontProperties, ismath: bool | str
                                       ) -> tuple[float, float, float]:
@@ -137,6 +167,7 @@ def writing() -> Iterator[None]:
         pool.shutdown(wait=True)
     for future in futures:
         future.result()
+    keep_on_disk()
 
 
 class Canvas(FigureCanvasAgg):
