@@ -40,6 +40,7 @@ FORMATS = ("png", "svg", "pdf")
 MAX_LINES = 10  # layers drawn as separate lines in one panel; more become unreadable
 DPI = 100
 NICE_STEPS = [1, 2, 2.5, 5, 10]  # matplotlib's AutoLocator's
+GRID_ALPHA = 0.3
 # matplotlib < 3.11's add_collection sets the data limits only, not (lazily) the view
 COLLECTIONS_SCALE = tuple(int(p) for p in mpl.__version__.split(".")[:2]) >= (3, 11)
 
@@ -70,21 +71,25 @@ PLAIN = FuncFormatter(plain)
 
 def figure(rows: int, cols: int, panel: tuple[float, float] = (4.6, 3.3), *, sharex: bool = False,
            sharey: bool = False, left: float = 0.8, right: float = 0.25, bottom: float = 0.6, top: float = 0.55,
-           wspace: float = 1.0, hspace: float = 0.6, panels: int | None = None) -> tuple[Figure, np.ndarray]:
+           wspace: float = 1.0, hspace: float = 0.6, panels: int | None = None, grid: str | None = "both"
+           ) -> tuple[Figure, np.ndarray]:
     """A rows x cols grid of panels of `panel` inches, margins in inches: the layout is known
     before anything is drawn, so the figure is drawn once. `panels`: only the first that
-    many, row by row (a 1-d array then, not shared), rather than hidden axes built for nothing."""
+    many, row by row (a 1-d array then, not shared), rather than hidden axes built for nothing.
+    `grid`: the axes with grid lines at the major ticks ("both", "x", "y"), or None."""
     width = left + right + cols * panel[0] + (cols - 1) * wspace
     height = top + bottom + rows * panel[1] + (rows - 1) * hspace
     fig = attach(Figure(figsize=(width, height)))
     if panels is None:
         axes = fig.subplots(rows, cols, squeeze=False, sharex=sharex, sharey=sharey)
     else:
-        grid = fig.add_gridspec(rows, cols)
-        axes = np.array([fig.add_subplot(grid[i // cols, i % cols]) for i in range(panels)])
+        spec = fig.add_gridspec(rows, cols)
+        axes = np.array([fig.add_subplot(spec[i // cols, i % cols]) for i in range(panels)])
     for ax in axes.flat:  # at most 5 ticks a linear axis, not ~9: each is two lines and a text to lay out
         ax.xaxis.set_major_locator(MaxNLocator(nbins=5, steps=NICE_STEPS))
         ax.yaxis.set_major_locator(MaxNLocator(nbins=5, steps=NICE_STEPS))
+        if grid:  # now, while the axes hold no tick but the first: later, grid() restyles every tick built
+            ax.grid(alpha=GRID_ALPHA, axis=grid)
     fig.subplots_adjust(left=left / width, right=1 - right / width, bottom=bottom / height,
                         top=1 - top / height, wspace=wspace / panel[0], hspace=hspace / panel[1])
     return fig, axes

@@ -57,7 +57,6 @@ def _depth_axis(ax: Axes, ylabel: str, axis: LayerAxis) -> None:
     log_axis(ax)
     axis.label(ax)
     ax.set_ylabel(ylabel)
-    ax.grid(alpha=0.3, which="major")
 
 
 KINDS = (("act", "activation std"), ("grad", "gradient std (dL/d output)"))
@@ -163,7 +162,6 @@ def plot_over_steps(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png
     for ax, col in zip(axes[0], ("mean", "std", "fraction exactly zero")):
         panel_title(ax, col, 9)
         step_axis(ax, d["step"].to_numpy())
-        ax.grid(alpha=0.3)
     legend(axes[0][0], handles, fontsize=6, loc="upper left")
     return save(fig, path, f"{title}: activations over training", fmt)
 
@@ -187,7 +185,6 @@ def plot_metrics(metrics: pd.DataFrame, title: str, path: Path, fmt: str = "png"
             log_axis(ax)  # when the loss falls by a decade or more
         ax.set_xlabel("step")
         panel_title(ax, name, 9)
-        ax.grid(alpha=0.3)
     shared_legend(axes[0], fontsize=8, loc="upper right" if panels[0][0] == "loss" else "lower right")
     return save(fig, path, title, fmt)
 
@@ -195,7 +192,8 @@ def plot_metrics(metrics: pd.DataFrame, title: str, path: Path, fmt: str = "png"
 def _grid(n: int, panel: tuple[float, float] = (2.9, 2.1)) -> tuple[Any, list[Axes], int]:
     """n small panels, four to a row (the last row may be short), and how many to a row."""
     cols = min(4, n)
-    fig, axes = figure(-(-n // cols), cols, panel, wspace=0.45, hspace=0.55, left=1.0, bottom=0.65, panels=n)
+    fig, axes = figure(-(-n // cols), cols, panel, wspace=0.45, hspace=0.55, left=1.0, bottom=0.65, panels=n,
+                       grid=None)
     return fig, list(axes.flat), cols
 
 
@@ -280,7 +278,6 @@ def plot_dead(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> 
     for ax in (ax_f, ax_u):
         step_axis(ax, d["step"].to_numpy())
         ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
     legend(ax_f, handles, fontsize=6, loc="upper left")
     return save(fig, path, title, fmt)
 
@@ -302,7 +299,6 @@ def plot_grad_flow(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png"
     log_axis(ax)
     axis.label(ax)
     ax.set_ylabel("gradient norm (dL/d output)")
-    ax.grid(alpha=0.3)
     legend(ax, fontsize=8, loc="best")  # five short lines: finding the empty corner is cheap
     return save(fig, path, f"{title}: gradient flow", fmt)
 
@@ -323,7 +319,6 @@ def plot_update_ratio(stats: pd.DataFrame, title: str, path: Path, fmt: str = "p
     ax.axhline(-3, color="black", ls="--", lw=1, label="1e-3")
     step_axis(ax, d["step"].to_numpy())
     ax.set_ylabel("log10(update std / weight std)")
-    ax.grid(alpha=0.3)
     legend(ax, fontsize=6, ncol=2, loc="upper right")
     return save(fig, path, f"{title}: update:data ratio", fmt)
 
@@ -347,7 +342,7 @@ def plot_hist_first_last(hist: pd.DataFrame, title: str, path: Path, fmt: str = 
         return None
     ends = hist[hist["step"].isin([first_step, last_step])]
     bins, lo, hi = _hist_axis(ends)
-    fig, axes = figure(1, 2, (5.2, 0.45 * len(picked) + 1.2), sharex=True, left=1.5, wspace=1.4)
+    fig, axes = figure(1, 2, (5.2, 0.45 * len(picked) + 1.2), sharex=True, left=1.5, wspace=1.4, grid="x")
     edges = np.arange(lo, hi + 2)
     steps = [(first_step, "-")] + ([(last_step, "--")] if last_step != first_step else [])
     for ax, (kind, color, name) in zip(axes[0], (("act", "tab:blue", "activations"),
@@ -371,7 +366,6 @@ def plot_hist_first_last(hist: pd.DataFrame, title: str, path: Path, fmt: str = 
         ax.tick_params(axis="x", labelsize=7)
         ax.set_xlabel("value (fixed bins, symmetric log; grey: underflow, red: overflow)", fontsize=8)
         panel_title(ax, name, 9)
-        ax.grid(alpha=0.3, axis="x")
     # the line styles said in the title rather than in a legend on each panel (~10 ms each)
     ends_said = f"step {first_step} (solid) and step {last_step} (dashed)" if len(steps) > 1 else f"step {first_step}"
     return save(fig, path, f"{title}: histograms at {ends_said}", fmt)

@@ -58,7 +58,7 @@ def _band(ax: Axes, x: np.ndarray, ys: list[np.ndarray], label: str, color: Any,
 
 def _grid_final_loss(done: pd.DataFrame, groups: list[str], cmap: Any, out_dir: Path, fmt: str,
                      probe: bool) -> Path:
-    fig, axes = figure(1, 1, (5.0, 3.6), left=1.2, right=1.2, bottom=1.0)
+    fig, axes = figure(1, 1, (5.0, 3.6), left=1.2, right=1.2, bottom=1.0, grid=None)
     ax = axes[0][0]
     # the training loss over the last LOSS_TAIL steps where the runs have it: one minibatch is noise
     col = "loss_avg" if not probe and "loss_avg" in done and done["loss_avg"].notna().any() else "final_loss"
@@ -117,7 +117,6 @@ def _step0_overlay(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str, layer
         ax.set_xlabel(f"{what} (forward order)")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{kind} std at step 0")
-        ax.grid(alpha=0.3)
     legend(axes[0][0], fontsize=7, loc="lower left")
     return save(fig, out_dir / "step0_std_overlay", f"{_study(out_dir, done, [])}: per-layer statistics at init",
                 fmt)
@@ -192,7 +191,6 @@ def _loss_curves(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str) -> Path
     ax.set_xlabel("samples seen" if per_sample else "step")
     ax.set_ylabel("training loss (running mean)")
     panel_title(ax, "o held-out loss · dashed: a job that diverged (off the scale), dotted: where", 8)
-    ax.grid(alpha=0.3)
     if outside:
         legend(ax, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)
     else:
