@@ -157,8 +157,9 @@ def plot_over_steps(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png
     picked = _pick_layers(d)
     rows = _by_layer(d, picked, ["mean", "std", "zero_frac"])
     palette = colors("viridis", len(picked))
-    for ax, col in zip(axes[0], ("mean", "std", "zero_frac")):
-        handles = curves(ax, [(r["step"], r[col]) for r in rows], palette, [f"{idx}: {layer}" for idx, layer in picked])
+    labels = [f"{idx}: {layer}" for idx, layer in picked]
+    for ax, col in zip(axes[0], ("mean", "std", "zero_frac")):  # each panel's stand-ins alike: one legend
+        handles = curves(ax, [(r["step"], r[col]) for r in rows], palette, labels)
     for ax, col in zip(axes[0], ("mean", "std", "fraction exactly zero")):
         panel_title(ax, col, 9)
         step_axis(ax, d["step"].to_numpy())
