@@ -64,7 +64,10 @@ FIRST_CALL = ("import sys, time; from pathlib import Path; from initlab.plots im
 
 # the strings kept on disk (initlab/plots/textstore.py) removed first: a first run after an install
 EMPTY_STORE = "import initlab.plots.textstore as t; t.path().unlink(missing_ok=True); "
-FIRST_CALLS = {"first": "", "first empty store": EMPTY_STORE, "first agg off": AGG_OFF}
+# every tick built by matplotlib, none copied from an axis' first (initlab/plots/panel.py)
+BUILT_TICKS = "import initlab.plots.panel as p; p.COPY_TICKS = False; "
+FIRST_CALLS = {"first": "", "first empty store": EMPTY_STORE, "first built ticks": BUILT_TICKS,
+               "first agg off": AGG_OFF}
 
 
 def figures(rounds: int, tmp: Path) -> dict[str, list[float]]:
@@ -72,10 +75,11 @@ def figures(rounds: int, tmp: Path) -> dict[str, list[float]]:
     (what one `initlab` run pays: matplotlib's fonts, nothing kept in the process yet), as
     shipped with the strings an earlier process kept on disk, as shipped with none kept
     (the store file removed), and with AGG_OFF, interleaved. Then in this process, later
-    calls (a sweep's jobs drawn by a worker) alternating three ways: as shipped, with AGG_OFF,
-    and without plot_run's `drawing` wrapper (full collections as Python starts them, each
-    PNG encoded in turn)."""
+    calls (a sweep's jobs drawn by a worker) alternating four ways: as shipped, with AGG_OFF,
+    with BUILT_TICKS, and without plot_run's `drawing` wrapper (full collections as Python
+    starts them, each PNG encoded in turn)."""
     import initlab.plots.agg as agg
+    import initlab.plots.panel as panel
     from initlab.plots import plot_run
     from initlab.store import load_run
     from initlab.study import run_study
@@ -84,7 +88,8 @@ def figures(rounds: int, tmp: Path) -> dict[str, list[float]]:
     run_dir = tmp / "default"
     run_dir.mkdir()
     run_study(compose_cfg(["plots=false", "train.progress=false"]), run_dir)
-    times: dict[str, list[float]] = {k: [] for k in (*FIRST_CALLS, "later", "later agg off", "later collected")}
+    later = ("later", "later agg off", "later built ticks", "later collected")
+    times: dict[str, list[float]] = {k: [] for k in (*FIRST_CALLS, *later)}
 
     def first_call(variant: str, out: Path) -> float:
         code = FIRST_CALLS[variant] + FIRST_CALL
@@ -95,18 +100,19 @@ def figures(rounds: int, tmp: Path) -> dict[str, list[float]]:
     first_call("first", tmp / "first_warm")  # the store as a run before this one leaves it
     order = list(FIRST_CALLS)
     for r in range(2 * rounds + 1):
-        for variant in order[r % 3:] + order[:r % 3]:  # each variant first in turn
+        for variant in order[r % len(order):] + order[:r % len(order)]:  # each variant first in turn
             times[variant].append(first_call(variant, tmp / f"first_{r}_{len(variant)}"))
     run = load_run(run_dir)
-    draw = {"later": plot_run, "later agg off": plot_run, "later collected": plot_run.__wrapped__}
+    draw = {"later": plot_run, "later agg off": plot_run, "later built ticks": plot_run,
+            "later collected": plot_run.__wrapped__}
     plot_run(run.stats, run.metrics, run.config, tmp / "plots_warm", run.hist, run.probe)
     for r in range(2 * rounds + 1):
         for k in draw if r % 2 else reversed(draw):
-            agg.WHOLE_STRINGS = k != "later agg off"
+            agg.WHOLE_STRINGS, panel.COPY_TICKS = k != "later agg off", k != "later built ticks"
             t0 = time.perf_counter()
             draw[k](run.stats, run.metrics, run.config, tmp / f"plots_{r}_{len(k)}", run.hist, run.probe)
             times[k].append(time.perf_counter() - t0)
-    agg.WHOLE_STRINGS = True
+    agg.WHOLE_STRINGS = panel.COPY_TICKS = True
     return times
 
 
@@ -213,10 +219,14 @@ def main() -> None:
                   "on disk by an earlier run", spread(f["first"]), faster("first", "first agg off"), ""],
                  ["the same, no string kept on disk yet (a first run after an install)", spread(f["first empty store"]),
                   faster("first empty store", "first agg off"), ""],
+                 ["the same, strings on disk, every tick built by matplotlib (none copied)",
+                  spread(f["first built ticks"]), f"shipped: {faster('first', 'first built ticks')}", ""],
                  ["the same, matplotlib's own Agg text and PNG encoding", spread(f["first agg off"]), "1.0x", ""],
                  ["the default study's 8 figures: later calls in a process (a sweep's jobs)", spread(f["later"]),
                   faster("later", "later agg off"), ""],
                  ["the same, matplotlib's own Agg text and PNG encoding", spread(f["later agg off"]), "1.0x", ""],
+                 ["the same, every tick built by matplotlib (none copied)", spread(f["later built ticks"]),
+                  f"shipped: {faster('later', 'later built ticks')}", ""],
                  ["the same, without `drawing` (full collections as Python starts them, PNGs encoded in turn)",
                   spread(f["later collected"]), f"{faster('later', 'later collected').split(' (')[0]} (shipped)", ""]]
         rows.append(["a step-0 run's own overhead (MLP 10x256: run_study but forward/backward)",
@@ -253,8 +263,10 @@ def main() -> None:
          "string kept in the process yet), as shipped with the strings an earlier process kept on disk "
          "(initlab/plots/textstore.py), as shipped with the store file removed, and with matplotlib's own Agg text "
          "(glyph by glyph, laid out again in every figure) and PNG encoding (in turn, not behind the next figure), "
-         "initlab/plots/agg.py switched off, interleaved, each first in turn. Later calls: in this process, the three ways alternating; the last without plot_run's "
-         "`drawing` wrapper (initlab/plots/base.py). 'against' is the median (range) of the call-by-call ratios.",
+         "initlab/plots/agg.py switched off, and with every tick built by matplotlib rather than copied from its "
+         "axis' first (initlab/plots/panel.py), interleaved, each first in turn. Later calls: in this process, the "
+         "four ways alternating; the last without plot_run's `drawing` wrapper (initlab/plots/base.py). 'against' "
+         "is the median (range) of the call-by-call ratios.",
          "Whole-command rows: fresh processes, each command as shipped and with initlab/collector.py switched "
          "off (no pause of full collections during imports and drawing, nothing frozen after the imports), "
          "interleaved, which goes first alternating; 'against' is the median (range) of the per-round ratios.",

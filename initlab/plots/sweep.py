@@ -104,7 +104,8 @@ def _step0_overlay(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str, layer
         s0s = [_read_step0(path) for path in jobs["path"]]
         axes_of = [LayerAxis(s, layers) if len(s) else None for s in s0s]  # each job's own layers: nets align
         for ax, kind in zip(axes[0], ("act", "grad")):
-            curves = [a.place(s[s["kind"] == kind]).set_index("x")["std"] for s, a in zip(s0s, axes_of) if a]
+            curves = [pd.Series(std, index=x) for x, std in (a.place(s[s["kind"] == kind], "std")
+                                                              for s, a in zip(s0s, axes_of) if a)]
             curves = [c for c in curves if len(c)]
             if curves:
                 frame = pd.concat(curves, axis=1)
