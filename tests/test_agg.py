@@ -89,6 +89,54 @@ def test_pngs_encoded_behind_are_whole_and_failures_raised(tmp_path: Path) -> No
         one(tmp_path / "no such dir" / "f")
 
 
+def test_pngs_the_thread_has_not_started_are_encoded_when_the_block_ends(tmp_path: Path, monkeypatch) -> None:
+    """The drawing done, the block's own thread encodes what the encoder has not started, the
+    last first, while the encoder finishes its own; the files are the same, and a failure there
+    is raised as one on the encoder is."""
+    import threading
+
+    import matplotlib.image
+
+    imsave, here, busy = matplotlib.image.imsave, [], threading.Event()
+
+    def slow_first(fname, *args, **kwargs):
+        if threading.current_thread() is threading.main_thread():
+            here.append(Path(fname).name)
+        elif not busy.is_set():  # the encoder's first: held until this thread has taken the rest
+            busy.set()
+            for _ in range(200):
+                if len(here) == 2:
+                    break
+                threading.Event().wait(0.05)
+        return imsave(fname, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.image, "imsave", slow_first)
+
+    def one(path: Path) -> Path:
+        fig, axes = base.figure(1, 1)
+        axes[0][0].plot([0, 1], [0, 1])
+        return base.save(fig, path, "t")
+
+    with agg.writing():
+        paths = [one(tmp_path / "f0")]
+        busy.wait(10)
+        paths += [one(tmp_path / f"f{i}") for i in (1, 2)]
+    assert here == ["f2.png", "f1.png"]
+    with Image.open(paths[0]) as im:
+        expected = np.asarray(im)
+    for p in paths:
+        with Image.open(p) as im:
+            assert np.array_equal(np.asarray(im), expected)
+    here.clear()
+    busy.clear()
+    with pytest.raises(FileNotFoundError), agg.writing():
+        one(tmp_path / "f3")
+        busy.wait(10)
+        one(tmp_path / "no such dir" / "f")
+        one(tmp_path / "f4")
+    assert here == ["f4.png", "f.png"] and (tmp_path / "f4.png").exists()
+
+
 def test_without_the_whole_string_calls_matplotlib_draws(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setattr(agg, "WHOLE_STRINGS", False)
     fig, axes = base.figure(1, 1)

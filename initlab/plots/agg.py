@@ -14,10 +14,12 @@ the nearest whole pixel. Where a matplotlib lacks those calls, its own renderer 
 
 And inside `writing()` (a set of figures: plot_run, plot_sweep) a PNG is encoded on a thread
 while the next figure is drawn: Pillow's compressor releases the GIL, and its filtering and
-zlib took ~15% of the default study's figures."""
+zlib took ~15% of the default study's figures. What that thread has not started when the set
+is drawn is encoded by the caller's thread, beside it."""
 
+import functools
 import json
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -147,26 +149,41 @@ class Renderer(RendererAgg):
         self._renderer.draw_text_image(r.image, x, y + 1, angle, gc)
 
 
-_encoder: ContextVar[tuple[ThreadPoolExecutor, list[Future]] | None] = ContextVar("encoder", default=None)
+Job = Callable[[], Any]
+_encoder: ContextVar[tuple[ThreadPoolExecutor, list[tuple[Future, Job]]] | None] = ContextVar("encoder",
+                                                                                              default=None)
+
+
+def _here(job: Job) -> Future:
+    done: Future = Future()
+    try:
+        done.set_result(job())
+    except BaseException as e:  # kept for the caller, as the thread's future keeps it
+        done.set_exception(e)
+    return done
 
 
 @contextmanager
 def writing() -> Iterator[None]:
     """The PNG files of the figures saved inside are encoded on one thread, behind the
     drawing; all of them are written (or the first failure raised) when the block ends.
-    Nested blocks share the outermost's thread."""
+    When it ends, this thread encodes what the other has not started, from the last back,
+    as the other goes on from the first: the drawing is done, and an encode on the other
+    thread takes 2-4x its CPU time while this one draws (it waits for the GIL). Nested
+    blocks share the outermost's thread."""
     if _encoder.get() is not None:
         yield
         return
-    pool, futures = ThreadPoolExecutor(1, thread_name_prefix="initlab-png"), []
-    token = _encoder.set((pool, futures))
+    pool, jobs = ThreadPoolExecutor(1, thread_name_prefix="initlab-png"), []
+    token = _encoder.set((pool, jobs))
     try:
         yield
     finally:
         _encoder.reset(token)
+        done = {id(future): _here(job) for future, job in reversed(jobs) if future.cancel()}
         pool.shutdown(wait=True)
-    for future in futures:
-        future.result()
+    for future, _ in jobs:
+        done.get(id(future), future).result()
     keep_on_disk()
 
 
@@ -184,10 +201,10 @@ class Canvas(FigureCanvasAgg):
             return super().print_png(filename_or_obj, metadata=metadata, pil_kwargs=pil_kwargs)
         FigureCanvasAgg.draw(self)
         pixels = np.array(self.buffer_rgba())  # a copy: the figure may be drawn again
-        pool, futures = encoder
-        futures.append(pool.submit(matplotlib.image.imsave, filename_or_obj, pixels, format="png",
-                                   origin="upper", dpi=self.figure.dpi, metadata=metadata,
-                                   pil_kwargs=pil_kwargs))
+        pool, jobs = encoder
+        job = functools.partial(matplotlib.image.imsave, filename_or_obj, pixels, format="png", origin="upper",
+                                dpi=self.figure.dpi, metadata=metadata, pil_kwargs=pil_kwargs)
+        jobs.append((pool.submit(job), job))
 
     def get_renderer(self) -> RendererAgg:
         w, h = self.get_width_height(physical=True)

@@ -5,9 +5,10 @@ Speed comes from what is not done: no pyplot (no figure manager), no tight_layou
 every figure a second time to measure it; margins here are fixed in inches), no mathtext
 tick labels (parsing '$10^{-2}$' costs more than drawing the line), one legend position
 chosen rather than searched for, at most 5 ticks on a linear axis (the default figures
-took 14% less time than with matplotlib's ~9) and none built outside the view (`InView`),
-many lines of a panel as one collection (`curves`), and no full cycle collection while
-drawing (`drawing`). Where matplotlib allows, text is rasterised a string at a time and each
+took 14% less time than with matplotlib's ~9), none built outside the view (`InView`) and
+none built at all past an axis' first (copied from it: initlab/plots/panel.py), many lines
+of a panel as one collection (`curves`), and no full cycle collection while drawing
+(`drawing`). Where matplotlib allows, text is rasterised a string at a time and each
 PNG encoded behind the drawing of the next (initlab/plots/agg.py)."""
 
 import functools
