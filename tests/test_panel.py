@@ -12,7 +12,7 @@ from initlab.plots import base, panel
 
 def _figure() -> object:
     """Every kind of axis initlab draws: linear, log (plain labels), symlog steps, layer names
-    rotated, fixed histogram bins, shared x, grids on both, one and no axis."""
+    rotated, fixed histogram bins, shared x, grids on both, one and no axis; and minor ticks."""
     steps = np.array([0, 1, 2, 5, 10, 20, 50, 100, 200, 300.0])
     fig, axes = base.figure(1, 3, sharex=True)
     linear, log, symlog = axes[0]
@@ -31,6 +31,7 @@ def _figure() -> object:
     bins.tick_params(axis="x", labelsize=7)
     _, none = base.figure(1, 1, grid=None)
     none[0][0].plot([1, 2], [3, 4])
+    none[0][0].minorticks_on()  # minor ticks: copied from the axis' first minor one
     return [fig, fig2, none[0][0].figure]
 
 
@@ -75,7 +76,8 @@ def test_only_an_axis_first_ticks_are_built(built: dict[str, int], monkeypatch) 
     figs = _figure()
     _pixels(figs)
     axes = [ax for fig in figs for ax in fig.axes]
-    drawn = sum(len(axis.majorTicks) for ax in axes for axis in (ax.xaxis, ax.yaxis))
+    drawn = sum(len(axis.majorTicks) + len(axis.minorTicks) for ax in axes for axis in (ax.xaxis, ax.yaxis))
+    assert len(axes[-1].yaxis.minorTicks) > 1
     # the first major and minor tick of each axis, no more, though the axes hold many
     assert built["x"] + built["y"] <= 4 * len(axes) < drawn
     monkeypatch.setattr(panel, "COPY_TICKS", False)
