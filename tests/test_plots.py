@@ -290,3 +290,20 @@ def test_ticks_are_built_for_the_view_only_and_draw_the_same(tmp_path: Path) -> 
         return n
 
     assert outside(plain) > 0 and outside(shown) == 0
+
+
+def test_the_layer_axis_places_the_chosen_layers_in_forward_order() -> None:
+    """LayerAxis: the weighted layers at 0, 1, ...; rows of other layers left out; a row's
+    columns kept with it; the first position at or after a layer (the non-finite marker)."""
+    rows = pd.DataFrame({"layer_idx": [3, 0, 1, 2, 0], "layer": ["r2", "conv", "r1", "fc", "conv"],
+                         "module_type": ["ReLU", "Conv2d", "ReLU", "Linear", "Conv2d"],
+                         "std": [4.0, 1.0, 2.0, 3.0, 1.5]})
+    axis = base.LayerAxis(rows)
+    assert axis.names == ["conv", "fc"] and axis.which == "weighted"
+    x, std = axis.place(rows, "std")
+    assert x.tolist() == [0, 0, 1] and std.tolist() == [1.0, 1.5, 3.0]  # stable: a layer's rows in table order
+    assert [axis.first_at_or_after(i) for i in (0, 1, 2, 3)] == [0, 1, 1, None]
+    relu = base.LayerAxis(rows, "ReLU")
+    assert relu.names == ["r1", "r2"] and relu.place(rows)[0].tolist() == [0, 1]
+    missing = base.LayerAxis(rows, "LayerNorm")
+    assert missing.which == "all" and missing.missing == "LayerNorm" and len(missing.names) == 4

@@ -16,6 +16,7 @@ from initlab.plots.base import (
     colors,
     curves,
     drawing,
+    each_layer,
     figure,
     legend,
     log_axis,
@@ -135,8 +136,8 @@ def plot_probe(per_draw: pd.DataFrame, theory: pd.DataFrame | None, title: str, 
 
 def _layers(d: pd.DataFrame) -> list[tuple[int, str]]:
     """The layers of a table (layer_idx, name) in forward order."""
-    idx, first = np.unique(d["layer_idx"].to_numpy(), return_index=True)  # each layer's first row
-    return list(zip(idx.tolist(), map(str, d["layer"].to_numpy()[first])))
+    idx, names = each_layer(d, "layer")
+    return list(zip(idx.tolist(), map(str, names)))
 
 
 def _pick_layers(d: pd.DataFrame) -> list[tuple[int, str]]:
