@@ -1,4 +1,5 @@
-"""Training-step time of every model at batch 64 on 3x32x32, shipped configs, bn on/off."""
+"""Training-step time of every zoo model at batch 64 on 3x32x32, shipped configs, without a norm
+and with the norm it takes (batch; the ViT: layer)."""
 
 import argparse
 import time
@@ -12,15 +13,16 @@ from benchmarks.common import median, write_table
 from initlab.devices import resolve_device, synchronize
 from initlab.init import apply_init
 from initlab.models import MODELS, build_model
+from initlab.models.base import DEFAULT_NORMS
 from initlab.models.external import EXTERNAL
 from initlab.models.summary import describe
 
 
-def step_time(name: str, bn: bool, device: torch.device, steps: int) -> tuple[float, int, int]:
+def step_time(name: str, norm: str, device: torch.device, steps: int) -> tuple[float, int, int]:
     with initialize_config_module(config_module="initlab.conf", version_base="1.3"):
         cfg = OmegaConf.to_container(compose(config_name="config", overrides=[f"model={name}"]).model)
     torch.manual_seed(0)
-    model = build_model(name, cfg, (3, 32, 32), 10, bn)
+    model = build_model(name, cfg, (3, 32, 32), 10, norm=norm)
     apply_init(model, {"name": "kaiming"}, cfg["act"])
     info = describe(model, (3, 32, 32))
     model.to(device)
@@ -47,15 +49,16 @@ def main() -> None:
     device = resolve_device(args.device)
     rows = []
     for name in sorted(set(MODELS) - set(EXTERNAL)):  # the zoo's shipped configs
-        for bn in (False, True):
-            t, params, macs = step_time(name, bn, device, 3 if args.quick else 10)
-            rows.append([name, str(bn).lower(), f"{params:,}", f"{macs / 1e6:,.1f}", f"{t * 1e3:,.1f}",
+        for norm in ("none", DEFAULT_NORMS[name] if DEFAULT_NORMS[name] != "none" else "batch"):
+            t, params, macs = step_time(name, norm, device, 3 if args.quick else 10)
+            rows.append([name, norm, f"{params:,}", f"{macs / 1e6:,.1f}", f"{t * 1e3:,.1f}",
                          f"{64 / t:,.0f}"])
             print(rows[-1], flush=True)
-    write_table(f"model_steps_{device.type}", f"Training step at batch 64, 3x32x32, shipped model configs ({device.type})",
-                ["model", "bn", "params", "MMACs/sample", "step (ms, median)", "samples/s"], rows,
+    write_table(f"model_steps_{device.type}" + ("_quick" if args.quick else ""), f"Training step at batch 64, 3x32x32, shipped model configs ({device.type})",
+                ["model", "norm", "params", "MMACs/sample", "step (ms, median)", "samples/s"], rows,
                 ["Shipped configs: mlp 4x256, conv4 [8,16,32], lenet (sigmoid), alexnet/vgg11 width_mult 0.25, "
-                 "resnet-18 layout at width 16, nin width_mult 0.25; kaiming init, SGD; median of 10 steps after 2 warm-up steps."])
+                 "resnet-18 layout at width 16, nin width_mult 0.25, vit dim 64 depth 6; kaiming init, SGD; median of 10 "
+                 "steps after 2 warm-up steps."])
 
 
 if __name__ == "__main__":

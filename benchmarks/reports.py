@@ -18,8 +18,8 @@ from benchmarks.waiting import spread
 
 
 def export_time(rounds: int, tmp: Path, steps: int) -> tuple[list[float], dict[str, int]]:
-    from initlab.study import run_study
-    from initlab.tensorboard import export_run
+    from initlab.app.study import run_study
+    from initlab.report.tensorboard import export_run
     from tests.conftest import compose_cfg
 
     run_dir = tmp / "full"
@@ -35,9 +35,9 @@ def export_time(rounds: int, tmp: Path, steps: int) -> tuple[list[float], dict[s
 
 
 def sweep_report_time(rounds: int, tmp: Path, jobs: int) -> list[float]:
-    from initlab.html import write_html
-    from initlab.study import run_study
-    from initlab.sweep import build_report
+    from initlab.app.study import run_study
+    from initlab.report.build import build_sweep_report as build_report
+    from initlab.report.html import write_html
     from tests.conftest import compose_cfg
 
     job0 = tmp / "job"

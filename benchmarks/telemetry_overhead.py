@@ -30,13 +30,13 @@ from hydra import compose, initialize_config_module
 from torch import nn
 
 from benchmarks.common import median, random_dataset, write_table
-from initlab.allocator import keep_freed_memory
 from initlab.devices import resolve_device
 from initlab.init import apply_init
 from initlab.models import build_model
+from initlab.record.watcher import Watch
+from initlab.speedups.allocator import keep_freed_memory
 from initlab.telemetry import CpuPath, Schedule, TelemetryConfig, tracked_modules
 from initlab.train import fit
-from initlab.watcher import Watch
 
 CASES = {  # label: (model, its config, input shape, batch, norm)
     "conv4 bs256 1x28x28": ("conv4", {"channels": [8, 16, 32]}, (1, 28, 28), 256, "none"),
@@ -219,7 +219,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.json:
-        keep_freed_memory()  # as the CLI's process does (initlab/allocator.py)
+        keep_freed_memory()  # as the CLI's process does (initlab/speedups/allocator.py)
         steps, long_steps = _steps(args.json, device, args.quick)
         with tempfile.TemporaryDirectory() as tmp:
             rounds = 2 if args.quick else args.rounds
@@ -257,7 +257,7 @@ def _table(table: str, args: argparse.Namespace, device: torch.device) -> None:
          "README's plain user loop with watch(telemetry='full') over the same loop without it.",
          "full/naive/watch(): within a process, medians of per-step times over interleaved rounds; default: wall time of "
          f"the whole loop (parquet flushes included) over the run length shown, in {CHUNKS} off/default chunk pairs.",
-         "Each process keeps freed memory for reuse (initlab/allocator.py), as the CLI's does.",
+         "Each process keeps freed memory for reuse (initlab/speedups/allocator.py), as the CLI's does.",
          "ResNet-18 on CPU runs 1 process and 200 steps for the default-schedule column (a 1000-step CPU run takes "
          "~20 min); the shipped schedule logs a larger fraction of a 200-step run than of a 1000-step run.",
          "full records act+grad stats and histograms of every tracked module, weight/grad/update stats of "

@@ -19,11 +19,11 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 _LAZY = {
     "apply_init": "initlab.init",
-    "watch": "initlab.watcher",
-    "Watch": "initlab.watcher",
+    "watch": "initlab.record.watcher",
+    "Watch": "initlab.record.watcher",
     "TelemetryConfig": "initlab.telemetry",
-    "load_run": "initlab.store",
-    "load_sweep": "initlab.sweep",
+    "load_run": "initlab.rundir.store",
+    "load_sweep": "initlab.rundir.sweep_table",
 }
 
 

@@ -1,3 +1,3 @@
-from initlab.cli import main
+from initlab.app.cli import main
 
 main()

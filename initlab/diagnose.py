@@ -11,7 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-WEIGHTED = ("Linear", "Conv1d", "Conv2d", "Conv3d")
+from initlab.nn.names import WEIGHTED_TYPES
+
+WEIGHTED = WEIGHTED_TYPES  # by class name: the tables hold names
 DEFAULTS = {
     "vanishing_ratio": 0.1,     # weighted-layer std ratio across the net below this at step 0
     "exploding_ratio": 10.0,    # ... above this

@@ -17,7 +17,7 @@ from initlab.defaults import preset
 from initlab.errors import InitlabError
 from initlab.models.blocks import Bias, Scale
 from initlab.nn import acts
-from initlab.nn.kinds import NORMS, WEIGHTED
+from initlab.nn.kinds import DROPOUTS, NORMS, WEIGHTED
 from initlab.registry import Registry
 
 InitRecord = dict[str, Any]
@@ -189,7 +189,7 @@ def lsuv_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> lis
     was_training = model.training
     model.train()
     for m in model.modules():  # a fresh dropout mask per forward would make the variance a moving target
-        if isinstance(m, nn.modules.dropout._DropoutNd):
+        if isinstance(m, DROPOUTS):
             m.eval()
     try:
         with torch.no_grad():

@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from initlab.diagnose import depth_ratio
+from initlab.record.watcher import Watch
 from initlab.telemetry import TelemetryConfig
 from initlab.telemetry.reducers import CpuPath
 from initlab.telemetry.stacked import NotStackable, stacked_step0
 from initlab.train import forward_backward
-from initlab.watcher import Watch
 
 Draw = tuple[str, int]  # (init scheme, seed)
 

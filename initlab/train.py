@@ -19,14 +19,14 @@ from torch import nn
 
 from initlab.data.base import DeviceDataset
 from initlab.devices import synchronize
-from initlab.eager_optim import eager
 from initlab.errors import Diverged, Interrupted
+from initlab.record.watcher import Watch
 from initlab.registry import Registry
 from initlab.signals import SIGNALLED
-from initlab.watcher import Watch
+from initlab.speedups.eager_optim import eager
 
 OPTIMIZERS: Registry[Callable[[Any, Mapping[str, Any]], torch.optim.Optimizer]] = Registry("optim.name")
-# eager(...): torch's own optimizers without their 3 s torch._dynamo import (eager_optim.py)
+# eager(...): torch's own optimizers without their 3 s torch._dynamo import (initlab/speedups/eager_optim.py)
 OPTIMIZERS.register("sgd")(lambda p, c: eager(torch.optim.SGD)(
     p, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"]))
 OPTIMIZERS.register("adam")(lambda p, c: eager(torch.optim.Adam)(

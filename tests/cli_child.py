@@ -9,8 +9,8 @@ import sys
 import warnings
 from pathlib import Path
 
-PRELOAD = ["torch", "torch._dynamo", "initlab.cli", "initlab.study", "initlab.plots", "initlab.report",
-           "initlab.sweep", "tests.cli_child"]
+PRELOAD = ["torch", "torch._dynamo", "initlab.app.cli", "initlab.app.study", "initlab.report.plots", "initlab.report.build",
+           "initlab.rundir.sweep_table", "tests.cli_child"]
 
 
 def run_initlab(args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
@@ -25,7 +25,8 @@ def run_initlab(args: list[str], cwd: str, env: dict[str, str], out: str, err: s
     os.environ.update(env)
     if env.get("PYTHONWARNINGS") == "ignore":  # read at interpreter start-up, which this process skipped
         warnings.simplefilter("ignore")
-    from initlab import cli
+    import initlab
+    from initlab.app import cli
 
-    sys.argv = [str(Path(cli.__file__).with_name("__main__.py")), *args]
+    sys.argv = [str(Path(initlab.__file__).with_name("__main__.py")), *args]
     cli.main()

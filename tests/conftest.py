@@ -3,14 +3,14 @@
 import os
 import subprocess
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from initlab.study import run_study
+from initlab.app.study import run_study
 
 # Small enough for a 2-core CPU, large enough to exercise every stage. Figures are drawn by
 # the tests that look at them ("plots=true"): drawing is most of a shrunk run's time.
@@ -44,18 +44,6 @@ def run(tmp_path: Path, make_cfg) -> Callable[..., tuple[dict, Path]]:
     return _run
 
 
-@pytest.fixture(autouse=True, scope="session")
-def _text_store(tmp_path_factory) -> Iterator[None]:
-    """Figures drawn in the tests' own process keep their strings in a store of the session
-    (initlab/plots/textstore.py), not in the user's matplotlib cache."""
-    from initlab.plots import textstore
-
-    where = tmp_path_factory.mktemp("textstore") / "text.npz"
-    original, textstore.path = textstore.path, lambda: where
-    yield
-    textstore.path = original
-
-
 _FORKSERVER = None
 
 
@@ -73,7 +61,7 @@ def _forkserver():
 
 
 def run_cli(args: list[str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess:
-    """The real command line, as a user types it, in `cwd`: `initlab.cli.main()` with these
+    """The real command line, as a user types it, in `cwd`: `initlab.app.cli.main()` with these
     arguments in a fresh process (forked from a server that has imported the CLI's modules
     once, see tests/cli_child.py); its exit code, stdout and stderr."""
     from tests.cli_child import run_initlab

@@ -4,9 +4,9 @@ means adding its row here."""
 import pytest
 from torch import nn
 
-from initlab.config import validate
+from initlab.app.config import validate
+from initlab.app.keys import check_overrides, known_keys
 from initlab.errors import ConfigError, InitlabError
-from initlab.keys import check_overrides, known_keys
 from initlab.telemetry import Telemetry, TelemetryConfig
 from tests.conftest import run_cli
 

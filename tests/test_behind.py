@@ -1,4 +1,4 @@
-"""A sequential sweep's figures drawn behind it (initlab/behind.py): the same files as drawn
+"""A sequential sweep's figures drawn behind it (initlab/app/behind.py): the same files as drawn
 in the run's own process, every one there when `initlab -m` returns, a failure logged and
 never raised, and after Ctrl-C the runs not drawn are named."""
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from initlab.behind import Behind, workers
-from initlab.report import report_run
+from initlab.app.behind import Behind, workers
+from initlab.report.build import report_run
 from tests.conftest import run_cli
 
 

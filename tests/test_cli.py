@@ -41,7 +41,7 @@ def test_smoke_experiment_and_report(tmp_path: Path) -> None:
     assert json.loads((run_dir / "summary.json").read_text())["steps_done"] == 10
     for png in (run_dir / "plots").glob("*.png"):
         png.unlink()
-    from initlab.report import main as report_main
+    from initlab.report.cli import main as report_main
 
     assert report_main([str(run_dir)]) == 0
     assert sorted(p.name for p in (run_dir / "plots").glob("*.png")) == ALL_PLOTS
@@ -83,7 +83,7 @@ HEAVY = ("torch", "torchvision", "pandas", "pyarrow", "numpy", "matplotlib", "nu
 def test_the_command_imports_nothing_heavy_before_a_run(tmp_path: Path) -> None:
     """`initlab --cfg job`, `--help` and each shell-completion Tab press stop before the run:
     they must not pay for torch (seconds), pandas or plotting."""
-    code = f"import sys, initlab.cli; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    code = f"import sys, initlab.app.cli; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0 and proc.stdout.strip() == "", proc.stdout + proc.stderr
     for argv in (["--cfg", "job"], ["--help"]):
@@ -110,9 +110,10 @@ def test_help_lists_the_groups_and_the_config_the_overrides_compose(tmp_path: Pa
 
 
 def test_the_file_side_modules_never_import_torch(tmp_path: Path) -> None:
-    """The README's Architecture: store, diagnose, sweep, plots, html, report and behind read and
-    write files and DataFrames only (rebuilding a report, or a sweep's drawing worker, never pays for torch)."""
-    code = ("import sys, initlab.store, initlab.diagnose, initlab.sweep, initlab.plots, initlab.html, "
-            "initlab.report, initlab.behind; print('torch' in sys.modules)")
+    """The docs' Architecture: rundir/, report/ (but the TensorBoard export), diagnose and the sweep's
+    drawing workers read and write files and DataFrames only (rebuilding a report never pays for torch)."""
+    code = ("import sys, initlab.rundir.layout, initlab.rundir.store, initlab.rundir.sweep_table, initlab.diagnose, "
+            "initlab.report.plots, initlab.report.html, initlab.report.build, initlab.report.cli, initlab.app.behind, "
+            "initlab.app.sweep; print('torch' in sys.modules)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert proc.stdout.strip() == "False", proc.stdout + proc.stderr

@@ -45,7 +45,7 @@ def test_sigkill_keeps_every_flushed_part(tmp_path: Path) -> None:
     metrics = pd.read_parquet(run_dir / "metrics.parquet")  # flushed with the stats
     assert list(metrics.sort_values("step")["step"][: len(steps)]) == steps
     # initlab-report rebuilds the plots and a summary marked incomplete from the parts alone
-    from initlab.report import main as report_main
+    from initlab.report.cli import main as report_main
 
     assert report_main([str(run_dir)]) == 0
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -108,7 +108,7 @@ def test_ctrl_c_during_setup_is_interrupted_not_a_traceback(run, monkeypatch) ->
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("initlab.study.build_model", ctrl_c)
+    monkeypatch.setattr("initlab.app.study.build_model", ctrl_c)
     summary, run_dir = run()
     assert summary["status"] == "interrupted" and summary["interrupted_during"] == "setup"
     assert _summary(run_dir)["steps_done"] == 0 and not (run_dir / ".initlab.lock").exists()
@@ -118,7 +118,7 @@ def test_ctrl_c_during_the_probe_keeps_every_trained_step(run, monkeypatch) -> N
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("initlab.study.probe", ctrl_c)
+    monkeypatch.setattr("initlab.app.study.probe", ctrl_c)
     summary, run_dir = run("probe.seeds=3", "train.steps=4")
     on_disk = _summary(run_dir)
     assert on_disk["status"] == "interrupted" and on_disk["interrupted_during"] == "probe"
@@ -130,7 +130,7 @@ def test_ctrl_c_during_plots_marks_the_finished_run_interrupted(run, monkeypatch
     def ctrl_c(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("initlab.report.report_run", ctrl_c)
+    monkeypatch.setattr("initlab.report.build.report_run", ctrl_c)
     summary, run_dir = run("plots=true")
     on_disk = _summary(run_dir)
     assert on_disk["status"] == "interrupted" and on_disk["interrupted_during"] == "plots"
@@ -145,7 +145,7 @@ def test_a_second_ctrl_c_while_the_summary_is_written_does_not_lose_it(run, tmp_
         signal.raise_signal(signal.SIGINT)  # arrives while the interrupted summary is being written
         return []
 
-    monkeypatch.setattr("initlab.study.probe", ctrl_c)
+    monkeypatch.setattr("initlab.app.study.probe", ctrl_c)
     monkeypatch.setattr("initlab.diagnose.diagnose", second_ctrl_c)
     # Ctrl-C as in a terminal: a job started in the background of a script inherits SIGINT ignored
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -238,9 +238,9 @@ def test_a_ctrl_c_python_dropped_still_stops_training_at_the_step_boundary(make_
     from omegaconf import OmegaConf
 
     from initlab.data import load_dataset
+    from initlab.record.watcher import Watch
     from initlab.signals import SIGNALLED
     from initlab.train import Callback, fit
-    from initlab.watcher import Watch
 
     cfg = make_cfg("train.steps=50")
     data = load_dataset(OmegaConf.to_container(cfg.data, resolve=True), torch.device("cpu"), 0)

@@ -12,7 +12,7 @@ from initlab.data import DeviceDataset, load_dataset
 from initlab.data.base import CorruptData
 from initlab.data.vision import LoaderDataset
 from initlab.errors import InitlabError
-from initlab.store import load_run
+from initlab.rundir.store import load_run
 from initlab.testing import _write_idx, write_cifar10, write_mnist
 from tests.conftest import compose_cfg, run_cli
 

@@ -95,7 +95,7 @@ def test_build_model_takes_conf_defaults_for_missing_keys() -> None:
 
 def test_lightning_callback_on_a_real_trainer(tmp_path: Path) -> None:
     pl = pytest.importorskip("lightning.pytorch")
-    from initlab.lightning import InitlabCallback
+    from initlab.record.lightning import InitlabCallback
 
     class Lit(pl.LightningModule):
         def __init__(self) -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from initlab.report import main as report_main
+from initlab.report.cli import main as report_main
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pandas as pd
 
-from initlab.store import load_run
+from initlab.rundir.store import load_run
 from tests.conftest import only_run_dir, run_cli
 
 LESSON = ["model=mlp", "model.depth=100", "model.width=256", "model.act=linear", "data=synthetic",

@@ -11,7 +11,7 @@ from initlab.errors import InitlabError
 from initlab.init import apply_init
 from initlab.models import build_model
 from initlab.models.blocks import Bias, GeneralRelu, Scale
-from initlab.store import load_run
+from initlab.rundir.store import load_run
 
 RESNET = {"name": "resnet", "blocks": [1, 1, 1, 1], "width": 8, "block": "basic", "act": "relu", "stem": "auto"}
 

@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from initlab.plots import base
-from initlab.plots import run as plots
-from initlab.store import load_run
+from initlab.report.plots import base
+from initlab.report.plots import run as plots
+from initlab.rundir.store import load_run
 
 
 @pytest.fixture
@@ -33,7 +33,7 @@ def _labels(axis) -> list[str]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """A 60-step run with histograms: log-spaced logged steps, as the default schedule logs."""
-    from initlab.study import run_study
+    from initlab.app.study import run_study
     from tests.conftest import SHRINK, compose_cfg
 
     run_dir = tmp_path_factory.mktemp("trained")
@@ -125,7 +125,7 @@ def test_sweep_loss_curves_survive_a_diverged_job_and_many_combinations(tmp_path
     twelve distinct colours, the diverged job marked, held-out points drawn, no warnings."""
     import warnings
 
-    from initlab.plots import sweep
+    from initlab.report.plots import sweep
 
     figs = {}
     original = base.save
@@ -177,8 +177,8 @@ def test_the_layer_axis_holds_what_the_user_chose(trained: Path, drawn, tmp_path
 
 @pytest.mark.parametrize("fmt,magic", [("svg", b"<svg"), ("pdf", b"%PDF")])
 def test_plot_format_writes_vector_figures(trained: Path, tmp_path: Path, fmt: str, magic: bytes) -> None:
-    from initlab.html import write_html
-    from initlab.report import report_run
+    from initlab.report.build import report_run
+    from initlab.report.html import write_html
 
     made = report_run(trained, fmt=fmt)
     figs = [p for p in made if p.parent.name == "plots"]
@@ -195,8 +195,8 @@ def test_no_full_collection_while_drawing(trained: Path, monkeypatch, tmp_path: 
     drawing fails."""
     import gc
 
-    from initlab.collector import NEVER
-    from initlab.plots.sweep import plot_sweep
+    from initlab.report.plots.sweep import plot_sweep
+    from initlab.speedups.collector import NEVER
 
     seen: list[int] = []
     original = base.save
@@ -216,7 +216,7 @@ def test_no_full_collection_while_drawing(trained: Path, monkeypatch, tmp_path: 
         assert gc.get_threshold()[2] == NEVER
         raise RuntimeError("a figure failed")
 
-    monkeypatch.setattr("initlab.plots.sweep._grid_final_loss", broken)
+    monkeypatch.setattr("initlab.report.plots.sweep._grid_final_loss", broken)
     with pytest.raises(RuntimeError):
         plot_sweep(pd.DataFrame({"status": ["ok"], "seed": [0], "path": [str(trained)]}), ["seed"], tmp_path / "s")
     assert gc.get_threshold() == before

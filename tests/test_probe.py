@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from initlab.store import load_run
+from initlab.rundir.store import load_run
 
 MLP = ["model=mlp", "model.depth=6", "model.width=64", "data.shape=[64]", "train.batch_size=32"]
 

@@ -17,7 +17,7 @@ import torch
 import torchvision
 
 from benchmarks.studies import BEGIN, END, HEADER, block
-from initlab.study import run_study
+from initlab.app.study import run_study
 from initlab.testing import write_cifar10, write_mnist
 from tests.conftest import compose_cfg, run_cli
 
@@ -132,7 +132,7 @@ def test_every_readme_report_command_runs(tmp_path: Path) -> None:
     run_study(compose_cfg(_budgeted([])), run_dir)
     lines = commands("initlab-report")
     assert len(lines) >= 3
-    from initlab.report import main
+    from initlab.report.cli import main
 
     for args, _ in lines:
         args = [str(run_dir) if a.startswith(("outputs/runs/", "RUN_OR_SWEEP_DIR")) else a for a in args]

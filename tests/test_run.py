@@ -12,7 +12,7 @@ from initlab.init import apply_init
 from initlab.models import MODELS as MODEL_REGISTRY
 from initlab.models import build_model
 from initlab.models.external import EXTERNAL
-from initlab.store import load_run
+from initlab.rundir.store import load_run
 
 MODELS = sorted(set(MODEL_REGISTRY) - set(EXTERNAL))  # the zoo; external models: test_external
 INITS = ["default", "xavier", "kaiming", "normal", "orthogonal"]

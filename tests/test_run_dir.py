@@ -17,8 +17,8 @@ import torch
 from torch import nn
 
 import initlab
-from initlab.report import main as report_main
-from initlab.store import LOCK_FILE, RunDirTaken, claim, release
+from initlab.report.cli import main as report_main
+from initlab.rundir.store import LOCK_FILE, RunDirTaken, claim, release
 from tests.conftest import run_cli
 
 SMALL = ["model=mlp", "model.depth=2", "model.width=16", "data.shape=[32]", "data.train_size=64",
@@ -154,7 +154,7 @@ def test_an_output_directory_under_a_file_is_one_line_before_any_work(tmp_path: 
 def test_a_read_only_output_directory_is_refused(tmp_path: Path, monkeypatch) -> None:
     """os.access answers for permissions and read-only mounts alike (root ignores permissions, so
     the read-only answer is stood in for)."""
-    from initlab.cli import _output_dir_problem
+    from initlab.app.cli import _output_dir_problem
 
     ro = tmp_path / "ro"
     ro.mkdir()

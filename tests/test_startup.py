@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from initlab.allocator import keep_freed_memory
-from initlab.eager_optim import eager
+from initlab.speedups.allocator import keep_freed_memory
+from initlab.speedups.eager_optim import eager
 from initlab.train import OPTIMIZERS, build_optimizer
 
 
@@ -56,24 +56,30 @@ def test_the_registry_builds_the_eager_classes() -> None:
     cfg = {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "betas": [0.9, 0.999]}
     for name in OPTIMIZERS:
         opt = build_optimizer(_net(), {**cfg, "name": name})
-        assert type(opt).__module__ == "initlab.eager_optim", name
+        assert type(opt).__module__ == "initlab.speedups.eager_optim", name
 
 
-def test_step_closures_keep_their_grad_mode() -> None:
-    """step(closure) evaluates the closure with grad enabled, as torch's wrapper does."""
+@pytest.mark.parametrize("outer_grad", [True, False])
+def test_step_closures_keep_their_grad_mode(outer_grad: bool) -> None:
+    """step(closure) evaluates the closure with grad enabled whatever the caller's mode (as
+    torch's own step does), updates without grad, and leaves the caller's mode as it was."""
     net = _net()
-    opt = eager(torch.optim.SGD)(net.parameters(), lr=0.1)
     x, y = torch.randn(4, 6), torch.randint(0, 3, (4,))
+    seen = {}
+    for cls in (torch.optim.SGD, eager(torch.optim.SGD)):
+        opt = cls(net.parameters(), lr=0.1)
 
-    def closure() -> torch.Tensor:
-        opt.zero_grad()
-        with torch.enable_grad():
-            loss = F.cross_entropy(net(x), y)
+        def closure(cls: type = cls, opt: torch.optim.Optimizer = opt) -> torch.Tensor:
+            seen[cls] = torch.is_grad_enabled()
+            opt.zero_grad()
+            loss = F.cross_entropy(net(x), y)  # no enable_grad here: the step must give it
             loss.backward()
-        return loss
+            return loss
 
-    assert torch.isfinite(opt.step(closure))
-    assert torch.is_grad_enabled()
+        with torch.set_grad_enabled(outer_grad):
+            assert torch.isfinite(opt.step(closure))
+            assert torch.is_grad_enabled() is outer_grad
+    assert seen == {torch.optim.SGD: True, eager(torch.optim.SGD): True}
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
@@ -135,7 +141,7 @@ def test_the_collector_starts_no_full_collection_while_paused() -> None:
     thresholds come back as they were (nested, and after an exception)."""
     import gc
 
-    from initlab.collector import NEVER, paused
+    from initlab.speedups.collector import NEVER, paused
 
     before = gc.get_threshold()
     make = len(gc.get_objects())  # enough for CPython's rule (long-lived objects up by a quarter)
@@ -158,7 +164,7 @@ def test_the_command_freezes_what_it_loaded(tmp_path: Path) -> None:
 
     code = ("import atexit, gc, sys; atexit.register(lambda: print('frozen', gc.get_freeze_count())); "
             "sys.argv = ['initlab', 'experiment=smoke', 'plots=false', 'train.progress=false', "
-            f"'hydra.run.dir={tmp_path / 'run'}']; from initlab.cli import _main; _main()")
+            f"'hydra.run.dir={tmp_path / 'run'}']; from initlab.app.cli import _main; _main()")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     frozen = int(proc.stdout.split("frozen")[-1])

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from initlab import load_sweep
-from initlab.report import main as report_main
+from initlab.report.cli import main as report_main
 from tests.conftest import run_cli
 
 SMALL = ["train.steps=3", "train.batch_size=16", "train.eval_every=0", "data.train_size=64",

@@ -474,8 +474,8 @@ def test_a_run_moves_to_the_kernels_between_steps_with_the_same_rows(monkeypatch
     """Through `Watch` (the CLI's recorder): a run of 3 logged steps whose steps ahead pay for
     the kernels takes step 0 as tensor ops and steps 1-2 on the kernels; its rows equal a
     run on the kernels throughout; a 1-step run never loads them."""
+    from initlab.record.watcher import Watch
     from initlab.telemetry import reducers
-    from initlab.watcher import Watch
 
     def run(start: str | None, steps: int) -> tuple[list[bool], list]:
         torch.manual_seed(0)

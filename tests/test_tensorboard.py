@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from initlab.report import main as report_main
-from initlab.store import load_run
+from initlab.report.cli import main as report_main
+from initlab.rundir.store import load_run
 
 pytest.importorskip("tensorboard")  # the optional extra; .ci/run installs it with [dev]
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -87,7 +87,7 @@ def test_without_the_extra_the_export_says_how_to_get_it(run, monkeypatch, capsy
 def test_a_run_with_non_finite_values_exports_and_renders(run, tmp_path: Path) -> None:
     """Non-finite values are a result: the diverged run exports (NaN/inf scalars as such) and
     its page and figures are written."""
-    from initlab.html import write_html
+    from initlab.report.html import write_html
 
     summary, run_dir = run("model=mlp", "data.shape=[64]", "init=normal", "init.std=3.0", "optim.lr=1e6",
                            "train.steps=30", "telemetry=full", "plots=true")

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from initlab.store import load_run
+from initlab.rundir.store import load_run
 from initlab.theory import gaussian_moments
 
 MLP10 = ["model=mlp", "model.depth=10", "model.width=256", "model.act=relu", "data.shape=[256]",

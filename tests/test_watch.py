@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import initlab
-from initlab.report import main as report_main
-from initlab.store import RunDirTaken
+from initlab.report.cli import main as report_main
+from initlab.rundir.store import RunDirTaken
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

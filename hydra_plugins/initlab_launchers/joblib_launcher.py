@@ -12,9 +12,9 @@ if _Plugin is not None:
 
     class JoblibLauncher(_Plugin):
         """The joblib plugin's launcher with each job in a process of its own: a job that dies is
-        that job's `failed`, and Ctrl-C stops the sweep cleanly (initlab.launchers.joblib)."""
+        that job's `failed`, and Ctrl-C stops the sweep cleanly (initlab.app.launchers.joblib)."""
 
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[Any]:
-            from initlab.launchers.joblib import launch
+            from initlab.app.launchers.joblib import launch
 
             return launch(self, job_overrides, initial_job_idx)

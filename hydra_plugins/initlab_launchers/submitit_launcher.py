@@ -13,7 +13,7 @@ if _plugin is not None:
 
     class _DeathIsAVerdict:
         def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[Any]:
-            from initlab.launchers.submitit import launch
+            from initlab.app.launchers.submitit import launch
 
             return launch(self, job_overrides, initial_job_idx, super().launch)  # type: ignore[misc]
 

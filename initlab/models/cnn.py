@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from initlab.models import ModelRequest, register, require_image
+from initlab.models.base import ModelRequest, register, require_image
 from initlab.models.blocks import conv_block, linear_block
 from initlab.nn.norms import NormSpec
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from initlab.errors import InitlabError
-from initlab.models import ModelRequest, ShapeError, register
+from initlab.models.base import ModelRequest, ShapeError, register
 
 EXTERNAL = ("target", "torchvision")
 # Keys of conf/model/{target,torchvision}.yaml that are initlab's, not the model's arguments.

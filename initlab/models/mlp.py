@@ -5,7 +5,7 @@ import math
 import torch
 from torch import nn
 
-from initlab.models import ModelRequest, register
+from initlab.models.base import ModelRequest, register
 from initlab.models.blocks import linear_block
 
 

@@ -5,7 +5,7 @@ class and a global average pool makes the logits."""
 import torch
 from torch import nn
 
-from initlab.models import ModelRequest, register, require_image
+from initlab.models.base import ModelRequest, register, require_image
 from initlab.models.blocks import conv_block
 
 

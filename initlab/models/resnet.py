@@ -9,7 +9,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from initlab.models import ModelRequest, register, require_image
+from initlab.models.base import ModelRequest, register, require_image
 from initlab.models.blocks import conv_block
 
 

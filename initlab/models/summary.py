@@ -13,6 +13,8 @@ import torch
 from rich.table import Table
 from torch import nn
 
+from initlab.nn.kinds import CONVS
+
 
 @dataclass
 class ModelInfo:
@@ -35,7 +37,7 @@ def _macs(m: nn.Module, args: tuple, out: object) -> int:
     """Multiply-accumulates of one call of `m` on the batch (0 for layers that do not multiply)."""
     if isinstance(m, nn.Linear) and isinstance(out, torch.Tensor):
         return out.numel() * m.in_features
-    if isinstance(m, nn.modules.conv._ConvNd) and isinstance(out, torch.Tensor):
+    if isinstance(m, CONVS) and isinstance(out, torch.Tensor):
         k = math.prod(m.kernel_size)
         if m.transposed:  # every input element meets out_channels/groups * k weights
             return args[0].numel() * (m.out_channels // m.groups) * k
@@ -73,7 +75,7 @@ def describe(model: nn.Module, in_shape: tuple[int, ...]) -> ModelInfo:
     handles = [m.register_forward_hook(row(n)) for n, m in leaves]
     # attention modules multiply through their own weights, not by calling their out_proj child
     handles += [m.register_forward_hook(count) for m in model.modules()
-                if (isinstance(m, (nn.Linear, nn.modules.conv._ConvNd, nn.MultiheadAttention))
+                if (isinstance(m, (nn.Linear, CONVS, nn.MultiheadAttention))
                     or callable(getattr(m, "attention_macs", None)))
                 and not any(isinstance(p, nn.MultiheadAttention) and m is p.out_proj for p in model.modules())]
     was_training = model.training

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from initlab.errors import InitlabError
-from initlab.models import ModelRequest, register, require_image
+from initlab.models.base import ModelRequest, register, require_image
 
 
 class Stream(nn.Module):

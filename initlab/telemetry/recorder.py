@@ -30,6 +30,7 @@ from torch import nn
 from initlab.errors import InitlabError
 from initlab.nn.kinds import BATCH_NORMS, RESHAPE, is_leaf
 from initlab.nn.norms import exposes_stats
+from initlab.speedups import foreach
 from initlab.telemetry.columns import Columns, Slot, hist_columns, stats_columns
 from initlab.telemetry.hist import Binner, SampleStage
 from initlab.telemetry.reducers import (
@@ -269,7 +270,7 @@ class Telemetry:
         if self._snapshot is None or any(a.shape != w.shape or a.device != w.device
                                          for a, w in zip(self._snapshot, weights)):
             self._snapshot = [torch.empty_like(w) for w in weights]
-        torch._foreach_copy_(self._snapshot, weights)
+        foreach.copy_(self._snapshot, weights)
         self._snapped = True
 
     def after_step(self, stepped: bool) -> None:
@@ -293,7 +294,7 @@ class Telemetry:
         else:
             self._param_block("weight", weights)
             if update:
-                torch._foreach_sub_(self._snapshot, weights)  # in place: before - after = -update
+                foreach.sub_(self._snapshot, weights)  # in place: before - after = -update
                 self._param_block("update", self._snapshot)
         self._snapped = False
 

@@ -17,8 +17,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from initlab.collector import paused
 from initlab.nn import acts
+from initlab.speedups import foreach
+from initlab.speedups.collector import paused
 from initlab.telemetry.hist import HistSpec, hist_lut, sample_stride
 
 _kernels: Any = None  # initlab.telemetry.kernels once loaded; False where numba cannot be imported
@@ -316,7 +317,7 @@ class CpuPath:
 
 def param_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     """mean, std and non-finite flag of many parameter tensors as queued ops, accumulated in
-    float64: the sums, then one multi-tensor norm (torch._foreach_norm) about each tensor's
+    float64: the sums, then one multi-tensor norm (speedups.foreach) about each tensor's
     mean, so a constant tensor (a fresh BatchNorm's weight) has std 0 exactly and a mean that
     dwarfs the spread loses no digits; min, max and zero counts are not recorded (NaN). The
     nonfinite column is -1 where a value is non-finite (present, not counted: counting needs
@@ -327,10 +328,7 @@ def param_rows(tensors: Sequence[torch.Tensor]) -> torch.Tensor:
     numel = torch.tensor([t.numel() for t in ts], dtype=f64, device=sums.device)
     shift = (sums / numel.clamp_min(1)).unbind()
     centred = [t - m.to(t.dtype) for t, m in zip(ts, shift)]  # about the mean as t's dtype holds it
-    try:
-        norms = torch.stack(torch._foreach_norm(centred, 2, dtype=f64))
-    except (TypeError, RuntimeError):  # torch releases before the dtype argument
-        norms = torch.stack([torch.linalg.vector_norm(c, dtype=f64) for c in centred])
+    norms = foreach.norms(centred, f64)
     rest = torch.stack([c.sum(dtype=f64) for c in centred])  # what the rounded mean left over
     mean = sums / numel
     var = (norms.square() - rest.square() / numel) / (numel - 1).clamp_min(1)

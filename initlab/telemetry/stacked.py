@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from initlab.nn.kinds import BATCH_NORMS
+from initlab.nn.kinds import BATCH_NORMS, DROPOUTS
 from initlab.nn.norms import exposes_stats
 from initlab.telemetry.columns import Columns, Slot, stats_columns
 from initlab.telemetry.recorder import dead_thresholds, first_tensor, layer_name, tracked_modules
@@ -82,7 +82,7 @@ def _layout(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TelemetryCo
     count: dict[str, int] = {}
     handles = []
     for name, module in tracked_modules(model, cfg.modules):
-        if isinstance(module, nn.modules.dropout._DropoutNd) and module.p > 0:
+        if isinstance(module, DROPOUTS) and module.p > 0:
             raise NotStackable(f"{name} ({type(module).__name__}) draws a random mask per draw")
 
         def hook(m: nn.Module, args: tuple, out: object, name: str = name) -> None:

@@ -1,0 +1,67 @@
+"""The sweep that `initlab -m` runs in this process: its state, and the Hydra callback that
+builds its report when it ends.
+
+Hydra constructs the callback and the launcher from the config, so nothing can be handed to
+them: they and the CLI share the process's one `SweepRun` through `current()`. It holds what
+the CLI's exit code and Ctrl-C message need and the pool that draws the jobs' figures behind
+the sweep (app/behind.py)."""
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from initlab.app.behind import Behind
+
+log = logging.getLogger("initlab")
+
+
+@dataclass
+class SweepRun:
+    """What this process knows of the sweep it runs."""
+
+    dir: Path | None = None  # set when the sweep starts
+    jobs: int = 0  # set when its report is built
+    failed: int = 0
+    stopped_by: int | None = None  # the signal that stopped it (the joblib launcher sets it)
+    behind: Behind = field(default_factory=Behind)  # the jobs' figures, drawn while the next jobs run
+
+
+_CURRENT = SweepRun()
+
+
+def current() -> SweepRun:
+    """This process's sweep."""
+    return _CURRENT
+
+
+class SweepReport(Callback):
+    """Hydra callback (conf/config.yaml): build the sweep report when a multirun ends, and
+    note on this process's `SweepRun` how many jobs failed, so `initlab -m` can exit non-zero."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        current().dir = Path(config.hydra.sweep.dir)  # for a sweep stopped before its end
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        import pandas as pd  # the report's imports: not for --help, --cfg or a single run
+
+        from initlab.report.build import build_sweep_report
+        from initlab.report.html import write_html
+
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep = current()
+        sweep.behind.finish()  # the jobs' figures, then the sweep's
+        try:
+            table_path, _ = build_sweep_report(sweep_dir, OmegaConf.select(config, "plot_layers", default="weighted"),
+                                               OmegaConf.select(config, "plot_format", default="png"))
+            if OmegaConf.select(config, "report.html", default=False):
+                log.info("sweep   %s", write_html(sweep_dir))
+            df = pd.read_parquet(table_path)
+            failed = int((~df["status"].isin(["ok", "diverged"])).sum())  # diverged is a result
+            sweep.dir, sweep.jobs, sweep.failed = sweep_dir, len(df), failed
+            log.info("sweep   %d jobs, %d failed -> %s", len(df), failed, table_path)
+        except Exception as exc:  # a report bug must not hide the jobs' own results
+            log.error("sweep   report failed (%s); rebuild with `initlab-report %s`", exc, sweep_dir)

@@ -1,0 +1,7 @@
+"""`python -m initlab.report` is `initlab-report`."""
+
+import sys
+
+from initlab.report.cli import main
+
+sys.exit(main())

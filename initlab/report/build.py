@@ -1,0 +1,71 @@
+"""A run's or a sweep's report rebuilt from its files alone (training is never re-run): the
+figures, a missing summary.json, a sweep's table. `initlab-report` (report/cli.py), the
+sweep callback and the workers that draw a sweep's runs behind it all call these."""
+
+from pathlib import Path
+
+import pandas as pd
+
+from initlab.rundir.layout import METRICS_DIR, MULTIRUN_FILE, SUMMARY_FILE, RunLayout, SweepLayout
+from initlab.rundir.store import load_run, write_json
+from initlab.rundir.sweep_table import sweep_table, swept_factors
+
+
+def rebuilt_summary(metrics: pd.DataFrame) -> dict:
+    """For a run that ended without writing summary.json (killed): what its parts say."""
+    last = metrics.iloc[-1].to_dict() if len(metrics) else {}
+    return {
+        "status": "incomplete",
+        "note": "rebuilt by initlab-report from the flushed parquet parts: the run ended "
+                "without writing its summary (killed?)",
+        "steps_done": int(last["step"]) + 1 if last else 0,
+        "final": {k: last.get(k) for k in ("loss", "accuracy", "val_loss", "val_accuracy")},
+    }
+
+
+class NothingToDraw(Exception):
+    """The run directory holds no readable statistics or metrics."""
+
+
+def report_run(run_dir: Path, layers: str | None = None, fmt: str | None = None) -> list[Path]:
+    """Re-plot one run directory (and rebuild a missing summary.json) from its readable parts;
+    training is never re-run. Raises NothingToDraw, saying why, when no part can be read."""
+    run = load_run(run_dir)
+    if run.stats.empty and run.metrics.empty:
+        status = run.summary.get("status", "no summary.json")
+        why = f": {run.summary['error']}" if run.summary.get("error") else ""
+        raise NothingToDraw(f"{run_dir}: nothing to draw, the run recorded no readable statistics or metrics "
+                            f"(status {status}{why})")
+    from initlab.report.plots import plot_run  # matplotlib: only when a run is drawn
+
+    layout, made = RunLayout(run_dir), []
+    if not run.summary:
+        write_json(layout.summary, rebuilt_summary(run.metrics))
+        made.append(layout.summary)
+    config = {**run.config, **({"plot_format": fmt} if fmt else {})}
+    return made + plot_run(run.stats, run.metrics, config, layout.plots, run.hist, run.probe, layers=layers)
+
+
+def latest_run(root: Path) -> Path | None:
+    """The most recently finished single run under `root` (by its summary.json)."""
+    summaries = [p for p in root.rglob(SUMMARY_FILE)
+                 if (p.parent / METRICS_DIR).exists() and "multirun" not in p.parts]
+    return max(summaries, key=lambda p: p.stat().st_mtime).parent if summaries else None
+
+
+def latest_sweep(root: Path) -> Path | None:
+    """The most recent sweep directory under `root`/multirun."""
+    sweeps = [p.parent for p in (root / "multirun").rglob(MULTIRUN_FILE)]
+    return max(sweeps, key=lambda p: p.stat().st_mtime) if sweeps else None
+
+
+def build_sweep_report(sweep_dir: Path, layers: str = "weighted", fmt: str = "png") -> tuple[Path, list[Path]]:
+    """sweep.parquet and the comparison plots for a sweep directory."""
+    from initlab.report.plots import plot_sweep  # matplotlib: only when a sweep is drawn
+
+    df = sweep_table(sweep_dir)
+    table_path = SweepLayout(sweep_dir).table
+    df.to_parquet(table_path, index=False)
+    plots = plot_sweep(df.assign(path=[str(sweep_dir / p) for p in df["path"]]), swept_factors(df),
+                       SweepLayout(sweep_dir).plots, fmt=fmt, layers=layers)
+    return table_path, plots

@@ -1,0 +1,102 @@
+"""`initlab-report RUN_OR_SWEEP_DIR...`: rebuild plots (and a sweep's table) from the
+parquet files alone; training is never re-run. Optionally report.html and TensorBoard."""
+
+import argparse
+import sys
+from pathlib import Path
+
+from rich.console import Console
+
+from initlab.report.build import (
+    NothingToDraw,
+    build_sweep_report,
+    latest_run,
+    latest_sweep,
+    report_run,
+)
+from initlab.report.html import write_html
+from initlab.rundir.layout import METRICS_DIR, SUMMARY_FILE
+from initlab.rundir.store import bad_parts
+from initlab.rundir.sweep_table import is_sweep_dir
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="initlab-report", description=__doc__)
+    parser.add_argument("paths", nargs="*", type=Path, help="run directories (holding summary.json)")
+    parser.add_argument("--latest", type=Path, metavar="DIR",
+                        help="also rebuild the most recent run and sweep under DIR (e.g. outputs)")
+    parser.add_argument("--layers", default=None, metavar="WHICH",
+                        help="the layer axis of per-layer figures: weighted (conv/linear outputs), all, or a "
+                             "module type such as ReLU (default: the run's plot_layers)")
+    parser.add_argument("--format", choices=["png", "svg", "pdf"], default=None,
+                        help="figure format (default: the run's plot_format)")
+    parser.add_argument("--html", action="store_true",
+                        help="also write DIR/report.html: one self-contained page (figures embedded) that opens "
+                             "from file:// with no network")
+    parser.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="LOGDIR",
+                        help="instead of redrawing the plots, write TensorBoard event files (a sweep: one TensorBoard run per "
+                             "job) to LOGDIR, default DIR/tensorboard; needs initlab[tensorboard]")
+    args = parser.parse_args(argv)
+    console = Console(stderr=True)
+    paths = list(args.paths)
+    if args.latest is not None:
+        latest = [p for p in (latest_run(args.latest), latest_sweep(args.latest)) if p is not None]
+        if not latest:
+            print(f"initlab-report: error: no finished run or sweep under {args.latest}", file=sys.stderr)
+            return 1
+        paths += latest
+    if not paths:
+        parser.error("give run directories or --latest DIR")
+    if args.tensorboard is not None:  # the export, and with --html the page of what is already drawn
+        failed = _tensorboard(paths, Path(args.tensorboard) if args.tensorboard else None)
+        for path in paths if args.html else []:
+            if (path / SUMMARY_FILE).exists() or is_sweep_dir(path):
+                console.print(f"wrote {write_html(path)}", markup=False)
+        return failed
+    failed = 0
+    for path in paths:
+        if is_sweep_dir(path):
+            table, plots = build_sweep_report(path, args.layers or "weighted", args.format or "png")
+            for p in [table, *plots, *([write_html(path)] if args.html else [])]:
+                console.print(f"wrote {p}", markup=False)
+            continue
+        if not (path / SUMMARY_FILE).exists() and not (path / METRICS_DIR).exists():
+            print(f"initlab-report: error: {path} is not an initlab run directory "
+                  f"(no {SUMMARY_FILE} or {METRICS_DIR})", file=sys.stderr)
+            failed += 1
+            continue
+        for part, why in bad_parts(path).items():
+            print(f"initlab-report: warning: skipped unreadable part {part} ({why}); drawing the rest",
+                  file=sys.stderr)
+        try:
+            made = report_run(path, args.layers, args.format)
+        except NothingToDraw as exc:
+            print(f"initlab-report: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        for p in [*made, *([write_html(path)] if args.html else [])]:
+            console.print(f"wrote {p}", markup=False)
+    return 1 if failed else 0
+
+
+def _tensorboard(paths: list[Path], logdir: Path | None) -> int:
+    from initlab.errors import InitlabError
+    from initlab.report.tensorboard import export
+
+    failed = 0
+    for path in paths:
+        target = logdir or path / "tensorboard"
+        try:
+            written = export(path, target if len(paths) == 1 or logdir is None else target / path.name)
+        except (InitlabError, FileNotFoundError) as exc:
+            print(f"initlab-report: error: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        for where, n in written:
+            print(f"wrote {where}: {n['scalars']} scalars, {n['histograms']} histograms")
+        print(f"view: tensorboard --logdir {target}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Every file name of a run directory and of a sweep directory, once. Readers and writers
+take their paths from here (`RunLayout`, `SweepLayout`), never from a literal of their own."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+# a run directory
+STATS_DIR = "stats.parquet"  # per-layer statistics: a folder of part files
+HIST_DIR = "hist.parquet"  # histograms, long format: a folder of part files
+METRICS_DIR = "metrics.parquet"  # per-step metrics: a folder of part files
+THEORY_FILE = "theory.parquet"  # predicted step-0 std per layer
+PROBE_FILE = "probe.parquet"  # step-0 statistics of every weight draw (probe.seeds, probe.inits)
+SUMMARY_FILE = "summary.json"  # the verdict, final metrics, flags, timings, versions
+LOCK_FILE = ".initlab.lock"  # the live owner of the directory
+PLOTS_DIR = "plots"  # figures
+REPORT_FILE = "report.html"  # one self-contained page
+HYDRA_DIR = ".hydra"  # Hydra's config.yaml and overrides.yaml
+# a sweep directory: one run directory per job, plus
+SWEEP_FILE = "sweep.parquet"  # one row per job
+MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of the sweep
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """The paths of one run directory."""
+
+    root: Path
+
+    @property
+    def stats(self) -> Path:
+        return self.root / STATS_DIR
+
+    @property
+    def hist(self) -> Path:
+        return self.root / HIST_DIR
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / METRICS_DIR
+
+    @property
+    def theory(self) -> Path:
+        return self.root / THEORY_FILE
+
+    @property
+    def probe(self) -> Path:
+        return self.root / PROBE_FILE
+
+    @property
+    def summary(self) -> Path:
+        return self.root / SUMMARY_FILE
+
+    @property
+    def lock(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @property
+    def plots(self) -> Path:
+        return self.root / PLOTS_DIR
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT_FILE
+
+    @property
+    def overrides(self) -> Path:
+        return self.root / HYDRA_DIR / "overrides.yaml"
+
+    @property
+    def config(self) -> Path:
+        return self.root / HYDRA_DIR / "config.yaml"
+
+
+@dataclass(frozen=True)
+class SweepLayout:
+    """The paths of one sweep directory (its jobs are RunLayouts)."""
+
+    root: Path
+
+    @property
+    def table(self) -> Path:
+        return self.root / SWEEP_FILE
+
+    @property
+    def multirun(self) -> Path:
+        return self.root / MULTIRUN_FILE
+
+    @property
+    def plots(self) -> Path:
+        return self.root / PLOTS_DIR
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT_FILE

@@ -1,0 +1,112 @@
+"""A sweep directory as a table: one row per job (its overrides, verdict, final metrics and
+depth ratios), `sweep.parquet`, and `load_sweep`."""
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pyarrow.dataset as ds
+import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+
+from initlab.diagnose import WEIGHTED, depth_ratio
+from initlab.rundir.layout import HYDRA_DIR, MULTIRUN_FILE, STATS_DIR, SUMMARY_FILE, SWEEP_FILE
+
+
+def is_sweep_dir(path: Path) -> bool:
+    return (path / MULTIRUN_FILE).exists() or any(path.glob(f"*/{HYDRA_DIR}/overrides.yaml"))
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """Every job directory (holding .hydra/overrides.yaml) under a sweep, in job order."""
+    dirs = [p.parent.parent for p in sweep_dir.rglob(f"{HYDRA_DIR}/overrides.yaml")]
+    return sorted(dirs, key=lambda d: (len(d.parts), int(d.name) if d.name.isdigit() else 0, d.name))
+
+
+def overrides(job_dir: Path) -> dict[str, Any]:
+    """A job's command-line overrides as typed values ('bn=true' -> {'bn': True}), read with
+    Hydra's own override parser (it writes 'cuda:7' as 'cuda\\:7')."""
+    items = yaml.safe_load((job_dir / HYDRA_DIR / "overrides.yaml").read_text()) or []
+    parsed = OverridesParser.create().parse_overrides(items)
+    return {o.key_or_group: o.value() for o in parsed if not o.is_delete()}
+
+
+def _layer_summaries(job_dir: Path) -> dict[str, float]:
+    """Step-0 activation std of the first and last weighted layer, and the depth ratios the
+    diagnosis reads, read with a filter so only a few rows leave the disk."""
+    path = job_dir / STATS_DIR
+    if not path.exists() or not any(path.glob("*.parquet")):
+        return {}
+    cols = ["step", "layer_idx", "module_type", "kind", "std", "nonfinite"]
+    table = ds.dataset(path, format="parquet").to_table(
+        columns=cols, filter=(ds.field("step") == 0) & ds.field("kind").isin(["act", "grad"]))
+    d = table.to_pandas()
+    d = d[d["module_type"].isin(WEIGHTED)].sort_values("layer_idx")
+    act = d[d["kind"] == "act"]
+    out: dict[str, float] = {}
+    if len(act):
+        out["act_std_first"], out["act_std_last"] = float(act["std"].iloc[0]), float(act["std"].iloc[-1])
+    out["act_std_ratio"], out["grad_std_ratio_first_last"] = depth_ratio(d, "act"), depth_ratio(d, "grad")
+    return out
+
+
+def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
+    summary_path = job_dir / SUMMARY_FILE
+    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"status": "missing"}
+    final = summary.get("final") or {}
+    diverged = summary.get("diverged") or {}
+    row: dict[str, Any] = {
+        "job": job_dir.name, "path": str(job_dir.relative_to(sweep_dir)), "status": summary.get("status"),
+        "error": summary.get("error"), "steps_done": summary.get("steps_done"),
+        "final_loss": final.get("loss"), "loss_avg": final.get("loss_avg"), "final_accuracy": final.get("accuracy"),
+        "val_loss": final.get("val_loss"), "val_accuracy": final.get("val_accuracy"),
+        "diverged_step": diverged.get("step"), "diverged_layer": diverged.get("layer"),
+        "max_rss_mb": (summary.get("timings") or {}).get("max_rss_mb"),
+        "flags": ",".join(f["flag"] for f in summary.get("flags") or []),
+    }
+    for f in summary.get("flags") or []:
+        row[f"flag_{f['flag']}"] = True
+    for key, value in overrides(job_dir).items():
+        row[key] = value
+    row.update(_layer_summaries(job_dir))
+    return row
+
+
+def sweep_table(sweep_dir: Path) -> pd.DataFrame:
+    rows = [job_row(d, sweep_dir) for d in job_dirs(sweep_dir)]
+    df = pd.DataFrame(rows)
+    for col in [c for c in df.columns if c.startswith("flag_")]:
+        df[col] = df[col].fillna(False).astype(bool)
+    for col in ("final_loss", "loss_avg", "final_accuracy", "val_loss", "val_accuracy"):
+        if col in df:
+            df[col] = pd.to_numeric(df[col], errors="coerce")  # "nan" strings from summary.json
+    return df
+
+
+def swept_factors(df: pd.DataFrame, known: set[str] | None = None) -> list[str]:
+    """Override columns that take more than one value, in the order they were given."""
+    fixed = {"job", "path", "status", "error", "steps_done", "final_loss", "loss_avg", "final_accuracy", "val_loss", "val_accuracy",
+             "diverged_step", "diverged_layer", "act_std_first", "act_std_last", "act_std_ratio",
+             "grad_std_ratio_first_last", "max_rss_mb", "flags"}
+    return [c for c in df.columns if c not in fixed and not c.startswith("flag_") and df[c].astype(str).nunique() > 1]
+
+
+def load_sweep(path: str | Path, stats: bool = False) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
+    """The sweep table (built if missing); with stats=True also every job's stats with the
+    override columns attached, ready for one groupby."""
+    sweep_dir = Path(path)
+    table_path = sweep_dir / SWEEP_FILE
+    table = pd.read_parquet(table_path) if table_path.exists() else sweep_table(sweep_dir)
+    if not stats:
+        return table
+    factors = [c for c in swept_factors(table) if c in table]
+    frames = []
+    for _, job in table.iterrows():
+        p = sweep_dir / job["path"] / STATS_DIR  # job paths are relative to the sweep
+        if p.exists() and any(p.glob("*.parquet")):
+            s = pd.read_parquet(p)
+            for f in ["job", *factors]:
+                s[f] = job[f]
+            frames.append(s)
+    return table, (pd.concat(frames, ignore_index=True) if frames else pd.DataFrame())
