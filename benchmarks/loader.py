@@ -49,7 +49,7 @@ def main() -> None:
             rates["torch"].append(batches_per_second(classic, args.batch_size, n, seed=r))
     res, tor = median(rates["resident"]), median(rates["torch"])
     write_table(
-        f"loader_{device.type}",
+        f"loader_{device.type}" + ("_quick" if args.quick else ""),
         f"Data loading on {device.type}: MNIST-sized set ({n_train:,} x 28x28), batch {args.batch_size}",
         ["loader", "batches/s (median)", "samples/s", "vs torch"],
         [["resident", f"{res:,.0f}", f"{res * args.batch_size:,.0f}", f"{res / tor:.1f}x"],

@@ -71,14 +71,15 @@ def main() -> None:
         export, n = export_time(rounds, tmp, steps)
         report = sweep_report_time(rounds, tmp, jobs)
     write_table(
-        "reports_cpu",
+        "reports_cpu" + ("_quick" if args.quick else ""),
         "After the fact: TensorBoard export and HTML report",
         ["what", "median (min–max)"],
-        [[f"initlab-report --tensorboard: conv4, {steps} steps, telemetry=full ({n['scalars']:,} scalars, "
-          f"{n['histograms']:,} histograms)", spread(export)],
-         [f"initlab-report --html: a {jobs}-job probe sweep (table, comparison figures, {jobs} job pages)",
-          spread(report)]],
-        [f"{rounds} rounds in one process; the run is made once before them (not timed).",
+        [[f"the TensorBoard export (what `initlab-report --tensorboard` calls), in a warm process: conv4, {steps} "
+          f"steps, telemetry=full ({n['scalars']:,} scalars, {n['histograms']:,} histograms)", spread(export)],
+         [f"a {jobs}-job probe sweep's report (table, comparison figures) and report.html (what `initlab-report "
+          f"--html` calls), in a warm process", spread(report)]],
+        [f"{rounds} rounds in one process, after its imports: the command's interpreter start-up and imports are "
+         "not in these rows; the run is made once before them (not timed).",
          "The sweep: one real probe job copied to each job directory with its own seed override."],
     )
 

@@ -17,6 +17,7 @@ from initlab.defaults import preset
 from initlab.errors import InitlabError
 from initlab.models.blocks import Bias, Scale
 from initlab.nn import acts
+from initlab.nn.hooks import hooked
 from initlab.nn.kinds import DROPOUTS, NORMS, WEIGHTED
 from initlab.registry import Registry
 
@@ -161,13 +162,11 @@ def _output_var(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> float:
         seen.append(float(out.detach().double().var()))
         raise _Reached
 
-    handle = layer.register_forward_hook(hook)
     try:
-        model(x)
+        with hooked([layer.register_forward_hook(hook)]):
+            model(x)
     except _Reached:
         pass
-    finally:
-        handle.remove()
     if not seen:
         raise InitlabError(f"init=lsuv: layer {type(layer).__name__} did not run in the forward pass")
     return seen[0]

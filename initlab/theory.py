@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from initlab.nn import acts
+from initlab.nn.hooks import hooked
 from initlab.nn.kinds import NORMS, RMS_NORMS, WEIGHTED, is_leaf
 
 _X, _W = np.polynomial.hermite.hermgauss(96)
@@ -101,15 +102,13 @@ def _trace(model: nn.Module, in_shape: Sequence[int]) -> tuple[bool, dict[str, t
 
     x = torch.zeros(2, *in_shape, device=next(model.parameters()).device)
     outputs.append(x)
-    handles = [h for n, m in leaves for h in (m.register_forward_pre_hook(pre(n, m)),
-                                              m.register_forward_hook(post))]
     was_training = model.training
     model.eval()
     try:
-        out = model(x)
+        with hooked(h for n, m in leaves for h in (m.register_forward_pre_hook(pre(n, m)),
+                                                  m.register_forward_hook(post))):
+            out = model(x)
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     return chain[0] and out is outputs[-1], sizes
 

@@ -71,7 +71,7 @@ def test_he_deep_relu(tmp_path: Path) -> None:
     xavier, kaiming = one(df, init="xavier"), one(df, init="kaiming")
     assert xavier["act_std_ratio"] < 1e-3 and xavier["flag_vanishing_act"]
     assert 0.3 < kaiming["act_std_ratio"] < 2 and not kaiming.get("flag_vanishing_act", False)
-    # on the stream neither leaves chance (ln 10 = 2.303) in 300 steps at lr 0.01: the README says
+    # on the stream neither leaves chance (ln 10 = 2.303) in 300 steps at lr 0.01: the studies page says
     # "no difference at this budget" (the 2.02 once quoted for Kaiming was a fixed set memorised)
     assert xavier["loss_avg"] > 2.25 and kaiming["loss_avg"] > 2.2
 
@@ -106,7 +106,7 @@ def test_bn_position(tmp_path: Path) -> None:
     by = df.groupby("model.norm_position")
     mean_ratio = by["act_std_ratio"].mean()
     assert mean_ratio["after_act"] > mean_ratio["before_act"] + 0.15
-    # training: the README says "no difference at this budget"; this fails when the seeds separate
+    # training: the studies page says "no difference at this budget"; this fails when the seeds separate
     lo, hi = by["loss_avg"].min(), by["loss_avg"].max()
     assert lo["after_act"] < hi["before_act"] and lo["before_act"] < hi["after_act"]
 
@@ -197,5 +197,5 @@ def test_ln_position(tmp_path: Path) -> None:
 def test_every_experiment_is_a_documented_multirun(name: str) -> None:
     conf = (Path(__file__).parents[1] / "conf" / "experiment" / f"{name}.yaml").read_text()
     assert "mode: MULTIRUN" in conf and f"initlab experiment={name}" in conf
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert f"experiment={name}" in readme
+    page = (Path(__file__).parents[1] / "docs" / "studies.md").read_text()
+    assert f"experiment={name}" in page

@@ -17,6 +17,7 @@ from initlab.report.cli import main as report_main
 from initlab.rundir.store import RunDirTaken
 
 README = Path(__file__).resolve().parents[1] / "README.md"
+OWN_MODEL = Path(__file__).resolve().parents[1] / "docs" / "own-model.md"
 
 
 def _hooks_left(model: nn.Module) -> int:
@@ -24,12 +25,14 @@ def _hooks_left(model: nn.Module) -> int:
                for m in model.modules())
 
 
-def test_readme_own_model_example_runs_as_written(tmp_path: Path, monkeypatch) -> None:
-    text = README.read_text()
-    section = text[text.index("## Use it on your own model"):]
+@pytest.mark.parametrize("page, heading", [(README, "## Use it on your own model"), (OWN_MODEL, "# Your own model")],
+                         ids=["README", "docs/own-model.md"])
+def test_readme_own_model_example_runs_as_written(tmp_path: Path, monkeypatch, page: Path, heading: str) -> None:
+    text = page.read_text()
+    section = text[text.index(heading):]
     code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
     monkeypatch.chdir(tmp_path)
-    exec(compile(code, "README.md", "exec"), {})
+    exec(compile(code, page.name, "exec"), {})
     run = initlab.load_run(tmp_path / "runs" / "mynet")
     assert run.summary["status"] == "ok" and run.summary["steps_done"] == 64
     assert {"act", "grad", "weight", "weight_grad", "update"} <= set(run.stats["kind"])

@@ -13,6 +13,7 @@ import torch
 from rich.table import Table
 from torch import nn
 
+from initlab.nn.hooks import hooked
 from initlab.nn.kinds import CONVS
 
 
@@ -72,20 +73,18 @@ def describe(model: nn.Module, in_shape: tuple[int, ...]) -> ModelInfo:
         total[0] += _macs(m, args, out)
 
     leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
-    handles = [m.register_forward_hook(row(n)) for n, m in leaves]
     # attention modules multiply through their own weights, not by calling their out_proj child
-    handles += [m.register_forward_hook(count) for m in model.modules()
-                if (isinstance(m, (nn.Linear, CONVS, nn.MultiheadAttention))
-                    or callable(getattr(m, "attention_macs", None)))
-                and not any(isinstance(p, nn.MultiheadAttention) and m is p.out_proj for p in model.modules())]
+    counted = [m for m in model.modules()
+               if (isinstance(m, (nn.Linear, CONVS, nn.MultiheadAttention)) or callable(getattr(m, "attention_macs", None)))
+               and not any(isinstance(p, nn.MultiheadAttention) and m is p.out_proj for p in model.modules())]
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     try:
-        model(torch.zeros((2, *in_shape), device=device))
+        with hooked([*(m.register_forward_hook(row(n)) for n, m in leaves),
+                     *(m.register_forward_hook(count) for m in counted)]):
+            model(torch.zeros((2, *in_shape), device=device))
     finally:
-        for h in handles:
-            h.remove()
         model.train(was_training)
     params = sum(p.numel() for p in model.parameters())
     return ModelInfo(rows, params, total[0] // 2)  # per sample

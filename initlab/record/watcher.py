@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from initlab.errors import InitlabError
+from initlab.nn.hooks import hooked
 from initlab.rundir.store import LOSS_TAIL, RunStore, claim, read_stats, release
 from initlab.signals import signals_deferred
 from initlab.speedups.collector import paused
@@ -118,24 +119,21 @@ class Watch:
         self._step = step
         logging_ = self.telemetry is not None and (force or self.schedule(step))
         self._logging, self._stepped = logging_, False
-        handles = []
-        if logging_ and self.optimizer is not None and self.cfg.params:
-            handles = [self.optimizer.register_step_pre_hook(self._pre_step),
-                       self.optimizer.register_step_post_hook(self._post_step)]
+        opt = self.optimizer if logging_ and self.cfg.params else None
         self._t_step = time.perf_counter()
         try:
-            if logging_:
-                with self.telemetry.record():
-                    yield True
-            else:
-                yield False
+            with hooked([opt.register_step_pre_hook(self._pre_step),
+                         opt.register_step_post_hook(self._post_step)] if opt is not None else []):
+                if logging_:
+                    with self.telemetry.record():
+                        yield True
+                else:
+                    yield False
         except BaseException:
             if logging_:
                 self.telemetry.discard()
             raise
         finally:
-            for h in handles:
-                h.remove()
             self._step_time = time.perf_counter() - self._t_step
             self._logging = False
         if logging_:

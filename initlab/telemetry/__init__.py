@@ -19,7 +19,6 @@ from initlab.telemetry.hist import (
 )
 from initlab.telemetry.recorder import Telemetry, tracked_modules
 from initlab.telemetry.reducers import (
-    STATS,
     CpuPath,
     CpuReducer,
     DeadRegion,
@@ -29,6 +28,7 @@ from initlab.telemetry.reducers import (
     tensor_stats,
 )
 from initlab.telemetry.schedule import Schedule, TelemetryConfig
+from initlab.telemetry.stats import STATS
 
 __all__ = [
     "KINDS", "PARAM_KINDS", "STATS", "Binner", "CpuPath", "CpuReducer", "DeadRegion", "HistSpec", "SampleStage",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from initlab.telemetry.hist import HistSpec
-from initlab.telemetry.reducers import STATS
+from initlab.telemetry.stats import INTEGER, STATS
 
 KINDS = ("act", "grad", "weight", "weight_grad", "update",
          "bn_running_mean", "bn_running_var", "bn_batch_mean", "bn_batch_var", "norm_mean", "norm_var")
@@ -41,7 +41,7 @@ def stats_columns(step: int, slots: Sequence[Slot], kinds: Sequence[str], params
         "param": np.array(params, dtype=object),
     }
     for i, stat in enumerate(STATS):
-        cols[stat] = stats[:, i].astype(np.int64) if stat in ("nonfinite", "numel") else stats[:, i]
+        cols[stat] = stats[:, i].astype(np.int64) if stat in INTEGER else stats[:, i]
     cols["mean"][kind == KIND_CODE["update"]] *= -1  # the snapshot held before - after
     with np.errstate(all="ignore"):
         cols["absmax"] = np.maximum(np.abs(cols["min"]), np.abs(cols["max"]))

@@ -28,13 +28,13 @@ import torch
 from torch import nn
 
 from initlab.errors import InitlabError
+from initlab.nn.hooks import hooked
 from initlab.nn.kinds import BATCH_NORMS, RESHAPE, is_leaf
 from initlab.nn.norms import exposes_stats
 from initlab.speedups import foreach
 from initlab.telemetry.columns import Columns, Slot, hist_columns, stats_columns
 from initlab.telemetry.hist import Binner, SampleStage
 from initlab.telemetry.reducers import (
-    STATS,
     CpuPath,
     CpuReducer,
     DeadRegion,
@@ -43,6 +43,7 @@ from initlab.telemetry.reducers import (
     tensor_stats,
 )
 from initlab.telemetry.schedule import TelemetryConfig
+from initlab.telemetry.stats import STATS
 
 _DEFAULT_THRESHOLDS = {"tanh": 0.97, "sigmoid_low": 0.03, "sigmoid_high": 0.97}
 
@@ -222,19 +223,20 @@ class Telemetry:
         """Attach the hooks (and the norms' sinks) for one forward/backward; always removed on exit."""
         self._calls.clear()
         self._passes = 0
-        handles = [self.model.register_forward_pre_hook(self._root_pre_hook)]
-        handles += [m.register_forward_hook(self._forward_hook(name, m)) for name, m in self.modules]
-        if self.cfg.bn:
-            handles += [m.register_forward_pre_hook(self._bn_pre_hook(name))
-                        for name, m in self.modules if isinstance(m, BATCH_NORMS)]
+        def handles() -> Iterator[Any]:
+            yield self.model.register_forward_pre_hook(self._root_pre_hook)
+            yield from (m.register_forward_hook(self._forward_hook(name, m)) for name, m in self.modules)
+            if self.cfg.bn:
+                yield from (m.register_forward_pre_hook(self._bn_pre_hook(name))
+                            for name, m in self.modules if isinstance(m, BATCH_NORMS))
+
         sinks = [(name, m) for name, m in self.modules if self.cfg.norm and exposes_stats(m)]
         for name, m in sinks:
             m.stats_sink = self._norm_sink(name)
         try:
-            yield
+            with hooked(handles()):
+                yield
         finally:
-            for h in handles:
-                h.remove()
             for _, m in sinks:
                 m.stats_sink = None
             self._bn_prev.clear()

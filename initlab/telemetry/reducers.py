@@ -21,6 +21,7 @@ from initlab.nn import acts
 from initlab.speedups import foreach
 from initlab.speedups.collector import paused
 from initlab.telemetry.hist import HistSpec, hist_lut, sample_stride
+from initlab.telemetry.stats import NOT_FOR_PARAMS
 
 _kernels: Any = None  # initlab.telemetry.kernels once loaded; False where numba cannot be imported
 
@@ -38,10 +39,8 @@ def load_kernels() -> Any:
             _kernels = False
     return _kernels or None
 
-# Per-row statistics, in the order of the tensor returned by tensor_stats().
-STATS = ("mean", "std", "min", "max", "zero_frac", "dead_frac", "dead_units", "nonfinite", "numel")
 NAN = float("nan")
-_NO_RANGE = (NAN,) * 5  # min, max, zero_frac, dead_frac, dead_units: not recorded for parameter kinds
+_NO_RANGE = (NAN,) * len(NOT_FOR_PARAMS)  # min, max, zero_frac, dead_frac, dead_units: not recorded for parameter kinds
 
 
 @dataclass(frozen=True)

@@ -19,18 +19,19 @@ import copy
 import math
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from initlab.nn.hooks import hooked
 from initlab.nn.kinds import BATCH_NORMS, DROPOUTS
 from initlab.nn.norms import exposes_stats
 from initlab.telemetry.columns import Columns, Slot, stats_columns
 from initlab.telemetry.recorder import dead_thresholds, first_tensor, layer_name, tracked_modules
 from initlab.telemetry.reducers import (
-    STATS,
     CpuPath,
     CpuReducer,
     DeadRegion,
@@ -38,6 +39,7 @@ from initlab.telemetry.reducers import (
     stacked_stats,
 )
 from initlab.telemetry.schedule import TelemetryConfig
+from initlab.telemetry.stats import STATS
 
 NAN = float("nan")
 # bytes of stacked outputs, gradients and autograd state per chunk of draws. Smaller chunks
@@ -80,7 +82,7 @@ def _layout(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TelemetryCo
     calls: list[_Call] = []
     order: dict[tuple[str, int], int] = {}
     count: dict[str, int] = {}
-    handles = []
+    hooks: list[tuple[nn.Module, Any]] = []
     for name, module in tracked_modules(model, cfg.modules):
         if isinstance(module, DROPOUTS) and module.p > 0:
             raise NotStackable(f"{name} ({type(module).__name__}) draws a random mask per draw")
@@ -98,13 +100,10 @@ def _layout(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: TelemetryCo
                                dead_region(m, thresholds), t.shape, t.requires_grad, bn,
                                cfg.norm and exposes_stats(m)))
 
-        handles.append(module.register_forward_hook(hook))
-    try:
+        hooks.append((module, hook))
+    with hooked(module.register_forward_hook(hook) for module, hook in hooks):
         loss = F.cross_entropy(model(x), y)
         loss.backward()
-    finally:
-        for h in handles:
-            h.remove()
     params = [(mod, type(m).__name__, pname, f"{mod}.{pname}" if mod else pname)
               for mod, m in model.named_modules() for pname, p in m.named_parameters(recurse=False)
               if p.requires_grad]
@@ -147,15 +146,13 @@ def _forward(base: nn.Module, calls: list[_Call], x: torch.Tensor, y: torch.Tens
             shifted = t + zeros[i]  # d loss / d zeros[i] is d loss / d output
             return shifted if isinstance(out, torch.Tensor) else type(out)((shifted, *out[1:]))
 
-        handles = [modules[name].register_forward_hook(
-            lambda m, a, o, name=name: hook(m, a, o, name)) for name in by_name]
         for name in norms:
             modules[name].stats_sink = sink
         try:
-            logits = torch.func.functional_call(base, (params, buffers), (x,))
+            with hooked(modules[name].register_forward_hook(lambda m, a, o, name=name: hook(m, a, o, name))
+                        for name in by_name):
+                logits = torch.func.functional_call(base, (params, buffers), (x,))
         finally:
-            for h in handles:
-                h.remove()
             for name in norms:
                 modules[name].stats_sink = None
         # cross-entropy written out: under vmap F.cross_entropy takes a decomposition whose
