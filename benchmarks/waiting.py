@@ -94,21 +94,42 @@ DEFAULT_STUDY = {"initlab": ([], {}), "initlab plots=false": (["plots=false"], {
                  "INITLAB_SPEEDUPS=0 initlab": ([], {"INITLAB_SPEEDUPS": "0"})}
 
 
-def default_study(rounds: int, tmp: Path) -> dict[str, list[float]]:
-    """Whole commands in fresh processes, interleaved, which goes first rotating each round."""
+def checkout(rev: str, tmp: Path) -> Path:
+    """initlab as it was at git revision `rev`, importable from the returned folder (put first
+    on PYTHONPATH, it shadows the installed package; its configs ride along as initlab.conf)."""
+    root = Path(__file__).parents[1]
+    tree = tmp / f"rev-{rev}"
+    subprocess.run(["git", "worktree", "add", "--detach", str(tree), rev], cwd=root, check=True,
+                   capture_output=True)
+    (tree / "initlab" / "conf").symlink_to(tree / "conf", target_is_directory=True)
+    return tree
+
+
+def default_study(rounds: int, tmp: Path, before: str | None = None) -> dict[str, list[float]]:
+    """Whole commands in fresh processes, interleaved, which goes first rotating each round;
+    with `before`, the same two commands at that git revision too."""
     import os
 
-    out: dict[str, list[float]] = {k: [] for k in DEFAULT_STUDY}
-    names = list(DEFAULT_STUDY)
-    for r in range(rounds):
+    variants = dict(DEFAULT_STUDY)
+    if before:
+        tree = checkout(before, tmp)
+        variants[f"initlab at {before}"] = ([], {"PYTHONPATH": str(tree)})
+        variants[f"initlab plots=false at {before}"] = (["plots=false"], {"PYTHONPATH": str(tree)})
+    out: dict[str, list[float]] = {k: [] for k in variants}
+    names = list(variants)
+    for r in range(rounds + 1):  # round 0 warms caches (numba's kernels, the page cache): not kept
         for name in names[r % len(names):] + names[:r % len(names)]:
-            args, env = DEFAULT_STUDY[name]
+            args, env = variants[name]
             cmd = [sys.executable, "-m", "initlab", *args, "train.progress=false",
                    f"hydra.run.dir={tmp / f'default_{r}_{len(name)}'}"]
             t0 = time.perf_counter()
             subprocess.run(cmd, cwd=tmp, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            env={**os.environ, **env})
-            out[name].append(time.perf_counter() - t0)
+            if r:
+                out[name].append(time.perf_counter() - t0)
+    if before:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=Path(__file__).parents[1],
+                       capture_output=True)
     return out
 
 
@@ -179,13 +200,15 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=100)
     parser.add_argument("--sweep-jobs", type=int, default=100)
     parser.add_argument("--quick", action="store_true", help="1 round, 10 seeds, a 10-job sweep")
+    parser.add_argument("--before", metavar="REV", default=None,
+                        help="also time the default study (with and without figures) at git revision REV, side by side")
     args = parser.parse_args()
     rounds, seeds, jobs = (1, 10, 10) if args.quick else (args.rounds, args.seeds, args.sweep_jobs)
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         rows = [[name, t, "", over] for name, t, over in start_up(rounds, tmp)]
         f = figures(rounds, tmp)
-        study = default_study(1 if args.quick else max(rounds, 5), tmp)
+        study = default_study(1 if args.quick else max(rounds, 5), tmp, args.before)
 
         def against(name: str, base: str) -> str:
             ratios = sorted(a / b for a, b in zip(study[name], study[base]))
@@ -196,9 +219,14 @@ def main() -> None:
                  ["the same, with the imports of matplotlib and the run's tables", spread(f["first with imports"]),
                   "", ""],
                  ["the default study's 8 figures: later calls in a process (a sweep's jobs)", spread(f["later"]), "", ""]]
-        for name in DEFAULT_STUDY:
+        for name in study:
             rows.append([f"the default study, whole command (`{name}`)", spread(study[name]),
                          "1.0x" if name == "initlab" else against(name, "initlab"), ""])
+        if args.before:
+            rows.append([f"its figures' cost (`initlab` against `initlab plots=false`), now and at {args.before}",
+                         f"{statistics.median(a - b for a, b in zip(study['initlab'], study['initlab plots=false'])):.2f} s"
+                         f" now, {statistics.median(a - b for a, b in zip(study[f'initlab at {args.before}'], study[f'initlab plots=false at {args.before}'])):.2f} s then",
+                         "", ""])
         rows.append(["a step-0 run's own overhead (MLP 10x256: run_study but forward/backward)",
                      spread(step0_overhead(rounds, tmp)), "", ""])
         p = probe(rounds, tmp, seeds)
@@ -227,9 +255,10 @@ def main() -> None:
          "Figures: plot_run on a default run's tables, drawn with matplotlib as it ships. First call: fresh "
          "processes, the draw alone and from the interpreter's first import on (matplotlib, pandas and the "
          "run's tables loaded). Later calls: in this process after one warm-up.",
-         f"Whole default study: `initlab` as shipped, with plots=false and with INITLAB_SPEEDUPS=0, "
-         f"{max(rounds, 5)} fresh processes each, interleaved, which goes first rotating; 'against' is the median "
-         "(range) of the per-round ratios to `initlab`.",
+         "Whole default study: `initlab` as shipped, with plots=false and with INITLAB_SPEEDUPS=0"
+         + (f", and both commands at git revision {args.before} (a worktree first on PYTHONPATH)" if args.before else "")
+         + f": {len(study['initlab'])} fresh processes each after a warm-up round, interleaved, which goes first rotating; "
+         "'against' is the median (range) of the per-round ratios to `initlab`.",
          f"Step-0 overhead: {3 * rounds} runs in this process after a warm-up; total_s less step_time_median_s.",
          "Probe rows: the probe stage's own time (summary.json probe.seconds), building and initialising each draw "
          "included; the same run_study otherwise. The fresh-process rows run the command itself "
