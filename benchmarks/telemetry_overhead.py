@@ -255,8 +255,13 @@ def _table(table: str, args: argparse.Namespace, device: torch.device) -> None:
          "up to 2x between processes on a shared CPU, the overhead much less.",
          "full/naive: the CLI's loop (initlab.train.fit, which records through watch()); watch() full: the "
          "README's plain user loop with watch(telemetry='full') over the same loop without it.",
-         "full/naive/watch(): within a process, medians of per-step times over interleaved rounds; default: wall time of "
-         f"the whole loop (parquet flushes included) over the run length shown, in {CHUNKS} off/default chunk pairs.",
+         "full/naive/watch(): within a process, medians of per-step times over interleaved rounds. A step's time is "
+         "the training step and its statistics' reduction (the step_time metrics.parquet records): the bookkeeping "
+         "after the step and the parquet flushes are outside it, and the median leaves out the steps a flush "
+         "lands on. What a whole run pays for them is in the default column.",
+         f"default: wall time of the whole loop, flushes included, over the run length shown, in {CHUNKS} off/default "
+         "chunk pairs, in a process that has already loaded numba's kernels (a fresh `initlab` run pays their load, "
+         "about a second here, once; benchmarks/waiting.py times the whole command).",
          "Each process keeps freed memory for reuse (initlab/speedups/allocator.py), as the CLI's does.",
          "ResNet-18 on CPU runs 1 process and 200 steps for the default-schedule column (a 1000-step CPU run takes "
          "~20 min); the shipped schedule logs a larger fraction of a 200-step run than of a 1000-step run.",

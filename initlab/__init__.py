@@ -4,6 +4,8 @@
     initlab.apply_init(model, "kaiming", act="relu")
     with initlab.watch(model, optimizer, out="runs/x", total_steps=1000) as w: ...
     run = initlab.load_run("runs/x")
+    groups = initlab.parametrize(model, "mup", base=make_model(128), optimizer="adamw", lr=3e-3)
+    result = initlab.coord_check(make_model, widths=[128, 256, 512], batches=loader, param=["sp", "mup"])
 
 Names are imported on first use, so `import initlab` (and `initlab --help`) stays cheap.
 """
@@ -24,6 +26,8 @@ _LAZY = {
     "TelemetryConfig": "initlab.telemetry",
     "load_run": "initlab.rundir.store",
     "load_sweep": "initlab.rundir.sweep_table",
+    "parametrize": "initlab.width.parametrize",
+    "coord_check": "initlab.width.coord",
 }
 
 
@@ -39,4 +43,5 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["TelemetryConfig", "Watch", "__version__", "apply_init", "load_run", "load_sweep", "watch"]
+__all__ = ["TelemetryConfig", "Watch", "__version__", "apply_init", "coord_check", "load_run", "load_sweep",
+           "parametrize", "watch"]

@@ -31,11 +31,15 @@ OPTIMIZERS.register("sgd")(lambda p, c: eager(torch.optim.SGD)(
     p, lr=c["lr"], momentum=c["momentum"], weight_decay=c["weight_decay"]))
 OPTIMIZERS.register("adam")(lambda p, c: eager(torch.optim.Adam)(
     p, lr=c["lr"], betas=tuple(c["betas"]), weight_decay=c["weight_decay"]))
+OPTIMIZERS.register("adamw")(lambda p, c: eager(torch.optim.AdamW)(
+    p, lr=c["lr"], betas=tuple(c["betas"]), weight_decay=c["weight_decay"]))
 
 
-def build_optimizer(model: nn.Module, cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
-    """`optim.name` from the registry, with conf/optim/NAME.yaml's keys."""
-    return OPTIMIZERS.get(cfg["name"])(model.parameters(), cfg)
+def build_optimizer(model: nn.Module, cfg: Mapping[str, Any], groups: list[dict[str, Any]] | None = None
+                    ) -> torch.optim.Optimizer:
+    """`optim.name` from the registry, with conf/optim/NAME.yaml's keys; `groups`: parameter
+    groups (a width parametrisation's) in place of the model's parameters."""
+    return OPTIMIZERS.get(cfg["name"])(groups if groups is not None else model.parameters(), cfg)
 
 
 SCHEDULES = ("constant", "cosine")

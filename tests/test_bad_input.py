@@ -64,6 +64,14 @@ BAD = [
     ("telemetry.norm=yes", "telemetry.norm='yes' is invalid: expected true or false"),
     ("data=mnist data.fallback=cifar10", "data.fallback='cifar10' is invalid: expected null, synthetic or digits"),
     ("data.train_size=0", "data.train_size=0 is invalid: expected null (synthetic: the online stream; a dataset: its whole split) or"),
+    ("param=mup param.base_width=-1", "param.base_width=-1 is invalid: expected null (the model's shipped width) or a number > 0"),
+    ("param=mup param.depth=half", "param.depth='half' is invalid: choose from none, sqrt, linear"),
+    ("param=mup param.readout_zero=1", "param.readout_zero=1 is invalid: expected true or false"),
+    ("coord.widths=[64]", "coord.widths=[64] is invalid: expected at least two different widths > 0"),
+    ("coord.params=[sp,mu]", "coord.params=['sp', 'mu'] is invalid: expected a list of sp, ntk, mup"),
+    ("coord.steps=0", "coord.steps=0 is invalid: expected an integer >= 1"),
+    ("coord.tolerance=0", "coord.tolerance=0 is invalid: expected a finite number > 0"),
+    ("param=mup probe.seeds=3", "param.name='mup' is invalid: the probe draws plain models"),
 ]
 
 
@@ -72,6 +80,9 @@ BUILD = [  # known only once the model is built: one line, exit 2
     (["model=mlp", "norm=instance"], "norm=instance has nothing to normalise in model=mlp's Linear layers"),
     (["model=vit", "norm=batch"], "norm=batch does not apply to tokens (model=vit takes norm=layer, rms or none)"),
     (["model=torchvision", "norm=group"], "norm='group' is invalid: norm does not apply to model=torchvision"),
+    (["model=lenet", "param=mup"], "model='lenet' is invalid: param=mup needs a model with a width knob"),
+    (["model=torchvision", "data.shape=[3,32,32]", "param=mup"],
+     "model='torchvision' is invalid: param=mup needs a model with a width knob"),
 ]
 
 

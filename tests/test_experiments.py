@@ -199,3 +199,46 @@ def test_every_experiment_is_a_documented_multirun(name: str) -> None:
     assert "mode: MULTIRUN" in conf and f"initlab experiment={name}" in conf
     page = (Path(__file__).parents[1] / "docs" / "studies.md").read_text()
     assert f"experiment={name}" in page
+
+
+# Fast shrunk cases of the slow studies above: each experiment as shipped, at step 0 or a short
+# budget, asserting its step-0 headline (the slow tests keep the training claims).
+
+def test_he_deep_relu_at_init(tmp_path: Path) -> None:
+    df = sweep("he_deep_relu", tmp_path, "train.steps=0")
+    xavier, kaiming = one(df, init="xavier"), one(df, init="kaiming")
+    assert xavier["act_std_ratio"] < 1e-3 and xavier["flag_vanishing_act"]  # 2^-15 after 30 ReLUs
+    assert 0.3 < kaiming["act_std_ratio"] < 2 and not kaiming.get("flag_vanishing_act", False)
+
+
+def test_resnet_bn_ablation_at_init(tmp_path: Path) -> None:
+    df = sweep("resnet_bn_ablation", tmp_path, f"data.root={tmp_path / 'no-data'}", "train.steps=0",
+               "train.batch_size=32")
+    assert one(df, bn=False, init="default")["act_std_ratio"] < 0.1  # default init: residual nets shrink
+    assert one(df, bn=False, init="kaiming")["act_std_ratio"] > 3  # Kaiming: every add stacks variance
+    for init in ("default", "kaiming"):
+        assert 0.3 < one(df, bn=True, init=init)["act_std_ratio"] < 2  # BN re-anchors every block
+
+
+def test_bn_position_at_init(tmp_path: Path) -> None:
+    df = sweep("bn_position", tmp_path, "train.steps=0")
+    mean_ratio = df.groupby("model.norm_position")["act_std_ratio"].mean()
+    assert mean_ratio["after_act"] > mean_ratio["before_act"] + 0.15  # after the ReLU: a zero-mean unit input
+
+
+def test_lsuv_at_init_and_the_vanishing_grad_flag(tmp_path: Path) -> None:
+    df = sweep("lsuv", tmp_path, "train.steps=0")
+    lsuv, default = one(df, init="lsuv"), one(df, init="default")
+    records = [r for r in lsuv["summary"]["init"] if "lsuv_iters" in r]
+    assert len(records) == 21 and all(r["lsuv_converged"] for r in records)
+    assert 0.9 < lsuv["act_std_ratio"] < 1.1
+    assert default["grad_std_ratio_first_last"] < 1e-4 and default["flag_vanishing_grad"]
+    assert "vanishing_grad" in default["flags"].split(",")
+    assert lsuv["grad_std_ratio_first_last"] > 5 and not lsuv.get("flag_vanishing_grad", False)
+
+
+def test_d2l_bn_lenet_shrunk(tmp_path: Path) -> None:
+    """60 steps: with BN the sigmoid LeNet already leaves chance on the real digits, without it not."""
+    df = sweep("d2l_bn_lenet", tmp_path, f"data.root={tmp_path / 'no-data'}", "train.steps=60", "train.eval_every=0")
+    plain, bn = one(df, bn=False), one(df, bn=True)
+    assert plain["loss_avg"] > 2.2 and bn["loss_avg"] < plain["loss_avg"] - 0.5

@@ -158,9 +158,11 @@ def test_impossible_shapes_are_named(name: str, shape, needs: str) -> None:
 
 
 def test_smallest_accepted_sizes_work() -> None:
-    _build("lenet", (1, 12, 12), False)(torch.randn(2, 1, 12, 12))
-    build_model("alexnet", {"width_mult": 0.0625, "variant": "classic"}, (3, 63, 63), 10, False)(
-        torch.randn(2, 3, 63, 63))
+    outs = [_build("lenet", (1, 12, 12), False)(torch.randn(2, 1, 12, 12)),
+            build_model("alexnet", {"width_mult": 0.0625, "variant": "classic"}, (3, 63, 63), 10, False).eval()(
+                torch.randn(2, 3, 63, 63))]
+    for out in outs:
+        assert out.shape == (2, 10) and torch.isfinite(out).all()
 
 
 def _flop_counter_macs(model: nn.Module, shape: tuple[int, ...]) -> int:

@@ -25,6 +25,8 @@ EXPECTED = {"batch": (nn.BatchNorm1d, nn.BatchNorm2d), "layer": (LayerNorm, Laye
 
 
 def _train_two_steps(model: nn.Module, shape: tuple[int, ...]) -> list[float]:
+    """The loss on one fixed batch before and after each of two SGD steps (finite, and falling:
+    the model learns)."""
     opt = torch.optim.SGD(model.parameters(), lr=0.01)
     x, y = torch.randn(4, *shape), torch.tensor([0, 1, 2, 3])
     losses = []
@@ -34,6 +36,9 @@ def _train_two_steps(model: nn.Module, shape: tuple[int, ...]) -> list[float]:
         loss.backward()
         opt.step()
         losses.append(loss.item())
+    with torch.no_grad():
+        losses.append(F.cross_entropy(model(x), y).item())
+    assert losses[-1] < losses[0], losses
     return losses
 
 

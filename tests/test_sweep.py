@@ -48,6 +48,23 @@ def test_2x2_sweep_builds_table_and_plots(tmp_path: Path) -> None:
     assert report_main([str(sweep)]) == 0 and (sweep / "sweep.parquet").exists()
 
 
+def test_load_sweep_and_a_table_rebuilt_from_the_files(tmp_path: Path) -> None:
+    """The fast share of the 2x2 test above: two jobs of two steps, no figures."""
+    proc = run_cli(["-m", "init=default,kaiming", *SMALL, "plots=false"],
+                   cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    sweep = _sweep_dir(tmp_path)
+    t, stats = load_sweep(sweep, stats=True)
+    assert sorted(t["init"]) == ["default", "kaiming"] and set(t["status"]) == {"ok"}
+    assert {"init", "job"} <= set(stats.columns) and stats.groupby("init")["job"].nunique().to_dict() == {
+        "default": 1, "kaiming": 1}
+    before = pd.read_parquet(sweep / "sweep.parquet")
+    (sweep / "sweep.parquet").unlink()
+    assert len(load_sweep(sweep)) == 2  # built from the job directories when the table is missing
+    assert report_main([str(sweep)]) == 0
+    pd.testing.assert_frame_equal(pd.read_parquet(sweep / "sweep.parquet"), before)
+
+
 def test_a_failing_job_does_not_stop_the_sweep(tmp_path: Path) -> None:
     proc = run_cli(["-m", "device=cpu,cuda:7", *[a for a in SMALL if not a.startswith("device")]],
                    cwd=tmp_path, timeout=300)

@@ -22,6 +22,7 @@ from rich.table import Table
 
 from initlab.app.behind import Behind
 from initlab.app.config import norm_spec, validate
+from initlab.app.width import parametrised, run_coord
 from initlab.data import load_dataset
 from initlab.defaults import preset
 from initlab.devices import resolve_device
@@ -196,7 +197,32 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
                              weight_std=report)
         return model, records
 
+    ocfg = OmegaConf.to_container(cfg.optim, resolve=True)
+    if ocfg.get("lr_batch"):  # the linear scaling rule
+        ocfg["lr"] = float(ocfg["lr"]) * int(cfg.train.batch_size) / int(ocfg["lr_batch"])
+
+    def build_at(at: dict[str, Any], init: bool = True) -> torch.nn.Module:
+        """The model with config `at` (another width), initialised as the run's (for the base
+        model of a parametrisation: only its shapes are read)."""
+        m = build_model(at["name"], at, data.in_shape, data.num_classes, norm=norm)
+        if init:
+            apply_init(m, icfg, at["act"], float(at["act_slope"]), batch=lambda: batch0()[0].cpu(), weight_std=False)
+        return m
+
+    if cfg.coord.run:  # experiment=coord_check: the widths instead of a training run
+        stage.name = "coord"
+        meta = {"config": {**OmegaConf.to_container(cfg, resolve=True), "norm": norm.as_dict()},
+                "versions": versions()}
+        coord = run_coord(cfg, run_dir, mcfg, ocfg, build_at, batch0(), device, meta)
+        summary = {"status": "ok", "coord_check": coord, "device": str(device), "versions": versions(),
+                   "timings": {"total_s": time.perf_counter() - t0}}
+        write_json(run_dir / SUMMARY_FILE, summary)
+        log.info("done    coordinate check: %s -> %s", ", ".join(f"{p}: {v['verdict']}" for p, v in
+                                                              coord["verdict"].items()), run_dir)
+        return summary
+
     model, init_report = make_model(cfg.seed)
+    groups, param_info = parametrised(cfg, model, mcfg, ocfg, lambda at: build_at(at, init=False))
     info = describe(model, data.in_shape)
     specs = layer_specs(model, data.in_shape)  # the theory overlay reads the weights as initialised
     model.to(device)
@@ -204,10 +230,7 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
     Console(stderr=True).print(info.table(f"{label} (norm={norm.name})" if mcfg["name"] not in EXTERNAL else label))
     log.info("init    %s touched %d modules, e.g. %s: %s", cfg.init.name, len(init_report),
              init_report[0]["module"], init_report[0]["init"])
-    ocfg = OmegaConf.to_container(cfg.optim, resolve=True)
-    if ocfg.get("lr_batch"):  # the linear scaling rule
-        ocfg["lr"] = float(ocfg["lr"]) * int(cfg.train.batch_size) / int(ocfg["lr_batch"])
-    optimizer = build_optimizer(model, ocfg)
+    optimizer = build_optimizer(model, ocfg, groups)
     scheduler = build_scheduler(optimizer, ocfg, int(cfg.train.steps))
     tel_cfg = TelemetryConfig.of(cfg.telemetry)
     meta = {"config": {**OmegaConf.to_container(cfg, resolve=True), "norm": norm.as_dict()},  # as built
@@ -247,6 +270,7 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
         "params": info.params,
         "macs": info.macs,
         "init": init_report,
+        "param": param_info,
         "timings": {
             "setup_s": setup_s,
             "train_s": result.train_s,

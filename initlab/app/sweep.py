@@ -38,6 +38,19 @@ def current() -> SweepRun:
     return _CURRENT
 
 
+def _log_lr_optima(df: Any) -> None:
+    """A width x learning-rate sweep: each width's best rate and the optimum's shift."""
+    from initlab.report.plots.transfer import lr_optima, transfer_axes
+    from initlab.rundir.sweep_table import swept_factors
+
+    axes = transfer_axes(df, swept_factors(df))
+    if axes is None or "loss_avg" not in df:
+        return
+    for row in lr_optima(df[df["status"].isin(["ok", "diverged"])], *axes).itertuples():
+        log.info("lr      %s width %s: best lr %.4g (training loss %.4g), %+d grid steps from the smallest width",
+                 f"param={row.param}" if row.param else "", row.width, row.best_lr, row.loss, row.shift)
+
+
 class SweepReport(Callback):
     """Hydra callback (conf/config.yaml): build the sweep report when a multirun ends, and
     note on this process's `SweepRun` how many jobs failed, so `initlab -m` can exit non-zero."""
@@ -63,5 +76,6 @@ class SweepReport(Callback):
             failed = int((~df["status"].isin(["ok", "diverged"])).sum())  # diverged is a result
             sweep.dir, sweep.jobs, sweep.failed = sweep_dir, len(df), failed
             log.info("sweep   %d jobs, %d failed -> %s", len(df), failed, table_path)
+            _log_lr_optima(df)
         except Exception as exc:  # a report bug must not hide the jobs' own results
             log.error("sweep   report failed (%s); rebuild with `initlab-report %s`", exc, sweep_dir)

@@ -40,13 +40,51 @@ class ModelRequest:
         return self.cfg.get("bn_position") or self.cfg["norm_position"]
 
 
+@dataclass(frozen=True)
+class WidthKnob:
+    """The config key that sets a model's width (`param.base_width` is in its units): an int
+    (`width`, `dim`), a float multiplier (`width_mult`), or a list of channel counts scaled
+    together (`channels`: the width is the first)."""
+
+    key: str
+
+    def get(self, cfg: Mapping[str, Any]) -> float:
+        v = cfg[self.key]
+        return v[0] if isinstance(v, (list, tuple)) else v
+
+    def set(self, cfg: Mapping[str, Any], width: float) -> dict[str, Any]:
+        """`cfg` at `width`; an InitlabError where the width cannot be built (a fraction of a channel)."""
+        v = cfg[self.key]
+        if isinstance(v, (list, tuple)):
+            scaled = [c * width / v[0] for c in v]
+            if any(abs(c - round(c)) > 1e-9 or c < 1 for c in scaled):
+                raise InitlabError(f"model.{self.key}={list(v)} cannot be scaled to a first entry of {width:g}: "
+                                   "every entry must stay a whole number of channels")
+            return {**cfg, self.key: [int(round(c)) for c in scaled]}
+        if isinstance(v, float):
+            return {**cfg, self.key: float(width)}
+        if float(width) != int(width) or width < 1:
+            raise InitlabError(f"model.{self.key} must be a whole number >= 1, not {width:g}")
+        return {**cfg, self.key: int(width)}
+
+
 Builder = Callable[[ModelRequest], nn.Module]
 MODELS: Registry[Builder] = Registry("model")
 DEFAULT_NORMS: dict[str, str] = {}  # what norm=auto (the default) builds: none, unless a model says
+WIDTHS: dict[str, WidthKnob] = {}  # the models with a width knob (param=ntk|mup scale it)
+Check = Callable[[Any], None]  # a composed config -> ConfigError on a bad value of the model's own keys
+MODEL_CHECKS: dict[str, Check] = {}
 
 
-def register(name: str, default_norm: str = "none") -> Callable[[Builder], Builder]:
+def register(name: str, default_norm: str = "none", width: str | None = None, check: Check | None = None
+             ) -> Callable[[Builder], Builder]:
+    """A model family's builder, its default norm, the config key of its width, and the check
+    of its own config keys (run before any work)."""
     DEFAULT_NORMS[name] = default_norm
+    if width is not None:
+        WIDTHS[name] = WidthKnob(width)
+    if check is not None:
+        MODEL_CHECKS[name] = check
     return MODELS.register(name)
 
 

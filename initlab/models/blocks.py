@@ -5,6 +5,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from initlab.checks import MISSING, check_choice, check_num, get_value, is_num
+from initlab.errors import ConfigError
 from initlab.nn.acts import ACTIVATIONS, GeneralRelu
 
 ModuleFactory = Callable[..., nn.Module]
@@ -79,4 +81,17 @@ def linear_block(
     return [nn.Linear(ni, nf, bias=bias), *_norm_act(nf, norm_layer, act_layer, norm_position)]
 
 
-__all__ = ["ACTIVATIONS", "NORM_POSITIONS", "Bias", "GeneralRelu", "Scale", "conv_block", "linear_block"]
+def check_zoo_model(cfg: object, positions: tuple[str, ...] = NORM_POSITIONS) -> None:
+    """The keys every zoo model has: the nonlinearity and where the norm sits."""
+    check_choice(cfg, "model.act", ACTIVATIONS)
+    check_num(cfg, "model.act_slope", 0.0, strict=False)
+    check_num(cfg, "model.act_sub", float("-inf"), strict=False)
+    maxv = get_value(cfg, "model.act_maxv")
+    if maxv is not MISSING and maxv is not None and not is_num(maxv):
+        raise ConfigError("model.act_maxv", maxv, "expected null (no clip) or a number")
+    check_choice(cfg, "model.norm_position", positions)
+    if get_value(cfg, "model.bn_position") not in (MISSING, None):  # the older name: conv nets' positions only
+        check_choice(cfg, "model.bn_position", NORM_POSITIONS)
+
+
+__all__ = ["ACTIVATIONS", "NORM_POSITIONS", "Bias", "GeneralRelu", "Scale", "check_zoo_model", "conv_block", "linear_block"]

@@ -3,8 +3,9 @@
 import torch
 from torch import nn
 
+from initlab.checks import check_bool, check_choice, check_int_list, check_num
 from initlab.models.base import ModelRequest, register, require_image
-from initlab.models.blocks import conv_block, linear_block
+from initlab.models.blocks import check_zoo_model, conv_block, linear_block
 from initlab.nn.norms import NormSpec
 
 
@@ -29,7 +30,12 @@ class Conv4(nn.Module):
         return self.flatten(self.pool(x))  # (B, classes)
 
 
-@register("conv4")
+def check_conv4(cfg: object) -> None:
+    check_zoo_model(cfg)
+    check_int_list(cfg, "model.channels", (3,), "expected three positive integers, e.g. [8,16,32]")
+
+
+@register("conv4", width="channels", check=check_conv4)
 def build_conv4(req: ModelRequest) -> nn.Module:
     require_image("conv4", req.in_shape, 1)
     return Conv4(req)
@@ -171,7 +177,12 @@ class VGG(nn.Module):
         return self.classifier(self.flatten(x))  # (B, classes)
 
 
-@register("lenet")
+def check_lenet(cfg: object) -> None:
+    check_zoo_model(cfg)
+    check_choice(cfg, "model.pool", ["avg", "max"])
+
+
+@register("lenet", check=check_lenet)
 def build_lenet(req: ModelRequest) -> nn.Module:
     require_image("lenet", req.in_shape, LeNet.MIN_HW)
     return LeNet(req)
@@ -184,13 +195,26 @@ def _require_variant(name: str, req: ModelRequest, classic_min_hw: int) -> None:
         require_image(f"{name} (variant=classic)", req.in_shape, classic_min_hw)
 
 
-@register("alexnet")
+def check_alexnet(cfg: object) -> None:
+    check_zoo_model(cfg)
+    check_choice(cfg, "model.variant", ["auto", "classic", "small"])
+    check_num(cfg, "model.width_mult", 0.0, strict=True)
+    check_num(cfg, "model.dropout", 0.0, strict=False, hi=1.0)
+
+
+@register("alexnet", width="width_mult", check=check_alexnet)
 def build_alexnet(req: ModelRequest) -> nn.Module:
     _require_variant("alexnet", req, 63)
     return AlexNet(req)
 
 
-@register("vgg")
+def check_vgg(cfg: object) -> None:
+    check_alexnet(cfg)
+    check_choice(cfg, "model.cfg", VGG_PLANS)
+    check_bool(cfg, "model.torchvision_compat")
+
+
+@register("vgg", width="width_mult", check=check_vgg)
 def build_vgg(req: ModelRequest) -> nn.Module:
     _require_variant("vgg", req, 32)
     return VGG(req)

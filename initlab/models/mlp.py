@@ -5,8 +5,9 @@ import math
 import torch
 from torch import nn
 
+from initlab.checks import check_int
 from initlab.models.base import ModelRequest, register
-from initlab.models.blocks import linear_block
+from initlab.models.blocks import check_zoo_model, linear_block
 
 
 class MLP(nn.Module):
@@ -30,6 +31,12 @@ class MLP(nn.Module):
         return self.head(self.layers(x))  # (B, classes)
 
 
-@register("mlp")
+def check_mlp(cfg: object) -> None:
+    check_zoo_model(cfg)
+    check_int(cfg, "model.depth", 1)
+    check_int(cfg, "model.width", 1)
+
+
+@register("mlp", width="width", check=check_mlp)
 def build_mlp(req: ModelRequest) -> nn.Module:
     return MLP(req)

@@ -9,8 +9,9 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from initlab.checks import check_choice, check_int, check_int_list
 from initlab.models.base import ModelRequest, register, require_image
-from initlab.models.blocks import conv_block
+from initlab.models.blocks import check_zoo_model, conv_block
 
 
 def _projection(ni: int, nf: int, stride: int, norm: Callable[[int], nn.Module] | None) -> nn.Module | None:
@@ -32,11 +33,13 @@ class BasicBlock(nn.Module):
             *second,
         )
         self.shortcut = _projection(ni, nf, stride, norm)
+        self.branch_mult = 1.0  # depth-μP / CompleteP (initlab.width) set 1/√L or 1/L
         self.act = act() if act is not None else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)  # (B, nf, H/s, W/s)
-        out = self.branch(x) + identity
+        branch = self.branch(x)
+        out = (branch if self.branch_mult == 1.0 else branch * self.branch_mult) + identity
         return self.act(out) if self.act is not None else out
 
 
@@ -59,10 +62,12 @@ class PreActBlock(nn.Module):
         )
         # The projection sees the raw input; no norm of its own (the next block normalises).
         self.shortcut = None if ni == nf and stride == 1 else nn.Conv2d(ni, nf, 1, stride=stride, bias=bias)
+        self.branch_mult = 1.0  # depth-μP / CompleteP (initlab.width) set 1/√L or 1/L
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         identity = x if self.shortcut is None else self.shortcut(x)
-        return self.branch(x) + identity  # (B, nf, H/s, W/s)
+        branch = self.branch(x)
+        return (branch if self.branch_mult == 1.0 else branch * self.branch_mult) + identity  # (B, nf, H/s, W/s)
 
 
 BLOCKS = {"basic": BasicBlock, "preact": PreActBlock}
@@ -109,7 +114,16 @@ class ResNet(nn.Module):
         return self.fc(self.flatten(self.pool(self.post(x))))  # (B, classes)
 
 
-@register("resnet")
+def check_resnet(cfg: object) -> None:
+    check_zoo_model(cfg)
+    check_int(cfg, "model.width", 1)
+    check_int_list(cfg, "model.blocks", (1, 2, 3, 4, 5, 6),
+                   "expected 1 to 6 positive integers, e.g. [2,2,2,2] (ResNet-18) or [3,4,6,3]")
+    check_choice(cfg, "model.block", ["basic", "preact"])
+    check_choice(cfg, "model.stem", ["auto", "small", "large"])
+
+
+@register("resnet", width="width", check=check_resnet)
 def build_resnet(req: ModelRequest) -> nn.Module:
     require_image("resnet", req.in_shape, 1)
     return ResNet(req)

@@ -14,8 +14,10 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
-from initlab.errors import InitlabError
+from initlab.checks import check_int, check_num, get_value, is_int
+from initlab.errors import ConfigError, InitlabError
 from initlab.models.base import ModelRequest, register, require_image
+from initlab.models.blocks import check_zoo_model
 
 
 class Stream(nn.Module):
@@ -46,6 +48,8 @@ class Attention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
         self.heads = heads
+        self.head_dim = dim // heads
+        self.logit_scale = self.head_dim ** -0.5  # μP (initlab.width) sets √d₀/d
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
@@ -59,7 +63,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         # written out, not F.scaled_dot_product_attention: vmap (the stacked probe) has no
         # batching rule for its CPU kernel, and at 49-64 tokens the two are equally fast
-        attn = (q @ k.transpose(-2, -1) * (d // self.heads) ** -0.5).softmax(-1)  # (B, heads, T, T)
+        attn = (q @ k.transpose(-2, -1) * self.logit_scale).softmax(-1)  # (B, heads, T, T)
         return self.proj((attn @ v).transpose(1, 2).reshape(b, t, d))
 
 
@@ -84,14 +88,18 @@ class Block(nn.Module):
         self.norm2 = norm(dim)
         self.mlp = FeedForward(dim, hidden, req.act_layer)
         self.out = Stream()
+        self.branch_mult = 1.0  # depth-μP / CompleteP (initlab.width) set 1/√L or 1/L
+
+    def _branch(self, y: torch.Tensor) -> torch.Tensor:
+        return y if self.branch_mult == 1.0 else y * self.branch_mult
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.pre:
-            x = x + self.attn(self.norm1(x))
-            x = x + self.mlp(self.norm2(x))
+            x = x + self._branch(self.attn(self.norm1(x)))
+            x = x + self._branch(self.mlp(self.norm2(x)))
         else:
-            x = self.norm1(x + self.attn(x))
-            x = self.norm2(x + self.mlp(x))
+            x = self.norm1(x + self._branch(self.attn(x)))
+            x = self.norm2(x + self._branch(self.mlp(x)))
         return self.out(x)
 
 
@@ -117,7 +125,17 @@ class ViT(nn.Module):
         return self.head(x.mean(1))  # (B, classes)
 
 
-@register("vit", default_norm="layer")
+def check_vit(cfg: object) -> None:
+    check_zoo_model(cfg, positions=("pre", "post"))
+    for key in ("model.depth", "model.patch", "model.dim", "model.heads"):
+        check_int(cfg, key, 1)
+    check_num(cfg, "model.mlp_ratio", 0.0, strict=True)
+    dim, heads = get_value(cfg, "model.dim"), get_value(cfg, "model.heads")
+    if is_int(dim) and is_int(heads) and heads >= 1 and dim % heads:
+        raise ConfigError("model.dim", dim, f"expected a multiple of model.heads={heads}")
+
+
+@register("vit", default_norm="layer", width="dim", check=check_vit)
 def build_vit(req: ModelRequest) -> nn.Module:
     require_image("vit", req.in_shape, int(req.cfg["patch"]))
     return ViT(req)

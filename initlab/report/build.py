@@ -31,6 +31,12 @@ def report_run(run_dir: Path, layers: str | None = None, fmt: str | None = None)
     """Re-plot one run directory (and rebuild a missing summary.json) from its readable parts;
     training is never re-run. Raises NothingToDraw, saying why, when no part can be read."""
     run = load_run(run_dir)
+    if not run.coord.empty:  # experiment=coord_check: its one figure
+        from initlab.report.plots.coord import plot_coord_check
+
+        verdict = (run.summary.get("coord_check") or {}).get("verdict") or {}
+        fmt = fmt or run.config.get("plot_format") or "png"
+        return [plot_coord_check(run.coord, verdict, RunLayout(run_dir).plots / "coord_check", fmt)]
     if run.stats.empty and run.metrics.empty:
         status = run.summary.get("status", "no summary.json")
         why = f": {run.summary['error']}" if run.summary.get("error") else ""

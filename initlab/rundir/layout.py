@@ -10,6 +10,7 @@ HIST_DIR = "hist.parquet"  # histograms, long format: a folder of part files
 METRICS_DIR = "metrics.parquet"  # per-step metrics: a folder of part files
 THEORY_FILE = "theory.parquet"  # predicted step-0 std per layer
 PROBE_FILE = "probe.parquet"  # step-0 statistics of every weight draw (probe.seeds, probe.inits)
+COORD_FILE = "coord.parquet"  # the coordinate check: (param, width, seed, step, layer, kind) -> l1, std, rms
 SUMMARY_FILE = "summary.json"  # the verdict, final metrics, flags, timings, versions
 LOCK_FILE = ".initlab.lock"  # the live owner of the directory
 PLOTS_DIR = "plots"  # figures
@@ -45,6 +46,10 @@ class RunLayout:
     @property
     def probe(self) -> Path:
         return self.root / PROBE_FILE
+
+    @property
+    def coord(self) -> Path:
+        return self.root / COORD_FILE
 
     @property
     def summary(self) -> Path:

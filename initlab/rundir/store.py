@@ -12,7 +12,7 @@ import math
 import os
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from initlab.errors import RunDirTaken
 from initlab.rundir.layout import (
+    COORD_FILE,
     HIST_DIR,
     LOCK_FILE,
     METRICS_DIR,
@@ -243,6 +244,7 @@ class RunData:
     summary: dict[str, Any]
     config: dict[str, Any]
     probe: pd.DataFrame  # probe.seeds > 1: step-0 statistics of every seed (empty otherwise)
+    coord: pd.DataFrame = field(default_factory=pd.DataFrame)  # experiment=coord_check's rows (empty otherwise)
 
 
 def readable_parts(path: Path) -> tuple[list[Path], dict[str, str]]:
@@ -303,6 +305,24 @@ def write_probe(run_dir: Path, per_draw: pd.DataFrame) -> Path:
     return path
 
 
+def write_coord(run_dir: Path, table: pd.DataFrame, metadata: dict[str, Any] | None = None) -> Path:
+    """coord.parquet: the coordinate check's rows (param, width, seed, step, layer, kind: l1, std,
+    rms), the run's config and versions in its schema metadata as every parquet file of a run."""
+    path = Path(run_dir) / COORD_FILE
+    arrow = pa.Table.from_pandas(table, preserve_index=False)
+    if metadata is not None:
+        arrow = arrow.replace_schema_metadata({**(arrow.schema.metadata or {}),
+                                               META_KEY: json.dumps(_jsonable(metadata)).encode()})
+    pq.write_table(arrow, path)
+    return path
+
+
+def read_coord(run_dir: Path) -> pd.DataFrame:
+    """coord.parquet, or an empty table when the run made none."""
+    path = Path(run_dir) / COORD_FILE
+    return pd.read_parquet(path) if path.exists() else pd.DataFrame()
+
+
 def read_hist(run_dir: Path) -> pd.DataFrame:
     """hist.parquet (long format: one row per non-empty bin)."""
     df = _read_parts(Path(run_dir) / HIST_DIR)
@@ -324,7 +344,8 @@ def read_probe(run_dir: Path) -> pd.DataFrame:
 def read_metadata(run_dir: Path) -> dict[str, Any]:
     """The config and versions stored in the run's parquet metadata."""
     candidates = [*sorted((Path(run_dir) / METRICS_DIR).glob("*.parquet")),
-                  *sorted((Path(run_dir) / STATS_DIR).glob("*.parquet"))]
+                  *sorted((Path(run_dir) / STATS_DIR).glob("*.parquet")),
+                  *([Path(run_dir) / COORD_FILE] if (Path(run_dir) / COORD_FILE).exists() else [])]
     for f in candidates:
         try:
             meta = pq.read_schema(f).metadata or {}
@@ -345,4 +366,4 @@ def load_run(path: str | Path) -> RunData:
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else {}
     meta = read_metadata(run_dir)
     return RunData(run_dir, read_stats(run_dir), read_hist(run_dir), metrics, summary, meta.get("config", {}),
-                   read_probe(run_dir))
+                   read_probe(run_dir), read_coord(run_dir))

@@ -22,6 +22,7 @@ from initlab.report.plots.base import (
     panel_title,
     save,
 )
+from initlab.report.plots.transfer import plot_lr_transfer, transfer_axes
 from initlab.rundir.store import LOSS_TAIL
 
 
@@ -216,6 +217,8 @@ def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path, fmt: str = "
     made = [_grid_final_loss(done, groups, cmap, out_dir, fmt, probe), _step0_overlay(done, cmap, out_dir, fmt, layers)]
     if not probe:
         made.append(_loss_curves(done, cmap, out_dir, fmt))
+    if (axes := transfer_axes(done, groups)) is not None and "loss_avg" in done:  # a width x learning-rate grid
+        made.append(plot_lr_transfer(done, *axes, out_dir, fmt))
     return made
 
 

@@ -1,0 +1,71 @@
+"""Checks of one config value each: a bad value raises ConfigError naming the key, the value and
+what is accepted; a key the config does not have is skipped. The app validates with these, and
+each model family registers the checks of its own keys with them (initlab/models/)."""
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from initlab.errors import ConfigError
+
+MISSING = object()
+
+
+def get_value(cfg: DictConfig, key: str) -> Any:
+    value = OmegaConf.select(cfg, key, default=MISSING)
+    if OmegaConf.is_config(value):
+        value = OmegaConf.to_container(value, resolve=True)
+    return value
+
+
+def is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def check_int(cfg: DictConfig, key: str, lo: int, what: str = "") -> None:
+    v = get_value(cfg, key)
+    if v is MISSING:
+        return
+    if not is_int(v) or v < lo:
+        raise ConfigError(key, v, what or f"expected an integer >= {lo}")
+
+
+def check_num(cfg: DictConfig, key: str, lo: float, *, strict: bool, hi: float | None = None) -> None:
+    v = get_value(cfg, key)
+    if v is MISSING:
+        return
+    ok = is_num(v) and math.isfinite(v) and (v > lo if strict else v >= lo) and (hi is None or v < hi)
+    if not ok:
+        bound = f"> {lo}" if strict else f">= {lo}"
+        if hi is not None:
+            bound += f" and < {hi}"
+        raise ConfigError(key, v, f"expected a finite number {bound}")
+
+
+def check_choice(cfg: DictConfig, key: str, choices: Iterable[str]) -> None:
+    v = get_value(cfg, key)
+    if v is MISSING:
+        return
+    choices = list(choices)
+    if v not in choices:
+        raise ConfigError(key, v, f"choose from {', '.join(choices)}")
+
+
+def check_bool(cfg: DictConfig, key: str) -> None:
+    v = get_value(cfg, key)
+    if v is not MISSING and not isinstance(v, bool):
+        raise ConfigError(key, v, "expected true or false")
+
+
+def check_int_list(cfg: DictConfig, key: str, lengths: tuple[int, ...], what: str) -> None:
+    v = get_value(cfg, key)
+    if v is MISSING:
+        return
+    if not isinstance(v, list) or len(v) not in lengths or not all(is_int(x) and x >= 1 for x in v):
+        raise ConfigError(key, v, what)
