@@ -11,7 +11,7 @@ from initlab.telemetry import Telemetry, TelemetryConfig
 from tests.conftest import run_cli
 
 BAD = [
-    ("optim.name=rmsprop", "optim.name='rmsprop' is invalid: choose from adam, sgd"),
+    ("optim.name=rmsprop", "optim.name='rmsprop' is invalid: choose from adam, adamw, sgd"),
     ("seed=4294967296", "seed=4294967296 is invalid: expected an integer in [0, 4294967295]"),
     ("telemetry.hist.min_abs=-1", "telemetry.hist.min_abs=-1 is invalid: expected a finite number > 0"),
     ("telemetry.hist.max_abs=1e-9", "telemetry.hist.max_abs=1e-09 is invalid: expected a number > telemetry.hist.min_abs"),

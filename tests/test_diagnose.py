@@ -38,8 +38,8 @@ def test_too_large_learning_rate_is_flagged(run) -> None:
 
 
 def test_saturated_layers_are_flagged_dead(run) -> None:
-    """tanh after N(0,1) weights on 256 inputs: pre-activations of std ~16, nearly every unit at ±1."""
-    saturated, _ = run("model=mlp", "model.depth=3", "model.act=tanh", "init=normal", "init.std=1.0",
+    """tanh after N(0, 3²) weights on 256 inputs: pre-activations of std ~50, nearly every unit at ±1."""
+    saturated, _ = run("model=mlp", "model.depth=3", "model.act=tanh", "init=normal", "init.std=3.0",
                        "data.shape=[256]", "train.steps=0")
     dead = next(f for f in saturated["flags"] if f["flag"] == "dead_layers")
     assert len(dead["layers"]) == 3 and all(layer.startswith("layers.") for layer in dead["layers"])

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+import yaml
 
 from benchmarks.studies import HEADER, Study, commit, parse, render, spread, verdict
 from initlab.app.study import run_study
@@ -68,10 +69,19 @@ def _budgeted(args: list[str], keys: tuple[str, ...] | None = None) -> list[str]
 
 
 def _jobs(args: list[str]) -> int:
-    n = 1
+    """How many jobs a sweep command runs: its comma lists, and its experiment's own sweep."""
+    swept = {}
+    for a in args:
+        if a.startswith("experiment="):
+            conf = yaml.safe_load((ROOT / "conf" / "experiment" / f"{a.split('=', 1)[1]}.yaml").read_text())
+            params = ((conf.get("hydra") or {}).get("sweeper") or {}).get("params") or {}
+            swept.update({k: str(v) for k, v in params.items()})
     for a in args:
         if "=" in a and "," in a.split("=", 1)[1] and not a.split("=", 1)[1].startswith("["):
-            n *= len(a.split("=", 1)[1].split(","))
+            swept[a.split("=", 1)[0]] = a.split("=", 1)[1]
+    n = 1
+    for v in swept.values():
+        n *= len(v.split(","))
     return n
 
 
@@ -125,7 +135,8 @@ def test_every_readme_run_command_runs(tmp_path: Path, data_root: Path, args: li
         assert summary["status"] == "diverged"
     else:
         assert summary["status"] == "ok", summary.get("diverged")
-    assert (run_dir / "summary.json").exists() and (run_dir / "metrics.parquet").exists()
+    recorded = "coord.parquet" if "experiment=coord_check" in args else "metrics.parquet"
+    assert (run_dir / "summary.json").exists() and (run_dir / recorded).exists()
 
 
 @pytest.mark.parametrize("args", SWEEPS)

@@ -79,15 +79,22 @@ def _optimizer(name: str, groups: list[dict[str, Any]]) -> torch.optim.Optimizer
 
 
 def _sizes(t: torch.Tensor) -> tuple[float, float, float]:
-    t = t.detach().double()
-    return float(t.abs().mean()), float(t.std()) if t.numel() > 1 else float("nan"), float(t.square().mean().sqrt())
+    """mean |t|, std and rms of `t`: three reductions, no temporary copies (torch's cascaded sums
+    keep float32's relative error near 1e-7, far inside what a slope over widths can see)."""
+    t = t.detach().float().reshape(-1)
+    n = t.numel()
+    l1, l2, total = torch.stack([torch.linalg.vector_norm(t, 1), torch.linalg.vector_norm(t, 2), t.sum()]).tolist()
+    sq = l2 * l2
+    var = (sq - total * total / n) / (n - 1) if n > 1 else float("nan")
+    return l1 / n, max(var, 0.0) ** 0.5 if n > 1 else float("nan"), (sq / n) ** 0.5
 
 
 class _Recorder:
     """Per forward: every leaf module's output, its ΔW·x under the last update, its weight."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, kinds: Sequence[str] = KINDS) -> None:
         self.model = model
+        self.kinds = set(kinds)
         self.leaves = [(n, m) for n, m in model.named_modules() if n and not any(True for _ in m.children())]
         self.delta: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self.before: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
@@ -103,14 +110,15 @@ class _Recorder:
             self.order.setdefault(name, len(self.order))
             kind_type = type(module).__name__
             with torch.no_grad():
-                self.rows.append((name, kind_type, "act", *_sizes(t)))
+                if "act" in self.kinds:
+                    self.rows.append((name, kind_type, "act", *_sizes(t)))
                 if name in self.delta and args and isinstance(args[0], torch.Tensor):
                     dw, db = self.delta[name]
                     change = self._apply(module, args[0], dw, db)
                     if change is not None:
                         self.rows.append((name, kind_type, "update", *_sizes(change)))
                 w = getattr(module, "weight", None)
-                if isinstance(w, torch.Tensor):
+                if "weight" in self.kinds and isinstance(w, torch.Tensor):
                     self.rows.append((name, kind_type, "weight", *_sizes(w)))
         return record
 
@@ -125,6 +133,8 @@ class _Recorder:
 
     def snapshot(self) -> None:
         """Before the optimizer's step: the weights the update starts from."""
+        if "update" not in self.kinds:
+            return
         self.before = {n: (m.weight.detach().clone(), m.bias.detach().clone() if getattr(m, "bias", None) is not None
                            else None)
                        for n, m in self.leaves if isinstance(getattr(m, "weight", None), torch.Tensor)}
@@ -144,12 +154,13 @@ def coord_check(make_model: Callable[[int], nn.Module], widths: Sequence[int], b
                 base_width: int | None = None, steps: int = 10, seeds: int = 3, weight_decay: float = 0.0,
                 loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
                 tolerance: float = TOLERANCE, readout_zero: bool = False, device: str | torch.device = "cpu",
-                progress: Callable[[str], None] | None = None) -> CoordResult:
+                kinds: Sequence[str] = KINDS, progress: Callable[[str], None] | None = None) -> CoordResult:
     """Train `make_model(width)` for `steps` steps on the first batch of `batches` (the same batch
     every step, as mup's check does), for every width × parametrisation × seed, each
     parametrised against `make_model(base_width)` (default: the smallest width) with
     `initlab.parametrize`; record each module's output, its ΔW·x and its weight at every step
-    (step 0: at init). `param`: one of sp, ntk, mup or several. Returns a CoordResult."""
+    (step 0: at init). `param`: one of sp, ntk, mup or several; `kinds`: what to record of
+    act, update, weight (the verdict reads act). Returns a CoordResult."""
     params = [param] if isinstance(param, str) else list(param)
     if unknown := [p for p in params if p not in PARAMS]:
         raise InitlabError(f"coord_check: param {unknown} is invalid: choose from {list(PARAMS)}")
@@ -158,6 +169,8 @@ def coord_check(make_model: Callable[[int], nn.Module], widths: Sequence[int], b
     widths = sorted({int(w) for w in widths})
     if len(widths) < 2:
         raise InitlabError("coord_check: give at least two widths (a slope needs two points)")
+    if not kinds or set(kinds) - set(KINDS) or "act" not in kinds:
+        raise InitlabError(f"coord_check: kinds={list(kinds)} is invalid: act and any of update, weight")
     if steps < 1 or seeds < 1:
         raise InitlabError("coord_check: steps and seeds must be >= 1")
     base_width = int(base_width or widths[0])
@@ -170,20 +183,21 @@ def coord_check(make_model: Callable[[int], nn.Module], widths: Sequence[int], b
                 progress(f"param={p} width={width}: {seeds} seed{'s' if seeds > 1 else ''} x {steps} steps")
             for seed in range(seeds):
                 frames.append(_one(make_model, p, width, base_width, seed, x, y, optimizer, lr, weight_decay,
-                                   steps, loss_fn, readout_zero, device))
+                                   steps, loss_fn, readout_zero, device, kinds))
     return CoordResult(pd.concat(frames, ignore_index=True), tolerance)
 
 
 def _one(make_model: Callable[[int], nn.Module], param: str, width: int, base_width: int, seed: int,
          x: torch.Tensor, y: torch.Tensor, optimizer: str, lr: float, weight_decay: float, steps: int,
-         loss_fn: Callable[..., torch.Tensor], readout_zero: bool, device: str | torch.device) -> pd.DataFrame:
+         loss_fn: Callable[..., torch.Tensor], readout_zero: bool, device: str | torch.device,
+         kinds: Sequence[str]) -> pd.DataFrame:
     torch.manual_seed(seed)
     model = make_model(width)
     base, other = shapes_only(make_model, base_width), shapes_only(make_model, 2 * base_width)
     groups = parametrize(model, param, base, optimizer=optimizer, lr=lr, weight_decay=weight_decay,
                          readout_zero=readout_zero, delta=other)
     model.to(device).train()
-    rec = _Recorder(model)  # a μP readout's input multiplier runs first: the hooks see what its forward sees
+    rec = _Recorder(model, kinds)  # a μP readout's input multiplier runs first: the hooks see what its forward sees
     opt = _optimizer(optimizer, groups)
     out = []
     for step in range(steps):

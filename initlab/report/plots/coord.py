@@ -7,7 +7,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from initlab.report.plots.base import PLAIN, colors, drawing, figure, panel_title, save
