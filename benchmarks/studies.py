@@ -39,7 +39,8 @@ class Study:
     name: str
     arms: tuple[str, ...]  # the sweep's columns that name an arm
     seeds: bool = True  # compared on training outcomes: run over SEEDS (False: step 0 only, or the config sweeps seed)
-    figure: str = "step0_std_overlay"  # the sweep figure the README shows (docs/figures/NAME.png)
+    figure: str = "step0_std_overlay"  # the sweep figure the docs show (docs/figures/NAME.png)
+    width: bool = False  # a width study: headline lines of its own, not rows of the table
 
 
 STUDIES = [
@@ -56,14 +57,19 @@ STUDIES = [
     Study("small_batch_norm", ("norm", "train.batch_size"), seeds=False, figure="loss_curves"),
     Study("ln_position", ("model.depth", "model.norm_position", "optim.warmup_steps"), seeds=False,
           figure="loss_curves"),
+    # width (docs/width.md): the coordinate check (one run) and learning-rate transfer (a sweep, one seed)
+    Study("coord_check", (), seeds=False, figure="coord_check", width=True),
+    Study("lr_transfer", ("param", "model.width", "optim.lr"), seeds=False, figure="lr_transfer", width=True),
 ]
 
 
 def run_study(study: Study, out: Path, figures: bool = False) -> pd.DataFrame:
     """One study's sweep as `initlab experiment=NAME` (plus seeds), each job's summary beside it;
-    with `figures`, as the README's command runs it (its own seeds, plots on)."""
-    cmd = [sys.executable, "-m", "initlab", f"experiment={study.name}", f"hydra.sweep.dir={out}",
-           f"plots={str(figures).lower()}", "train.progress=false"]
+    with `figures`, as the docs' command runs it (its own seeds, plots on). The coordinate check
+    is one run: its summary's verdict and slopes, as one row."""
+    where = "hydra.run.dir" if study.name == "coord_check" else "hydra.sweep.dir"
+    cmd = [sys.executable, "-m", "initlab", f"experiment={study.name}", f"{where}={out}",
+           f"plots={str(figures or study.name == 'coord_check').lower()}", "train.progress=false"]
     if study.seeds and not figures:
         cmd.append(f"seed={SEEDS}")
     t0 = time.perf_counter()
@@ -72,10 +78,34 @@ def run_study(study: Study, out: Path, figures: bool = False) -> pd.DataFrame:
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"studies: {' '.join(cmd[2:])} failed:\n{proc.stderr[-3000:]}")
-    df = pd.read_parquet(out / "sweep.parquet")
-    df["summary"] = [json.loads((out / p / "summary.json").read_text()) for p in df["path"]]
+    if study.name == "coord_check":
+        df = pd.DataFrame({"summary": [json.loads((out / "summary.json").read_text())]})
+    else:
+        df = pd.read_parquet(out / "sweep.parquet")
+        df["summary"] = [json.loads((out / p / "summary.json").read_text()) for p in df["path"]]
     df.attrs["wall_s"] = time.perf_counter() - t0
     return df
+
+
+def width_lines(study: Study, df: pd.DataFrame) -> list[str]:
+    """A width study's headline: the coordinate check's verdict per param; each width's best
+    learning rate and the optimum's shift."""
+    if study.name == "coord_check":
+        c = df["summary"].iloc[0]["coord_check"]
+        out = []
+        for param, v in c["verdict"].items():
+            drift = "; ".join(f"`{d['layer']}` {d['slope']:+.2f} from step {d['from_step']}" for d in v["drifting"])
+            out.append(f"`coord_check` (MLP, widths {c['widths'][0]}–{c['widths'][-1]}, {c['seeds']} seeds, "
+                       f"{c['steps']} steps): param={param} {v['verdict']}, max |slope| {v['max_abs_slope']:.2f}"
+                       + (f" ({drift})" if drift else ""))
+        return out
+    from initlab.report.plots.transfer import lr_optima
+
+    optima = lr_optima(df[df["status"].isin(["ok", "diverged"])], "model.width", "param")
+    return [f"`lr_transfer` (MLP, Adam, 200 steps, 1 seed): param={p}: best lr by width "
+            + ", ".join(f"{w}: {r:.3g}" for w, r in zip(g["width"], g["best_lr"]))
+            + f"; the optimum moves {int(g['shift'].iloc[-1]):+d} grid steps from the smallest to the largest width"
+            for p, g in optima.groupby("param", sort=False)]
 
 
 def spread(values: pd.Series, digits: int = 3) -> str:
@@ -162,11 +192,15 @@ def render(tables: Table, fresh: list[str] | None = None) -> str:
         lines += [f"Partial re-run: {', '.join(fresh)} re-ran; the other studies' rows are from earlier runs.", ""]
     lines += [
              "| " + " | ".join(HEADER) + " |", "|" + "|".join("---" for _ in HEADER) + "|"]
-    for name in [s.name for s in STUDIES if s.name in tables]:
+    width = {s.name for s in STUDIES if s.width}
+    for name in [s.name for s in STUDIES if s.name in tables and not s.width]:
         lines += ["| " + " | ".join(r) + " |" for r in tables[name][0]]
     lines += ["", "Orderings (by median; `<` where the seed ranges separate, `≈` where they overlap: no "
               "difference at this budget):", ""]
-    lines += [f"- {v}" for name in tables for v in tables[name][1]] or ["- none run over seeds"]
+    lines += [f"- {v}" for name in tables if name not in width for v in tables[name][1]] or ["- none run over seeds"]
+    if width & set(tables):
+        lines += ["", "Width (docs/width.md):", ""]
+        lines += [f"- {v}" for name in tables if name in width for v in tables[name][1]]
     lines += ["", "Wall time per study (start-up included, plots off) and the commit it ran at: "
               + ", ".join(f"{name} {tables[name][2]:.0f} s ({tables[name][3]})" for name in tables), ""]
     return "\n".join(lines)
@@ -187,6 +221,9 @@ def parse(text: str) -> Table:
             name = line[3:].split("`")[0]
             if name in tables:
                 tables[name][1].append(line[2:])
+            elif name in {s.name for s in STUDIES if s.width}:  # a width study: lines only
+                wall, at = runs.get(name, (0, ""))
+                tables[name] = ([], [line[2:]], float(wall), at or "unknown")
     return tables
 
 
@@ -219,7 +256,10 @@ def main() -> None:
         for study in chosen:
             print(f"studies: {study.name} ...", file=sys.stderr, flush=True)
             df = run_study(study, (args.keep or Path(tmp)) / study.name)
-            tables[study.name] = (rows_of(study, df), verdicts(study, df), df.attrs["wall_s"], at)
+            if study.width:
+                tables[study.name] = ([], width_lines(study, df), df.attrs["wall_s"], at)
+            else:
+                tables[study.name] = (rows_of(study, df), verdicts(study, df), df.attrs["wall_s"], at)
     partial = [s.name for s in chosen] if args.names and set(tables) - set(args.names) else None
     text = render(tables, partial)
     RESULTS.mkdir(exist_ok=True)

@@ -67,3 +67,19 @@ def test_lr_transfer_sweep_draws_loss_against_rate(tmp_path: Path) -> None:
     assert (proc.stdout + proc.stderr).count("best lr") == 4  # each param x width, with its shift in grid steps
     table = pd.read_parquet(tmp_path / "s" / "sweep.parquet")
     assert len(table) == 8 and {"model.width", "optim.lr", "param"} <= set(table.columns)
+
+
+SP_REFERENCE = Path(__file__).parent / "data" / "sp_reference_stats.parquet"
+SP_RUN = ["model=mlp", "model.depth=2", "model.width=32", "data.shape=[16]", "optim=adam", "train.steps=3",
+          "train.batch_size=8", "data.val_size=16", "train.eval_every=0", "telemetry=full", "device=cpu"]
+
+
+@pytest.mark.parametrize("param", [[], ["param=sp"]], ids=["no param given", "param=sp"])
+def test_sp_is_bit_identical_to_initlab_before_the_width_axis(tmp_path: Path, param: list[str]) -> None:
+    """tests/data/sp_reference_stats.parquet is this run's stats.parquet as commit 8217067 (the
+    last before the param group) wrote it: param=sp builds nothing and draws no random number.
+    Regenerate it only for a change meant to move every run's numbers."""
+    _, run_dir = _study(tmp_path, *SP_RUN, *param)
+    stats = pd.read_parquet(run_dir / "stats.parquet").sort_values(["step", "kind", "layer_idx", "param"],
+                                                                   ignore_index=True)
+    pd.testing.assert_frame_equal(stats, pd.read_parquet(SP_REFERENCE), check_exact=True)
