@@ -26,7 +26,7 @@ ROOT = Path(__file__).parents[1]
 README = ROOT / "README.md"
 PAGES = [README, *sorted((ROOT / "docs").glob("*.md"))]
 BUDGET = {"train.steps": "2", "train.batch_size": "2", "data.val_size": "8", "plots": "false",
-          "train.progress": "false", "train.eval_every": "0"}
+          "train.progress": "false", "train.eval_every": "0", "coord.steps": "2", "coord.seeds": "1"}
 SWEEP_BUDGET = ("train.steps", "plots", "train.progress", "data.val_size")  # a sweep keeps the batch it sweeps
 
 
