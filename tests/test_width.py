@@ -255,3 +255,33 @@ def test_the_published_shape_sp_grows_and_mup_stays_flat_under_adam() -> None:
     assert result.verdict["sp"]["verdict"] == "drifts"
     assert result.verdict["mup"]["verdict"] == "flat", result.verdict["mup"]
     assert (mup["slope"].abs() + 2 * mup["slope_sd"].fillna(0) < 0.15).all()
+
+
+def test_the_check_catches_weight_decay_left_unscaled(monkeypatch: pytest.MonkeyPatch) -> None:
+    """μP with AdamW: decoupled weight decay must keep lr·wd the same at every width. Left at its
+    base value on the groups whose learning rate shrinks (a MuAdam written without it), the hidden
+    weights decay less the wider the model, and the coordinate check says so where the right
+    scaling stays flat: the check cannot pass while the decay is wrong."""
+    from initlab.width import parametrize as scheme
+
+    def make(width: int) -> nn.Module:
+        return mlp(width, n_in=64, classes=10)
+
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.randn(64, 64, generator=g), torch.randint(0, 10, (64,), generator=g))
+    kwargs = {"widths": [64, 128, 256, 512, 1024], "batches": batch, "param": "mup", "optimizer": "adamw",
+              "lr": 0.01, "weight_decay": 10.0, "steps": 8, "seeds": 2}
+    right = initlab.coord_check(make, **kwargs)
+    scaled = scheme._groups
+
+    def unscaled(*args: object, **kw: object) -> list[dict]:
+        groups = scaled(*args, **kw)
+        for group in groups:
+            group["weight_decay"] = kwargs["weight_decay"]
+        return groups
+
+    monkeypatch.setattr(scheme, "_groups", unscaled)
+    wrong = initlab.coord_check(make, **kwargs)
+    assert right.verdict["mup"]["verdict"] == "flat", right.verdict["mup"]
+    assert wrong.verdict["mup"]["verdict"] == "drifts"
+    assert {"2", "3", "4"} & {d["layer"] for d in wrong.verdict["mup"]["drifting"]}  # from the hidden layer on

@@ -5,9 +5,9 @@ class and a global average pool makes the logits."""
 import torch
 from torch import nn
 
-from initlab.checks import check_choice, check_num
 from initlab.models.base import ModelRequest, register, require_image
-from initlab.models.blocks import check_zoo_model, conv_block
+from initlab.models.blocks import conv_block
+from initlab.models.cnn import check_alexnet
 
 
 def _scaled(c: int, mult: float) -> int:
@@ -56,14 +56,7 @@ def _variant(req: ModelRequest) -> str:
     return ("classic" if min(req.in_shape[1:]) >= 64 else "small") if v == "auto" else v
 
 
-def check_nin(cfg: object) -> None:
-    check_zoo_model(cfg)
-    check_choice(cfg, "model.variant", ["auto", "classic", "small"])
-    check_num(cfg, "model.width_mult", 0.0, strict=True)
-    check_num(cfg, "model.dropout", 0.0, strict=False, hi=1.0)
-
-
-@register("nin", width="width_mult", check=check_nin)
+@register("nin", width="width_mult", check=check_alexnet)  # the same keys: variant, width_mult, dropout
 def build_nin(req: ModelRequest) -> nn.Module:
     require_image("nin", req.in_shape, 1)
     if _variant(req) == "classic":

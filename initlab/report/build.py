@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 
 from initlab.rundir.layout import METRICS_DIR, MULTIRUN_FILE, SUMMARY_FILE, RunLayout, SweepLayout
+from initlab.rundir.safe import fresh_target, inside
 from initlab.rundir.store import load_run, write_json
 from initlab.rundir.sweep_table import sweep_table, swept_factors
 
@@ -71,7 +72,9 @@ def build_sweep_report(sweep_dir: Path, layers: str = "weighted", fmt: str = "pn
 
     df = sweep_table(sweep_dir)
     table_path = SweepLayout(sweep_dir).table
-    df.to_parquet(table_path, index=False)
-    plots = plot_sweep(df.assign(path=[str(sweep_dir / p) for p in df["path"]]), swept_factors(df),
+    df.to_parquet(fresh_target(table_path), index=False)
+    inner = [inside(sweep_dir, p) for p in df["path"]]  # a row naming a path outside the sweep is not drawn
+    df = df[[p is not None for p in inner]]
+    plots = plot_sweep(df.assign(path=[str(p) for p in inner if p is not None]), swept_factors(df),
                        SweepLayout(sweep_dir).plots, fmt=fmt, layers=layers)
     return table_path, plots

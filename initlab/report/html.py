@@ -1,6 +1,7 @@
 """`report.html`: a run or a sweep as one self-contained file that opens from file:// with
-no network and no scripts from elsewhere. The figures are embedded (PNG as base64, SVG
-inline), the tables are HTML; nothing is re-computed: it reads what the run wrote."""
+no network and no scripts from elsewhere. The figures are embedded as images (PNG and SVG as
+base64 data URIs: nothing from the directory runs in the browser), every name is escaped, the
+tables are HTML; nothing is re-computed: it reads what the run wrote."""
 
 import base64
 import html
@@ -11,6 +12,7 @@ from typing import Any
 import pandas as pd
 
 from initlab.rundir.layout import REPORT_FILE, SUMMARY_FILE, SWEEP_FILE, RunLayout, SweepLayout
+from initlab.rundir.safe import inside, write_text
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
@@ -51,24 +53,24 @@ CHECK = """<script>
 window.addEventListener("load", function () {
   var imgs = Array.prototype.slice.call(document.images);
   var ok = imgs.every(function (i) { return i.complete && i.naturalWidth > 0; });
-  document.body.setAttribute("data-figures", imgs.length + document.querySelectorAll("figure svg").length);
+  document.body.setAttribute("data-figures", imgs.length);
   document.body.setAttribute("data-figures-ok", ok ? "yes" : "no");
 });
 </script>"""
 
 
+MIME = {".png": "image/png", ".svg": "image/svg+xml", ".pdf": "application/pdf"}
+
+
 def _figure(path: Path) -> str:
+    """A figure as an image from a data URI: an SVG's scripts do not run in an <img>, and every
+    file name is escaped (plots/ may come from anyone)."""
     caption = html.escape(path.stem.replace("_", " "))
-    if path.suffix == ".svg":
-        svg = path.read_text()
-        body = svg[svg.index("<svg"):]  # inline, without the XML prolog
-    else:
-        mime = "application/pdf" if path.suffix == ".pdf" else "image/png"
-        data = base64.b64encode(path.read_bytes()).decode()
-        if path.suffix == ".pdf":
-            return f'<p><a download="{path.name}" href="data:{mime};base64,{data}">{path.name}</a></p>'
-        body = f'<img alt="{caption}" src="data:{mime};base64,{data}">'
-    return f"<figure>{body}<figcaption>{caption}</figcaption></figure>"
+    src = f"data:{MIME[path.suffix]};base64,{base64.b64encode(path.read_bytes()).decode()}"
+    if path.suffix == ".pdf":
+        name = html.escape(path.name)
+        return f'<p><a download="{name}" href="{src}">{name}</a></p>'
+    return f'<figure><img alt="{caption}" src="{src}"><figcaption>{caption}</figcaption></figure>'
 
 
 ORDER = ["step0_std", "metrics", "telemetry", "grad_flow", "dead", "update_ratio", "probe", "act_hist_image",
@@ -160,7 +162,8 @@ def sweep_html(sweep_dir: Path, table: pd.DataFrame) -> str:
     for col in [c for c in jobs.columns if not pd.api.types.is_numeric_dtype(jobs[c])]:  # only `report` is HTML
         jobs[col] = jobs[col].map(lambda v: html.escape(str(v)) if v is not None else v)
     jobs["report"] = [f'<a href="{html.escape(p)}/{REPORT_FILE}">{html.escape(p)}</a>'
-                      if (sweep_dir / p / REPORT_FILE).exists() else html.escape(p) for p in table["path"]]
+                      if (d := inside(sweep_dir, p)) is not None and (d / REPORT_FILE).exists() else html.escape(p)
+                      for p in table["path"]]
     jobs_html = jobs.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.4g}", border=0, escape=False,
                              classes="jobs")
     sections = [("Sweep", _table(summary)), ("Jobs (click a column to sort)", jobs_html),
@@ -174,14 +177,13 @@ def write_html(path: Path) -> Path:
 
     if is_sweep_dir(path):
         table = pd.read_parquet(path / SWEEP_FILE) if (path / SWEEP_FILE).exists() else sweep_table(path)
-        for job in table["path"]:  # each job's own page, linked from the table
-            if (path / job / SUMMARY_FILE).exists():
-                write_html(path / job)
+        for job in table["path"]:  # each job's own page, linked from the table; never outside the sweep
+            job_dir = inside(path, str(job))
+            if job_dir is not None and (job_dir / SUMMARY_FILE).exists():
+                write_html(job_dir)
         text = sweep_html(path, table)
     else:
         text = run_html(path)
     out = path / REPORT_FILE
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
+    write_text(out, text)
     return out

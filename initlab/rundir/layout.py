@@ -22,10 +22,23 @@ MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of the sweep
 
 
 @dataclass(frozen=True)
-class RunLayout:
-    """The paths of one run directory."""
+class _Directory:
+    """What a run directory and a sweep directory both hold."""
 
     root: Path
+
+    @property
+    def plots(self) -> Path:
+        return self.root / PLOTS_DIR
+
+    @property
+    def report(self) -> Path:
+        return self.root / REPORT_FILE
+
+
+@dataclass(frozen=True)
+class RunLayout(_Directory):
+    """The paths of one run directory."""
 
     @property
     def stats(self) -> Path:
@@ -60,14 +73,6 @@ class RunLayout:
         return self.root / LOCK_FILE
 
     @property
-    def plots(self) -> Path:
-        return self.root / PLOTS_DIR
-
-    @property
-    def report(self) -> Path:
-        return self.root / REPORT_FILE
-
-    @property
     def overrides(self) -> Path:
         return self.root / HYDRA_DIR / "overrides.yaml"
 
@@ -77,10 +82,8 @@ class RunLayout:
 
 
 @dataclass(frozen=True)
-class SweepLayout:
+class SweepLayout(_Directory):
     """The paths of one sweep directory (its jobs are RunLayouts)."""
-
-    root: Path
 
     @property
     def table(self) -> Path:
@@ -89,11 +92,3 @@ class SweepLayout:
     @property
     def multirun(self) -> Path:
         return self.root / MULTIRUN_FILE
-
-    @property
-    def plots(self) -> Path:
-        return self.root / PLOTS_DIR
-
-    @property
-    def report(self) -> Path:
-        return self.root / REPORT_FILE

@@ -33,6 +33,7 @@ from initlab.rundir.layout import (
     SUMMARY_FILE,
     THEORY_FILE,
 )
+from initlab.rundir.safe import write_text
 
 META_KEY = b"initlab"
 METRICS_ROWS = 1000  # metric rows held in memory before a part is written, telemetry or not
@@ -114,9 +115,8 @@ def _jsonable(obj: Any) -> Any:
 
 
 def write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(_jsonable(obj), indent=2) + "\n")
-    tmp.replace(path)  # atomic: a reader never sees half a summary
+    """JSON into `path`, atomically and never through a link (rundir/safe.py)."""
+    write_text(path, json.dumps(_jsonable(obj), indent=2) + "\n")
 
 
 class RunStore:

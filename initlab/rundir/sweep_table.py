@@ -12,6 +12,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from initlab.diagnose import WEIGHTED, depth_ratio
 from initlab.rundir.layout import HYDRA_DIR, MULTIRUN_FILE, STATS_DIR, SUMMARY_FILE, SWEEP_FILE
+from initlab.rundir.safe import inside
 
 
 def is_sweep_dir(path: Path) -> bool:
@@ -103,8 +104,9 @@ def load_sweep(path: str | Path, stats: bool = False) -> pd.DataFrame | tuple[pd
     factors = [c for c in swept_factors(table) if c in table]
     frames = []
     for _, job in table.iterrows():
-        p = sweep_dir / job["path"] / STATS_DIR  # job paths are relative to the sweep
-        if p.exists() and any(p.glob("*.parquet")):
+        job_dir = inside(sweep_dir, str(job["path"]))  # job paths are relative to the sweep, and stay in it
+        p = job_dir / STATS_DIR if job_dir is not None else None
+        if p is not None and p.exists() and any(p.glob("*.parquet")):
             s = pd.read_parquet(p)
             for f in ["job", *factors]:
                 s[f] = job[f]

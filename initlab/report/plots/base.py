@@ -34,6 +34,7 @@ from matplotlib.ticker import (
 )
 
 from initlab.report.plots.encoder import attach, writing
+from initlab.rundir.safe import fresh_target
 from initlab.speedups.collector import paused
 
 FORMATS = ("png", "svg", "pdf")
@@ -52,11 +53,13 @@ R = TypeVar("R")
 def drawing(fn: Callable[P, R]) -> Callable[P, R]:
     """For the functions that draw a set of figures (plot_run, plot_sweep): no full collection
     while they draw (their allocations set off a full collection walking everything the
-    process holds: 0.2 s of the default study's ~1 s of figures, initlab/speedups/collector.py), and
-    each PNG encoded behind the drawing of the next (initlab/report/plots/encoder.py `writing`)."""
+    process holds: 0.2 s of the default study's ~1 s of figures, initlab/speedups/collector.py),
+    each PNG encoded behind the drawing of the next (initlab/report/plots/encoder.py `writing`),
+    and every string drawn literally: a `$` in a layer name or a swept value is a dollar sign,
+    not mathtext (an unbalanced one would fail the figure)."""
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        with paused(), writing():
+        with paused(), writing(), mpl.rc_context({"text.parse_math": False}):
             return fn(*args, **kwargs)
     return wrapper
 
@@ -139,7 +142,7 @@ def save(fig: Figure, path: Path, title: str | None = None, fmt: str = "png") ->
         for axis in (ax.xaxis, ax.yaxis):  # a shared axis shares its locator: wrapped once
             if not isinstance(locator := axis.get_major_locator(), (InView, NullLocator)):
                 axis.set_major_locator(InView(locator))
-    path = path.with_suffix(f".{fmt}")
+    path = fresh_target(path.with_suffix(f".{fmt}"))  # a link there is replaced, not written through
     # PNG: zlib level 1, not PIL's 6: about half the encode time, files 10-15% larger
     fig.savefig(path, dpi=DPI, format=fmt, **({"pil_kwargs": {"compress_level": 1}} if fmt == "png" else {}))
     return path

@@ -10,8 +10,9 @@ import pandas as pd
 from matplotlib.ticker import FixedLocator, NullLocator
 
 from initlab.report.plots.base import PLAIN, colors, drawing, figure, panel_title, save
+from initlab.rundir.safe import own_dir
 
-MAX_PANELS = 5  # steps shown per row: the first, the last and evenly between
+MAX_PANELS = 10  # steps shown per row: every recorded step up to this many; past it the first, the last, evenly between
 
 
 def shown_steps(steps: np.ndarray, most: int = MAX_PANELS) -> list[int]:
@@ -25,14 +26,14 @@ def shown_steps(steps: np.ndarray, most: int = MAX_PANELS) -> list[int]:
 def plot_coord_check(table: pd.DataFrame, verdict: dict[str, dict[str, Any]], path: Path, fmt: str = "png",
                      kind: str = "act") -> Path:
     """One figure of `table` (coord_check's rows) for `kind` (act: the modules' outputs)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    own_dir(path.parent)
     d = table[(table["kind"] == kind) & np.isfinite(table["l1"]) & (table["l1"] > 0)]
     params = list(dict.fromkeys(d["param"]))
     steps = shown_steps(d["step"].to_numpy())
     layers = d.drop_duplicates("layer").sort_values("layer_idx")[["layer", "module_type"]].to_numpy()
     palette = colors("viridis", len(layers))
-    fig, axes = figure(len(params), len(steps), (2.6, 2.2), sharex=True, sharey=True, left=0.9, right=2.2,
-                       wspace=0.25, hspace=0.55, top=0.75)
+    fig, axes = figure(len(params), len(steps), (2.0, 2.0), sharex=True, sharey=True, left=0.9, right=2.2,
+                       wspace=0.2, hspace=0.55, top=0.75)
     for row, param in enumerate(params):
         for col, step in enumerate(steps):
             ax = axes[row][col]
@@ -56,8 +57,7 @@ def plot_coord_check(table: pd.DataFrame, verdict: dict[str, dict[str, Any]], pa
                 axis.set_major_formatter(PLAIN)
             ax.tick_params(axis="x", labelsize=7, rotation=45)
             v = verdict.get(param, {})
-            panel_title(ax, f"{param} · step {step}" + (f" · {v['verdict']}" if col == len(steps) - 1 and v else ""),
-                        8)
+            panel_title(ax, f"{param} · step {step}" + (f" · {v['verdict']}" if col == 0 and v else ""), 8)
             if row == len(params) - 1:
                 ax.set_xlabel("width")
             if col == 0:

@@ -25,6 +25,7 @@ from initlab.report.plots.base import (
     shared_legend,
     step_axis,
 )
+from initlab.rundir.safe import own_dir
 
 
 def title_of(config: dict[str, Any]) -> str:
@@ -393,7 +394,7 @@ def plot_run(stats: pd.DataFrame, metrics: pd.DataFrame, config: dict[str, Any],
              layers: str | None = None) -> list[Path]:
     """Every figure of one run that has data to draw into `out_dir`; returns the files written.
     `layers`: what the per-layer figures' axis holds (LayerAxis), else the run's `plot_layers`."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    own_dir(out_dir)
     title = title_of(config)
     layers = layers or config.get("plot_layers") or "weighted"
     fmt = config.get("plot_format") or fmt

@@ -23,6 +23,7 @@ from initlab.report.plots.base import (
     save,
 )
 from initlab.report.plots.transfer import plot_lr_transfer, transfer_axes
+from initlab.rundir.safe import own_dir
 from initlab.rundir.store import LOSS_TAIL
 
 
@@ -206,7 +207,7 @@ def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path, fmt: str = "
     """Comparison figures of a sweep: the grid of final losses over the swept factors,
     per-layer step-0 std overlaid per combination, and loss curves (not for probes: one
     step is no curve)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
+    own_dir(out_dir)
     groups = [f for f in factors if f != "seed"]
     done = df[df["status"].isin(["ok", "diverged"])].copy()
     if done.empty:
