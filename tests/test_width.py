@@ -2,6 +2,7 @@
 check's numbers against direct computation, its slope fit and verdict, the library route on a
 model defined here, and the published shape (SP grows with width under Adam, μP stays flat)."""
 
+import importlib
 import math
 
 import numpy as np
@@ -262,7 +263,7 @@ def test_the_check_catches_weight_decay_left_unscaled(monkeypatch: pytest.Monkey
     base value on the groups whose learning rate shrinks (a MuAdam written without it), the hidden
     weights decay less the wider the model, and the coordinate check says so where the right
     scaling stays flat: the check cannot pass while the decay is wrong."""
-    from initlab.width import parametrize as scheme
+    scheme = importlib.import_module("initlab.width.parametrize")  # the module (the package exports the function)
 
     def make(width: int) -> nn.Module:
         return mlp(width, n_in=64, classes=10)
