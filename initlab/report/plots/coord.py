@@ -57,11 +57,12 @@ def plot_coord_check(table: pd.DataFrame, verdict: dict[str, dict[str, Any]], pa
                 axis.set_major_formatter(PLAIN)
             ax.tick_params(axis="x", labelsize=7, rotation=45)
             v = verdict.get(param, {})
-            panel_title(ax, f"{param} · step {step}" + (f" · {v['verdict']}" if col == 0 and v else ""), 8)
+            panel_title(ax, f"{param} · step {step}", 8)
             if row == len(params) - 1:
                 ax.set_xlabel("width")
-            if col == 0:
-                ax.set_ylabel(f"mean |{'output' if kind == 'act' else kind}|")
+            if col == 0:  # the row's parametrisation and its verdict (steps 1 on) beside it
+                ax.set_ylabel(f"{param}" + (f": {v['verdict']}" if v else "") +
+                              f"\nmean |{'output' if kind == 'act' else kind}|")
     fig.legend(loc="upper left", bbox_to_anchor=(1 - 2.1 / fig.get_figwidth(), 1 - 0.8 / fig.get_figheight()),
                fontsize=6, frameon=False)
     title = "coordinate check: each module's output size against width" if kind == "act" else \
