@@ -72,3 +72,20 @@ def test_the_reports_open_from_file_in_a_real_browser(run, tmp_path: Path) -> No
     page = sweep / "report.html"
     sorted_dom = _dom_url(page.as_uri() + "#sort=job:desc", tmp_path)  # the page's own sorting code
     assert 'data-sorted="job:desc"' in sorted_dom and first_job(sorted_dom) == "1"
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="no headless Chromium (.ci/run installs it)")
+def test_hostile_names_and_svg_scripts_do_not_run_in_a_real_browser(run, tmp_path: Path) -> None:
+    """A plots/ folder someone else filled: a PDF whose name is markup, an SVG with a script.
+    Opened in headless Chromium, neither runs: the page's body never gets the attribute they set."""
+    _, run_dir = run("train.steps=2")
+    plots = run_dir / "plots"
+    plots.mkdir()
+    mark = "document.body.setAttribute('data-pwned','1')"
+    (plots / f'<img src=z onerror="{mark}">.pdf').write_bytes(b"%PDF-1.4")
+    (plots / "figure.svg").write_text(f'<svg xmlns="http://www.w3.org/2000/svg"><script>{mark}</script>'
+                                      '<rect width="4" height="4"/></svg>')
+    assert report_main([str(run_dir), "--html"]) == 0
+    dom = _dom(run_dir / "report.html", tmp_path)
+    assert "data-pwned" not in dom.split("<body", 1)[1].split(">", 1)[0]
+    assert 'data-figures-ok="yes"' in dom  # the SVG still shows, as an image

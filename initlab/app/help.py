@@ -32,7 +32,7 @@ def help_text(overrides: list[str]) -> str:
     with open_dict(cfg):
         cfg.pop("hydra", None)
     listed = "\n".join(f"{name}: {', '.join(options)}" for name, options in groups().items())
-    return ("initlab: initialisation and normalisation studies (README.md has the tour).\n\n"
+    return ("initlab: initialisation and normalisation studies (the manual: docs/, or `make docs`; docs/tour.md has the tour).\n\n"
             "== Configuration groups ==\nCompose your configuration from those groups (group=option)\n\n"
             f"{listed}\n\n\n== Config ==\nOverride anything in the config (foo.bar=value)\n\n"
             f"{OmegaConf.to_yaml(cfg)}\n"
