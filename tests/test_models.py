@@ -194,5 +194,6 @@ def _external(name: str) -> nn.Module:
                                         ("resnet18", (3, 64, 64)),
                                         ("conv_transpose", (3, 8, 8))])
 def test_macs_from_hooks_equal_torchs_flop_counter(name: str, shape: tuple[int, ...]) -> None:
+    pytest.importorskip("torch.nn.attention", reason="the reference counter's attention kernel choice: torch >= 2.3")
     model = build_model(name, {}, shape, 10, bn=name != "vit") if name in MODELS.choices() else _external(name)
     assert describe(model, shape).macs == _flop_counter_macs(model, shape) > 0

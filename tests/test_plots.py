@@ -96,7 +96,8 @@ def test_a_loss_within_a_decade_stays_linear_and_labelled(trained: Path, drawn, 
     diverging = pd.DataFrame({"step": np.arange(50), "loss": np.geomspace(2.3, 6.6e25, 50)})
     plots.plot_metrics(diverging, "t", tmp_path / "metrics")
     ax = drawn["metrics"].axes[0]
-    assert ax.get_yscale() == "log" and "1e+25" in _labels(ax.yaxis)
+    labels = _labels(ax.yaxis)  # decades as plain numbers (matplotlib < 3.8 labels every fourth)
+    assert ax.get_yscale() == "log" and any(t.startswith("1e+2") for t in labels) and not any("$" in t for t in labels)
 
 
 def test_a_probe_draws_no_curves(run, tmp_path: Path) -> None:

@@ -168,7 +168,7 @@ def curves(ax: Axes, xy: list[tuple[Any, Any]], colors: list[Any], labels: list[
                                      capstyle=mpl.rcParams[f"lines.{style}_capstyle"],
                                      joinstyle=mpl.rcParams[f"lines.{style}_joinstyle"]))
     if not COLLECTIONS_SCALE:
-        ax.autoscale_view()  # add_collection set the data limits only
+        ax.autoscale(enable=None)  # add_collection set the data limits only: the view set when next read, as ax.plot does
     return [Line2D([], [], color=c, lw=lw, ls=ls, label=label) for c, label in zip(colors, labels or [])]
 
 
