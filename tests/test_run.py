@@ -106,3 +106,24 @@ def test_diverging_training_is_a_result(run) -> None:
     assert d["step"] in set(data.stats["step"])  # the unscheduled step was looked at again
     assert data.metrics["step"].max() == d["step"]
     assert (run_dir / "plots" / "metrics.png").exists()
+
+
+def test_the_last_line_says_held_out_results_and_where(run, caplog) -> None:
+    """The run's last line: held-out loss and accuracy and the training loss over the last
+    steps, each labelled, and the run directory, whatever the status."""
+    import logging
+
+    from initlab.app.study import final_words
+
+    with caplog.at_level(logging.INFO, logger="initlab"):
+        _, run_dir = run("train.steps=4", "data.val_size=16")
+    last = [r.getMessage() for r in caplog.records if r.getMessage().startswith("done")][-1]
+    assert last.startswith("done    status=ok held-out loss=") and "held-out accuracy=" in last
+    assert "training loss (last 4 steps)=" in last and last.endswith(f"-> {run_dir}")
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="initlab"):
+        _, run_dir = run("model=mlp", "model.depth=40", "model.act=linear", "init=normal", "init.std=1.0",
+                         "data.shape=[256]", "train.steps=0")
+    last = [r.getMessage() for r in caplog.records if r.getMessage().startswith("done")][-1]
+    assert last.startswith("done    status=diverged") and last.endswith(f"-> {run_dir}")
+    assert final_words({"loss": 2.3}) == "no loss recorded (a probe at init)"

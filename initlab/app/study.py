@@ -5,6 +5,7 @@ one log line per stage. `run_study(cfg, run_dir)` is what the `initlab` command 
 import functools
 import json
 import logging
+import math
 import os
 import random
 import resource
@@ -303,12 +304,25 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
         d = summary["diverged"]
         what = f"non-finite loss at step {d['step']}" if d.get("loss") is not None else \
             f"non-finite {d.get('kind')} at step {d['step']}"
-        log.warning("done    status=diverged: %s; first non-finite layer: %s", what,
-                    f"{d['layer']} (index {d['layer_idx']})" if d.get("layer") else "none recorded")
+        log.warning("done    status=diverged: %s; first non-finite layer: %s -> %s", what,
+                    f"{d['layer']} (index {d['layer_idx']})" if d.get("layer") else "none recorded", run_dir)
     else:
-        log.info("done    status=%s loss=%.4g accuracy=%.3f -> %s", summary["status"],
-                 final.get("loss", float("nan")), final.get("accuracy") or 0.0, run_dir)
+        log.info("done    status=%s %s -> %s", summary["status"], final_words(final), run_dir)
     return summary
+
+
+def final_words(final: dict[str, Any]) -> str:
+    """The run's last line: the held-out loss and accuracy where there are some, and the training
+    loss over the last steps (one minibatch is noise), each labelled."""
+    def num(v: Any, fmt: str) -> str | None:
+        return None if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+    parts = [(f"held-out loss={num(final.get('val_loss'), '.4g')}", num(final.get("val_loss"), ".4g")),
+             (f"held-out accuracy={num(final.get('val_accuracy'), '.3f')}", num(final.get("val_accuracy"), ".3f")),
+             (f"training loss (last {final.get('loss_avg_steps')} steps)={num(final.get('loss_avg'), '.4g')}",
+              num(final.get("loss_avg"), ".4g"))]
+    said = [text for text, value in parts if value is not None]
+    return ", ".join(said) or "no loss recorded (a probe at init)"
 
 
 def _theory(run_dir: Path, specs: dict | None, batch0: Callable[[], tuple[torch.Tensor, torch.Tensor]]) -> None:
