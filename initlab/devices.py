@@ -4,7 +4,7 @@ import re
 
 import torch
 
-from initlab.errors import ConfigError
+from initlab.errors import ConfigError, InitlabError
 
 ACCEPTED = "auto, cpu, cuda, cuda:N, mps"
 
@@ -44,3 +44,32 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
     elif device.type == "mps":
         torch.mps.synchronize()
+
+
+def free_bytes(device: torch.device) -> int | None:
+    """Memory a run on `device` can still take (CUDA: free on the card; CPU: the kernel's
+    MemAvailable), or None where it cannot be told."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    if device.type != "cpu":
+        return None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_fits(model: torch.nn.Module, device: torch.device) -> None:
+    """Refuse, before any allocation, a model whose weights, gradients and two optimizer buffers
+    per weight cannot fit in what `device` has free (`model`: built on the meta device)."""
+    weights = sum(p.numel() * p.element_size() for p in model.parameters())
+    need, free = 4 * weights, free_bytes(device)
+    if free is not None and need > free:
+        n = sum(p.numel() for p in model.parameters())
+        raise InitlabError(f"the model has {n:,} parameters: with gradients and optimizer state it needs about "
+                           f"{need / 2**30:.1f} GiB, and {device} has {free / 2**30:.1f} GiB free; choose a smaller "
+                           "width or depth")

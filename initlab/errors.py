@@ -25,5 +25,6 @@ class Diverged(Exception):
         super().__init__(f"non-finite loss {loss} at step {step}")
 
 
-class Interrupted(Exception):
-    """Ctrl-C or SIGTERM: flush what is recorded, then exit non-zero."""
+class Interrupted(BaseException):
+    """SIGTERM (or SIGHUP): flush what is recorded, then exit non-zero. A BaseException, as
+    KeyboardInterrupt is, so no `except Exception` (a figure's, a loader's) takes it for a failure."""

@@ -15,6 +15,8 @@ from initlab.errors import Interrupted
 # finalizer or a callback it calls for itself ("Exception ignored in ..."), so a Ctrl-C landing
 # there is lost; the training loop and the CLI read this instead of trusting the exception alone.
 SIGNALLED: list[int] = []
+# SIGHUP (the terminal closed) ends a run as SIGTERM does: its summary is written
+STOPPING = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
 def raise_keyboard_interrupt(signum: int, frame: object) -> NoReturn:
@@ -38,7 +40,7 @@ def _quiet_dropped_interrupt(args: Any, *, then: Callable[[Any], object]) -> Non
     then(args)
 
 
-def install_handlers(signums: tuple[int, ...] = (signal.SIGINT, signal.SIGTERM)) -> None:
+def install_handlers(signums: tuple[int, ...] = (signal.SIGINT, *STOPPING)) -> None:
     """What a process that runs initlab jobs needs: Ctrl-C (and SIGTERM) counted and raised, and
     the interrupts Python drops kept quiet (the CLI's process and each joblib job's)."""
     for signum in signums:  # the run itself turns SIGTERM into Interrupted
@@ -56,7 +58,7 @@ def signals_deferred() -> Iterator[None]:
         yield
         return
     caught: list[tuple[int, Any]] = []
-    old = {s: signal.signal(s, lambda n, f: caught.append((n, f))) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, lambda n, f: caught.append((n, f))) for s in (signal.SIGINT, *STOPPING)}
     try:
         yield
     finally:

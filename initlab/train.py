@@ -128,6 +128,7 @@ def forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tupl
     loss = F.cross_entropy(logits, y)
     loss.backward()
     acc = (logits.argmax(1) == y).float().mean()
+    acc = torch.where(torch.isfinite(logits).all(), acc, torch.nan)  # no accuracy from non-finite logits
     return loss.detach(), acc
 
 

@@ -281,3 +281,10 @@ def test_the_stream_cannot_be_memorised_and_the_fixed_set_can(run) -> None:
     s, f = stream["final"], fixed["final"]
     assert abs(s["loss_avg"] - s["val_loss"]) < 0.15 and s["val_accuracy"] > 0.6
     assert f["val_loss"] - f["loss_avg"] > 2.0
+
+
+def test_labels_outside_the_classes_are_a_corrupt_file(tmp_path: Path) -> None:
+    raw = _mnist_raw(tmp_path)
+    _write_idx(raw / "train-labels-idx1-ubyte", np.full(64, 200, dtype=np.uint8))  # MNIST has classes 0..9
+    with pytest.raises(CorruptData, match=r"has labels 200..200, outside the 10 classes 0..9: a corrupt labels file"):
+        load_dataset(_cfg("mnist", tmp_path), torch.device("cpu"), 0)

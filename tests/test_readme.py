@@ -199,3 +199,17 @@ def test_the_studies_table_claims_an_ordering_only_where_the_seed_ranges_separat
     assert verdict(study, df, "loss_avg") == "init=a < init=b ≈ init=c"  # b's max 1.5 > c's min 1.45
     assert spread(df["loss_avg"][6:]) == "1.52 [1.45–1.6], 1 non-finite"
     assert spread(pd.Series([float("inf")])) == "non-finite"
+
+
+def test_every_test_the_reliability_page_names_exists_and_its_counts_add_up() -> None:
+    import re
+
+    page = (ROOT / "docs" / "reliability.md").read_text()
+    defined = {m for f in (ROOT / "tests").glob("test_*.py") for m in re.findall(r"^def (test_\w+)", f.read_text(), re.M)}
+    rows = [ln for ln in page.splitlines() if ln.startswith("| ") and "`test_" in ln]
+    assert rows
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        named = re.findall(r"`(test_\w+)`", cells[3])
+        assert set(named) <= defined, set(named) - defined
+        assert int(cells[1]) == len(named), row[:80]

@@ -17,8 +17,11 @@ import torch
 from torch import nn
 
 import initlab
+from initlab.errors import RunDirTaken
 from initlab.report.cli import main as report_main
-from initlab.rundir.store import LOCK_FILE, RunDirTaken, claim, release
+from initlab.rundir.layout import LOCK_FILE
+from initlab.rundir.lock import claim_run as claim
+from initlab.rundir.lock import release
 from tests.conftest import run_cli
 
 SMALL = ["model=mlp", "model.depth=2", "model.width=16", "data.shape=[32]", "data.train_size=64",

@@ -236,7 +236,8 @@ def test_module_filter() -> None:
 
 def test_first_nonfinite_picks_the_earliest_layer() -> None:
     cols = {"kind": np.array(["act", "act", "grad", "act"], dtype=object),
-            "nonfinite": np.array([0, 3, 5, 9]), "layer_idx": np.array([0, 4, 1, 2]),
+            "nonfinite": np.array([0, 3, 5, 9]), "numel": np.array([4, 4, 4, 4]), "mean": np.zeros(4),
+            "layer_idx": np.array([0, 4, 1, 2]),
             "layer": np.array(["a", "e", "b", "c"], dtype=object)}
     assert first_nonfinite(cols) == ("c", 2)
     assert first_nonfinite(None) is None

@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 import initlab
+from initlab.errors import RunDirTaken
 from initlab.report.cli import main as report_main
-from initlab.rundir.store import RunDirTaken
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 OWN_MODEL = Path(__file__).resolve().parents[1] / "docs" / "own-model.md"
@@ -230,7 +230,7 @@ def test_log_takes_numbers_or_one_element_tensors() -> None:
     w = initlab.watch(nn.Linear(2, 2))
     with w.step(0):
         pass
-    with pytest.raises(initlab.errors.InitlabError, match=r"w.log\(loss=...\) takes numbers or one-element"):
+    with pytest.raises(initlab.errors.InitlabError, match=r"w.log\(loss=...\) takes real numbers or one-element real tensors, not a tensor of shape \[3\]"):
         w.log(loss=torch.ones(3))
     w.log(loss=torch.ones(1, 1), note="a string is kept as it is")
     w.flush()

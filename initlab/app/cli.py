@@ -21,8 +21,15 @@ from initlab.app.keys import check_overrides
 from initlab.app.launchers import make_discoverable
 from initlab.app.sweep import current
 from initlab.errors import InitlabError, Interrupted, RunDirTaken
-from initlab.rundir.layout import RunLayout, SweepLayout
-from initlab.signals import SIGNALLED, install_handlers, raise_interrupted
+from initlab.rundir.layout import (
+    HYDRA_DIR,
+    LOCK_FILE,
+    LOG_FILE,
+    SUMMARY_FILE,
+    RunLayout,
+    SweepLayout,
+)
+from initlab.signals import SIGNALLED, STOPPING, install_handlers, raise_interrupted
 from initlab.speedups.collector import freeze_loaded, paused
 
 log = logging.getLogger("initlab")
@@ -43,7 +50,8 @@ def app(cfg: DictConfig) -> float | None:
     multirun = hc.mode == RunMode.MULTIRUN
     try:
         # inside the try: a SIGTERM landing while the handler is being installed is handled too
-        signal.signal(signal.SIGTERM, raise_interrupted)
+        for signum in STOPPING:
+            signal.signal(signum, raise_interrupted)
         # torch: only for a run (not --help, --cfg, completion); no full collection walks what
         # loads, which is then left out of every later one (initlab/speedups/collector.py)
         with paused():
@@ -60,10 +68,12 @@ def app(cfg: DictConfig) -> float | None:
         print(f"initlab: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except InitlabError as exc:
-        _try_write_summary(run_dir, str(exc))
-        if multirun:  # one bad job must not stop the sweep
+        if multirun:  # one bad job must not stop the sweep: its row says why
+            _try_write_summary(run_dir, str(exc))
             log.error("failed  %s", exc)
             return None
+        if not _discard_unused(run_dir):  # bad input leaves no directory named like a real run
+            _try_write_summary(run_dir, str(exc))
         print(f"initlab: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except (KeyboardInterrupt, Interrupted):  # before the run began, or a second Ctrl-C once its summary was on disk
@@ -109,12 +119,36 @@ def _writing_failed(exc: OSError, run_dir: Path) -> bool:
     return exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT) or str(exc.filename or "").startswith(str(run_dir))
 
 
+def _discard_unused(run_dir: Path) -> bool:
+    """Remove a run directory that holds nothing but what Hydra and a refused start put there
+    (its config, its log); True if it is gone. Anything else in it, and it stays."""
+    names = {HYDRA_DIR, LOG_FILE, LOCK_FILE, SUMMARY_FILE}
+    if not run_dir.is_dir() or any(p.name not in names for p in run_dir.iterdir()):
+        return False
+    hydra_dir = run_dir / HYDRA_DIR
+    if hydra_dir.is_dir() and not hydra_dir.is_symlink():
+        for f in hydra_dir.iterdir():
+            if f.suffix != ".yaml":
+                return False
+        for f in hydra_dir.iterdir():
+            f.unlink()
+        hydra_dir.rmdir()
+    for name in names - {HYDRA_DIR}:
+        (run_dir / name).unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        return False
+    return True
+
+
 def _try_write_summary(run_dir: Path, error: str) -> None:
-    from initlab.app.study import versions
+    from initlab.app.study import job_overrides, versions
     from initlab.rundir.store import write_json
 
     try:
-        write_json(RunLayout(run_dir).summary, {"status": "failed", "error": error, "versions": versions()})
+        write_json(RunLayout(run_dir).summary, {"status": "failed", "error": error, "overrides": job_overrides(),
+                                                "versions": versions()})
     except OSError:  # the same full or read-only disk: the one-line error says it
         pass
 
@@ -145,6 +179,7 @@ def _report_stopped_sweep() -> None:
         return
     from initlab.report.build import build_sweep_report
 
+    sweep.release()
     undrawn = sweep.behind.abandon()
     if undrawn:  # their data is on disk; `sweep/{3,4,7}` is one shell word for several jobs
         where = str(undrawn[0]) if len(undrawn) == 1 else f"{sweep_dir}/{{{','.join(p.name for p in undrawn)}}}"

@@ -50,14 +50,27 @@ def check_overrides(args: list[str]) -> None:
     if "--shell-completion" in args or "-sc" in args:
         return
     candidates = [a for a in args if "=" in a and not a.startswith("-")]
-    try:
-        parsed = OverridesParser.create().parse_overrides(candidates)
-    except HydraException:
-        return  # Hydra says what is wrong with the syntax
+    parser = OverridesParser.create()
+    parsed = []
+    for arg in candidates:  # one at a time, to name the one that does not parse
+        try:
+            parsed += parser.parse_overrides([arg])
+        except HydraException as exc:
+            why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise InitlabError(f"{arg} cannot be read ({why}): check its brackets and quotes; values with "
+                               "spaces or special characters go in quotes, e.g. 'note=\"a b\"'") from None
     known = known_keys()
+    multirun = "-m" in args or "--multirun" in args or any(_sweeps_itself(o) for o in parsed)
     for o in parsed:
         key = o.key_or_group
-        if o.is_add() or o.is_force_add() or o.is_delete() or key.startswith("hydra") or key in known:
+        if o.is_add() or o.is_force_add() or o.is_delete() or key.startswith("hydra"):
+            continue
+        if key in group_options():
+            _check_option(o, key)
+        if o.is_sweep_override() and not multirun:
+            raise InitlabError(f"{o.input_line} gives several values, which is a sweep: add -m "
+                               f"(initlab -m {o.input_line})")
+        if key in known:
             continue
         parent, _, leaf = key.rpartition(".")
         siblings = sorted(k.rpartition(".")[2] for k in known if k.rpartition(".")[0] == parent and k != parent)
@@ -67,3 +80,36 @@ def check_overrides(args: list[str]) -> None:
         where = f"{parent} has: {', '.join(siblings)}" if parent in known and siblings else \
             "settings start with: " + ", ".join(sorted(k for k in known if "." not in k))
         raise InitlabError(f"{key} is not a setting: {hint}({where}; +{key}=... adds a new key)")
+
+
+@functools.cache
+def group_options() -> dict[str, tuple[str, ...]]:
+    """Each config group's options (conf/GROUP/NAME.yaml), by group."""
+    conf = files("initlab.conf")
+    return {g.name: tuple(sorted(f.name[:-5] for f in g.iterdir() if f.name.endswith(".yaml")))
+            for g in conf.iterdir() if g.is_dir() and g.name not in ("hydra", "__pycache__")}
+
+
+def _values(o: Any) -> list[str]:
+    """The option names an override asks for (`init=a,b` asks for two)."""
+    value = o.value()
+    items = getattr(value, "list", None)
+    return [str(v) for v in (items if items is not None else [value])]
+
+
+def _check_option(o: Any, group: str) -> None:
+    options = group_options()[group]
+    for name in _values(o):
+        if name in options or name == "null":
+            continue
+        near = difflib.get_close_matches(name, options, n=2, cutoff=0.6)
+        hint = f": did you mean {' or '.join(f'{group}={n}' for n in near)}?" if near else ""
+        raise InitlabError(f"{group}={name} is not one of the {group} options{hint} ({group} has: {', '.join(options)})")
+
+
+def _sweeps_itself(o: Any) -> bool:
+    """An experiment= whose file makes the run a sweep (hydra.mode: MULTIRUN)."""
+    if o.key_or_group != "experiment" or o.is_sweep_override():
+        return False
+    f = files("initlab.conf") / "experiment" / f"{o.value()}.yaml"
+    return f.is_file() and "MULTIRUN" in f.read_text()

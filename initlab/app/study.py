@@ -26,7 +26,7 @@ from initlab.app.config import norm_spec, validate
 from initlab.app.width import parametrised, run_coord
 from initlab.data import load_dataset
 from initlab.defaults import preset
-from initlab.devices import resolve_device
+from initlab.devices import check_fits, resolve_device
 from initlab.errors import ConfigError, Interrupted
 from initlab.init import apply_init
 from initlab.models import build_model
@@ -36,7 +36,8 @@ from initlab.probe import headline, probe
 from initlab.record.watcher import Watch
 from initlab.record.watcher import versions as _versions
 from initlab.rundir.layout import SUMMARY_FILE
-from initlab.rundir.store import claim, read_stats, release, write_json, write_probe, write_theory
+from initlab.rundir.lock import claim_run, release
+from initlab.rundir.store import read_stats, write_json, write_probe, write_theory
 from initlab.signals import signals_deferred
 from initlab.speedups.allocator import keep_freed_memory
 from initlab.telemetry import TelemetryConfig
@@ -50,6 +51,15 @@ def versions() -> dict[str, str]:
     import hydra
 
     return {**_versions(), "hydra": hydra.__version__}
+
+
+def job_overrides() -> list[str] | None:
+    """The command-line overrides of this run, as its summary records them: the sweep table's
+    labels come from here, not from .hydra/, which a later job in the same directory rewrites."""
+    try:
+        return list(HydraConfig.get().overrides.task)
+    except ValueError:  # no Hydra context (tests calling run_study directly)
+        return None
 
 
 def seed_everything(seed: int, cpu_only: bool = False) -> None:
@@ -117,7 +127,7 @@ def run_study(cfg: DictConfig, run_dir: Path, behind: Behind | None = None) -> d
     """Run one study into `run_dir`; returns the summary written to summary.json. `behind`:
     hand the figures (and report.html) to that worker instead of drawing them here."""
     t0 = time.perf_counter()
-    lock = claim(run_dir)  # before any work: a run owns its directory
+    lock = claim_run(run_dir)  # before any work: a run owns its directory
     try:
         return _run(cfg, run_dir, t0, behind)
     finally:
@@ -147,7 +157,7 @@ def _interrupted(run_dir: Path, stage: _Stage) -> dict[str, Any]:
     watch = stage.watch
     if watch is None:  # set-up: nothing recorded yet
         summary = {"status": "interrupted", "interrupted_during": stage.name, "steps_done": 0,
-                   "versions": versions()}
+                   "overrides": job_overrides(), "versions": versions()}
         write_json(run_dir / SUMMARY_FILE, summary)
         return summary
     if not watch.finished:
@@ -215,13 +225,21 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
         meta = {"config": {**OmegaConf.to_container(cfg, resolve=True), "norm": norm.as_dict()},
                 "versions": versions()}
         coord = run_coord(cfg, run_dir, mcfg, ocfg, build_at, batch0(), device, meta)
-        summary = {"status": "ok", "coord_check": coord, "device": str(device), "versions": versions(),
+        summary = {"status": "ok", "coord_check": coord, "device": str(device), "overrides": job_overrides(),
+                   "versions": versions(),
                    "timings": {"total_s": time.perf_counter() - t0}}
         write_json(run_dir / SUMMARY_FILE, summary)
         log.info("done    coordinate check: %s -> %s", ", ".join(f"{p}: {v['verdict']}" for p, v in
                                                               coord["verdict"].items()), run_dir)
         return summary
 
+    try:
+        with torch.device("meta"):  # shapes only: no memory, no random numbers drawn
+            shapes = build_model(mcfg["name"], mcfg, data.in_shape, data.num_classes, norm=norm)
+    except Exception:  # noqa: BLE001 - a builder that must compute: the real build says what is wrong
+        shapes = None
+    if shapes is not None:
+        check_fits(shapes, device)  # a width too large: one line, before the allocation fails
     model, init_report = make_model(cfg.seed)
     groups, param_info = parametrised(cfg, model, mcfg, ocfg, lambda at: build_at(at, init=False))
     info = describe(model, data.in_shape)
@@ -262,6 +280,7 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
     step_times = [r["step_time"] for r in result.rows]
     watch.status = result.status
     extra: dict[str, Any] = {
+        "overrides": job_overrides(),
         "steps_requested": cfg.train.steps,
         "steps_done": result.steps_done,
         "device": str(device),
@@ -349,10 +368,13 @@ def _probe(run_dir: Path, cfg: DictConfig, batch: tuple[torch.Tensor, torch.Tens
     seconds = time.perf_counter() - t0
     out = {**headline(per_draw), "path": how, "seconds": seconds}
     act = out.get("act_std_last_over_first")
+    said = ""
+    if act and "mean" in act:
+        said = f": activation std last/first layer {act['mean']:.3g} (sd {act['sd']:.2g}, {act['min']:.3g}..{act['max']:.3g})"
+    if act and act.get("nonfinite_draws"):  # a draw that diverged has no ratio: counted, not averaged
+        said += f"{',' if said else ':'} {act['nonfinite_draws']} of {len(draws)} draws non-finite"
     log.info("probe   %d draws (%d inits x %d seeds) in %.1f s (%s)%s", len(draws), len(inits), cfg.probe.seeds,
-             seconds, how,
-             f": activation std last/first layer {act['mean']:.3g} (sd {act['sd']:.2g}, "
-             f"{act['min']:.3g}..{act['max']:.3g})" if act else "")
+             seconds, how, said)
     return out
 
 

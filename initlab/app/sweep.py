@@ -7,6 +7,7 @@ the CLI's exit code and Ctrl-C message need and the pool that draws the jobs' fi
 the sweep (app/behind.py)."""
 
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from initlab.app.behind import Behind
+from initlab.errors import RunDirTaken
+from initlab.rundir.lock import claim_sweep, release
 
 log = logging.getLogger("initlab")
 
@@ -28,6 +31,11 @@ class SweepRun:
     failed: int = 0
     stopped_by: int | None = None  # the signal that stopped it (the joblib launcher sets it)
     behind: Behind = field(default_factory=Behind)  # the jobs' figures, drawn while the next jobs run
+    lock: Path | None = None  # the sweep owns its directory while it runs
+
+    def release(self) -> None:
+        release(self.lock)
+        self.lock = None
 
 
 _CURRENT = SweepRun()
@@ -56,7 +64,15 @@ class SweepReport(Callback):
     note on this process's `SweepRun` how many jobs failed, so `initlab -m` can exit non-zero."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        current().dir = Path(config.hydra.sweep.dir)  # for a sweep stopped before its end
+        """Claim the sweep directory before Hydra makes it: a second sweep into it (a reused
+        directory, or two started at once) is refused with one line and exit 2 before any job."""
+        sweep_dir = Path(config.hydra.sweep.dir)
+        try:
+            current().lock = claim_sweep(sweep_dir)
+        except RunDirTaken as exc:  # SystemExit passes through Hydra's error report: one line, not its listing
+            print(f"initlab: error: {exc}", file=sys.stderr)
+            sys.exit(2)
+        current().dir = sweep_dir  # for a sweep stopped before its end
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         import pandas as pd  # the report's imports: not for --help, --cfg or a single run
@@ -79,3 +95,5 @@ class SweepReport(Callback):
             _log_lr_optima(df)
         except Exception as exc:  # a report bug must not hide the jobs' own results
             log.error("sweep   report failed (%s); rebuild with `initlab-report %s`", exc, sweep_dir)
+        finally:
+            sweep.release()

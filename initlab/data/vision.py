@@ -118,6 +118,11 @@ def open_split(name: str, root: Path, train: bool, download: bool, transform: An
         if len(ds.data) != len(ds.targets):
             raise CorruptData(f"data={name}: the {'train' if train else 'test'} split under {where} has "
                               f"{len(ds.data)} images but {len(ds.targets)} labels")
+        labels = torch.as_tensor(ds.targets)
+        if len(labels) and (int(labels.min()) < 0 or int(labels.max()) >= len(ds.classes)):
+            raise CorruptData(f"data={name}: the {'train' if train else 'test'} split under {where} has labels "
+                              f"{int(labels.min())}..{int(labels.max())}, outside the {len(ds.classes)} classes "
+                              f"0..{len(ds.classes) - 1}: a corrupt labels file")
         return ds
     if not download:
         raise MissingData(

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
+import numbers
 import platform
 import time
 from collections import deque
@@ -29,9 +30,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from initlab.errors import InitlabError
+from initlab.errors import InitlabError, Interrupted
 from initlab.nn.hooks import hooked
-from initlab.rundir.store import LOSS_TAIL, RunStore, claim, read_stats, release
+from initlab.rundir.lock import claim_run, release
+from initlab.rundir.store import LOSS_TAIL, RunStore, read_stats
 from initlab.signals import signals_deferred
 from initlab.speedups.collector import paused
 from initlab.telemetry import Telemetry, TelemetryConfig, first_nonfinite
@@ -60,6 +62,11 @@ class Watch:
                  out: str | Path | None = None, telemetry: Any = "default", total_steps: int | None = None,
                  plots: bool = True, meta: Mapping[str, Any] | None = None, queued: bool = False,
                  cpu_path: CpuPath | None = None) -> None:
+        if any(p.is_meta for p in model.parameters()):
+            raise InitlabError("the model's parameters are on the meta device (shapes, no values): materialise it "
+                               "first, e.g. model.to_empty(device='cpu') and then initialise it")
+        if out is not None and Path(out).exists() and not Path(out).is_dir():
+            raise InitlabError(f"out={str(out)!r} is a file, not a directory: give a directory for the run")
         self.model, self.optimizer = model, optimizer
         self.cfg = TelemetryConfig.of(telemetry)
         self.schedule = self.cfg.schedule(total_steps)
@@ -73,7 +80,7 @@ class Watch:
         self.store: RunStore | None = None
         self._lock: Path | None = None
         if self.out is not None:
-            self._lock = claim(self.out)  # a run owns its directory: never two runs' files in one
+            self._lock = claim_run(self.out)  # a run owns its directory: never two runs' files in one
             self.store = RunStore(self.out, self.meta, flush_every=self.cfg.flush_every,
                                   flush_seconds=self.cfg.flush_seconds)
         self.collected: list[tuple[Columns, Columns | None]] = []  # out=None: every logged step's columns
@@ -95,6 +102,7 @@ class Watch:
         self._step_time = math.nan
         self._finishing = False  # finish() began (the block's exit must not run it again)
         self._finished = False  # summary.json is written
+        self._kinds: dict[str, str] = {}  # each w.log key: "number" or "text", fixed at its first value
 
     def _default_meta(self) -> dict[str, Any]:
         return {"config": {"model": {"name": type(self.model).__name__}, "telemetry": self.cfg.as_dict(),
@@ -115,7 +123,10 @@ class Watch:
     def step(self, step: int, force: bool = False) -> Iterator[bool]:
         """Around one optimizer step (forward, backward, optimizer.step()). On scheduled
         steps (or with `force`) hooks record it; yields whether it does."""
+        self._open("w.step()")
         self._flush_pending_stats()
+        if self.store is not None and self.store.due(len(self._pending_rows)):
+            self.flush()  # unlogged steps too: a SIGKILL loses at most `flush_seconds` of rows
         self._step = step
         logging_ = self.telemetry is not None and (force or self.schedule(step))
         self._logging, self._stepped = logging_, False
@@ -156,31 +167,31 @@ class Watch:
             self._stepped = True
 
     def _check_nonfinite(self, step: int, cols: Columns) -> None:
-        """Non-finite activations or gradients are a result: the run is `diverged` from here.
-        Where: the first non-finite activation in forward order, else the gradient where
-        the backward pass first went non-finite (the one nearest the output)."""
+        """A non-finite statistic of any kind is a result: the run is `diverged` from here.
+        Where: the first non-finite activation in forward order, else the gradient where the
+        backward pass first went non-finite (the one nearest the output), else the first weight,
+        weight gradient or update that did."""
         if self.diverged is not None:
             return
-        where, kind = first_nonfinite(cols, ("act",)), "act"
-        if where is None:
-            where, kind = first_nonfinite(cols, ("grad",), last=True), "grad"
-        if where is not None:
-            self.diverged = {"step": step, "loss": None, "layer": where[0], "layer_idx": where[1], "kind": kind}
+        for kinds, last in ((("act",), False), (("grad",), True), (("weight", "weight_grad", "update"), False)):
+            where = first_nonfinite(cols, kinds, last=last)
+            if where is not None:
+                kind = next(k for k in kinds if first_nonfinite(cols, (k,), last=last) == where)
+                self.diverged = {"step": step, "loss": None, "layer": where[0], "layer_idx": where[1], "kind": kind}
+                return
 
     # -- metrics -------------------------------------------------------------------------
     def log(self, step: int | None = None, **metrics: Any) -> None:
         """One metrics row for `step` (default: the last `step()`): numbers or 0-d tensors.
         Tensors are read in one transfer on logged steps (and every PENDING_METRICS rows),
         so an unlogged step costs the loop no device sync."""
+        self._open("w.log()")
         step = self._step if step is None else step
         if step is None:
             raise InitlabError("w.log() needs a step: call it after `with w.step(step):` or pass step=")
         row: dict[str, Any] = {"step": int(step)}
-        for k, v in metrics.items():
-            if isinstance(v, torch.Tensor) and v.numel() != 1:
-                raise InitlabError(f"w.log({k}=...) takes numbers or one-element tensors, not a tensor of "
-                                   f"shape {list(v.shape)}")
-            row[k] = v.detach() if isinstance(v, torch.Tensor) else v
+        for k, v in metrics.items():  # checked here, so one odd value never costs the rows buffered
+            row[k] = self._value(k, v)
         if "lr" not in row and self.optimizer is not None:
             row["lr"] = self.optimizer.param_groups[0]["lr"]
         if "step_time" not in row:
@@ -188,6 +199,36 @@ class Watch:
         self._pending_rows.append(row)
         if self._pending_stats is not None or len(self._pending_rows) >= PENDING_METRICS:
             self._read_pending()
+
+    def _value(self, key: str, v: Any) -> Any:
+        """A metric as stored: a real number becomes a float (an int beyond int64, a bool, a numpy
+        scalar alike), so a column keeps one type through the run; a string stays a string. A
+        key keeps the kind of value it started with."""
+        if v is None:
+            return None  # missing at this step
+        if hasattr(v, "item") and not isinstance(v, torch.Tensor) and getattr(v, "size", 1) == 1:
+            v = v.item()  # a numpy scalar
+        if isinstance(v, torch.Tensor):
+            if v.numel() != 1 or v.is_complex():
+                raise InitlabError(f"w.log({key}=...) takes real numbers or one-element real tensors, not a "
+                                   f"{'complex tensor' if v.is_complex() else f'tensor of shape {list(v.shape)}'}")
+            value: Any = v.detach()
+        elif isinstance(v, str):
+            value = v
+        elif isinstance(v, numbers.Real):
+            value = float(v)  # 10**30 and True alike: one float column
+        else:
+            raise InitlabError(f"w.log({key}=...) takes real numbers, one-element tensors or strings, "
+                               f"not {type(v).__name__} {v!r:.40}")
+        kind = "text" if isinstance(value, str) else "number"
+        if self._kinds.setdefault(key, kind) != kind:
+            raise InitlabError(f"w.log({key}=...) was logged as a {self._kinds[key]} before; a metric keeps one kind "
+                               "(log the other under another name)")
+        return value
+
+    def _open(self, what: str) -> None:
+        if self._finished:
+            raise InitlabError(f"{what} after the run finished: its directory is closed (start a new watch)")
 
     def _read_pending(self) -> None:
         """Turn the pending rows' tensors into numbers (one stack per device), then write them
@@ -243,6 +284,8 @@ class Watch:
 
     def flush(self) -> None:
         """Everything recorded so far to disk (metrics tensors read first)."""
+        if self._finished:
+            raise InitlabError("w.flush() after the run finished: everything was written then")
         if self._pending_rows:
             self._read_pending()
         with signals_deferred():
@@ -319,7 +362,7 @@ class Watch:
         if self._finishing:
             return
         if exc_type is not None:
-            if issubclass(exc_type, KeyboardInterrupt):
+            if issubclass(exc_type, (KeyboardInterrupt, Interrupted)):
                 self.status = "interrupted"
             else:
                 self.status = "failed"

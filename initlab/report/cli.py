@@ -16,6 +16,7 @@ from initlab.report.build import (
 )
 from initlab.report.html import write_html
 from initlab.rundir.layout import METRICS_DIR, SUMMARY_FILE
+from initlab.rundir.lock import in_use
 from initlab.rundir.store import bad_parts
 from initlab.rundir.sweep_table import is_sweep_dir
 
@@ -47,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         paths += latest
     if not paths:
         parser.error("give run directories or --latest DIR")
+    for path in paths:  # bad input: one line and exit 2, before any work
+        problem = (f"{path} does not exist" if not path.exists() else
+                   f"{path} is not a directory" if not path.is_dir() else
+                   f"{busy}; report it when that run ends" if (busy := in_use(path)) else None)
+        if problem:
+            print(f"initlab-report: error: {problem}", file=sys.stderr)
+            return 2
     if args.tensorboard is not None:  # the export, and with --html the page of what is already drawn
         failed = _tensorboard(paths, Path(args.tensorboard) if args.tensorboard else None)
         for path in paths if args.html else []:
@@ -55,28 +63,41 @@ def main(argv: list[str] | None = None) -> int:
         return failed
     failed = 0
     for path in paths:
-        if is_sweep_dir(path):
-            table, plots = build_sweep_report(path, args.layers or "weighted", args.format or "png")
-            for p in [table, *plots, *([write_html(path)] if args.html else [])]:
-                console.print(f"wrote {p}", markup=False)
-            continue
-        if not (path / SUMMARY_FILE).exists() and not (path / METRICS_DIR).exists():
-            print(f"initlab-report: error: {path} is not an initlab run directory "
-                  f"(no {SUMMARY_FILE} or {METRICS_DIR})", file=sys.stderr)
-            failed += 1
-            continue
-        for part, why in bad_parts(path).items():
-            print(f"initlab-report: warning: skipped unreadable part {part} ({why}); drawing the rest",
-                  file=sys.stderr)
         try:
-            made = report_run(path, args.layers, args.format)
-        except NothingToDraw as exc:
-            print(f"initlab-report: error: {exc}", file=sys.stderr)
+            failed += _report(path, args, console)
+        except OSError as exc:  # a full or read-only disk, a folder in the way: the files already there stay
+            print(f"initlab-report: error: cannot write the report of {path}: {exc.strerror or exc}"
+                  f"{f' ({exc.filename})' if exc.filename else ''}", file=sys.stderr)
             failed += 1
-            continue
-        for p in [*made, *([write_html(path)] if args.html else [])]:
-            console.print(f"wrote {p}", markup=False)
+        except ValueError as exc:  # a damaged summary.json or sweep table (json and pyarrow say ValueError)
+            print(f"initlab-report: error: cannot read {path}: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+                  file=sys.stderr)
+            failed += 1
     return 1 if failed else 0
+
+
+def _report(path: Path, args: argparse.Namespace, console: Console) -> int:
+    """One directory's figures (and page); 1 where there was nothing to draw."""
+    if is_sweep_dir(path):
+        table, plots = build_sweep_report(path, args.layers or "weighted", args.format or "png")
+        for p in [table, *plots, *([write_html(path)] if args.html else [])]:
+            console.print(f"wrote {p}", markup=False)
+        return 0
+    if not (path / SUMMARY_FILE).exists() and not (path / METRICS_DIR).exists():
+        print(f"initlab-report: error: {path} is not an initlab run directory "
+              f"(no {SUMMARY_FILE} or {METRICS_DIR})", file=sys.stderr)
+        return 1
+    for part, why in bad_parts(path).items():
+        print(f"initlab-report: warning: skipped unreadable part {part} ({why}); drawing the rest",
+              file=sys.stderr)
+    try:
+        made = report_run(path, args.layers, args.format)
+    except NothingToDraw as exc:
+        print(f"initlab-report: error: {exc}", file=sys.stderr)
+        return 1
+    for p in [*made, *([write_html(path)] if args.html else [])]:
+        console.print(f"wrote {p}", markup=False)
+    return 0
 
 
 def _tensorboard(paths: list[Path], logdir: Path | None) -> int:

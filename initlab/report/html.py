@@ -13,6 +13,7 @@ import pandas as pd
 
 from initlab.rundir.layout import REPORT_FILE, SUMMARY_FILE, SWEEP_FILE, RunLayout, SweepLayout
 from initlab.rundir.safe import inside, write_text
+from initlab.rundir.store import read_metadata
 
 STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
@@ -110,11 +111,13 @@ def run_html(run_dir: Path) -> str:
         about["diverged"] = ", ".join(f"{k}={v}" for k, v in summary["diverged"].items() if v is not None)
     if summary.get("error"):
         about["error"] = summary["error"]
+    if summary.get("overrides"):
+        about["overrides"] = " ".join(summary["overrides"])
     flags = summary.get("flags") or []
     flag_html = ("<table><tr><th>flag</th><th>what it means</th></tr>" + "".join(
         f"<tr><td>{html.escape(f['flag'])}</td><td>{html.escape(f['detail'])}</td></tr>" for f in flags)
         + "</table>") if flags else "<p>No flags: activations and gradients keep their scale, no dead layers.</p>"
-    config = summary.get("config") or {}
+    config = summary.get("config") or read_metadata(run_dir).get("config") or {}  # a CLI run's: in its parquet files
     sections = [("Run", _table(about)), ("Diagnosis", flag_html), ("Figures", _figures(RunLayout(run_dir).plots)),
                 ("Step 0, per layer", _step0_table(run_dir)), ("Init", _init_table(summary.get("init") or [])),
                 ("Files", _files(run_dir)), ("Timings", _table(summary.get("timings") or {}))]

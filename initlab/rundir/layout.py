@@ -16,6 +16,7 @@ LOCK_FILE = ".initlab.lock"  # the live owner of the directory
 PLOTS_DIR = "plots"  # figures
 REPORT_FILE = "report.html"  # one self-contained page
 HYDRA_DIR = ".hydra"  # Hydra's config.yaml and overrides.yaml
+LOG_FILE = "initlab.log"  # the run's log (Hydra's job log, named by hydra.job.name)
 # a sweep directory: one run directory per job, plus
 SWEEP_FILE = "sweep.parquet"  # one row per job
 MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of the sweep

@@ -9,9 +9,8 @@ resolved config and versions in its schema metadata under the key `initlab`.
 
 import json
 import math
-import os
-import socket
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,14 +18,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 
-from initlab.errors import RunDirTaken
 from initlab.rundir.layout import (
     COORD_FILE,
     HIST_DIR,
-    LOCK_FILE,
     METRICS_DIR,
     PROBE_FILE,
     STATS_DIR,
@@ -38,67 +34,6 @@ from initlab.rundir.safe import write_text
 META_KEY = b"initlab"
 METRICS_ROWS = 1000  # metric rows held in memory before a part is written, telemetry or not
 LOSS_TAIL = 50  # summary final.loss_avg: the training loss over the last this many steps (one minibatch is noise)
-
-
-def _holds_run(run_dir: Path) -> bool:
-    return (run_dir / SUMMARY_FILE).exists() or any(
-        any((run_dir / d).glob("*.parquet")) for d in (STATS_DIR, METRICS_DIR, HIST_DIR))
-
-
-def _owner(lock: Path) -> tuple[int, str] | None:
-    try:
-        pid, host = lock.read_text().split()[:2]
-        return int(pid), host
-    except (OSError, ValueError):
-        return None
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def claim(run_dir: Path) -> Path:
-    """Make `run_dir` this process's for one run: refused (RunDirTaken) if it already holds a
-    run's files or another live process holds its lock; a stale lock (its process gone) is
-    taken over. Returns the lock file, removed by `release`."""
-    run_dir = Path(run_dir)
-    if _holds_run(run_dir):
-        raise RunDirTaken(f"{run_dir} already holds a run: a run owns its directory, so choose another "
-                          "(e.g. hydra.run.dir=..., or a new `out`) or remove that one")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    lock = run_dir / LOCK_FILE
-    for _ in range(3):
-        try:
-            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-        except FileExistsError:
-            owner = _owner(lock)
-            if owner is not None and owner[0] == os.getpid() and owner[1] == socket.gethostname():
-                return lock  # this process holds it already (the CLI claims before its watch does)
-            if owner is not None and owner[1] == socket.gethostname() and _alive(owner[0]):
-                raise RunDirTaken(f"{run_dir} is in use by a running initlab (pid {owner[0]}): a run owns "
-                                  "its directory, so choose another") from None
-            if owner is None and time.time() - lock.stat().st_mtime < 5:  # being written right now
-                time.sleep(0.2)
-                continue
-            lock.unlink(missing_ok=True)  # stale: its process is gone
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()} {socket.gethostname()}\n")
-        return lock
-    raise RunDirTaken(f"{run_dir} is in use by another initlab: a run owns its directory, so choose another")
-
-
-def release(lock: Path | None) -> None:
-    if lock is not None:
-        owner = _owner(lock)
-        if owner is not None and owner[0] == os.getpid():
-            lock.unlink(missing_ok=True)
 
 
 def _jsonable(obj: Any) -> Any:
@@ -149,6 +84,12 @@ class RunStore:
         self.max_buffered = max(self.max_buffered, len(self._stats))
         if len(self._stats) >= self.flush_every:
             self.flush()
+
+    def due(self, waiting: int = 0) -> bool:
+        """Whether `flush_seconds` have passed since the last flush with something to write
+        (`waiting`: rows the caller still holds): checked on every step, logged or not."""
+        return bool(self._stats or self._metrics or waiting) and \
+            time.monotonic() - self._last_flush >= self.flush_seconds
 
     def tick(self) -> None:
         """At a whole-step boundary: flush when `flush_seconds` have passed since the last
@@ -247,8 +188,12 @@ class RunData:
     coord: pd.DataFrame = field(default_factory=pd.DataFrame)  # experiment=coord_check's rows (empty otherwise)
 
 
+def _what(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+
+
 def readable_parts(path: Path) -> tuple[list[Path], dict[str, str]]:
-    """A folder's part files that parquet can open, and {file: what is wrong} for the rest
+    """A folder's part files whose footer parquet can open, and {file: what is wrong} for the rest
     (a part torn by a crash or a disk fault is named, never allowed to sink the run)."""
     good, bad = [], {}
     for f in sorted(path.glob("*.parquet")) if path.exists() else []:
@@ -256,18 +201,25 @@ def readable_parts(path: Path) -> tuple[list[Path], dict[str, str]]:
             pq.ParquetFile(f).close()
             good.append(f)
         except (pa.ArrowException, OSError) as exc:
-            bad[str(f)] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+            bad[str(f)] = _what(exc)
     return good, bad
 
 
 def _read_parts(path: Path) -> pd.DataFrame:
-    """A folder's readable parts as one table; parts whose columns differ (a user's `w.log`
-    keys that appear later in a run) are read under the union of their schemas."""
+    """A folder's readable parts as one table. Each part is read whole on its own, so one whose
+    pages are damaged behind an intact footer is skipped with a warning naming it, and the rest
+    load; parts whose columns differ (a user's `w.log` keys that appear later in a run) are
+    read under the union of their schemas."""
     files, _ = readable_parts(path)
-    if not files:
+    tables = []
+    for f in files:
+        try:
+            tables.append(pq.read_table(f))
+        except (pa.ArrowException, OSError) as exc:
+            warnings.warn(f"skipped an unreadable part {f} ({_what(exc)}); the other parts are loaded", stacklevel=3)
+    if not tables:
         return pd.DataFrame()
-    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
-    return ds.dataset([str(f) for f in files], schema=schema, format="parquet").to_table().to_pandas()
+    return pa.concat_tables(tables, promote_options="permissive").to_pandas()
 
 
 def bad_parts(run_dir: Path) -> dict[str, str]:

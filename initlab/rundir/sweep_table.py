@@ -25,11 +25,16 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
     return sorted(dirs, key=lambda d: (len(d.parts), int(d.name) if d.name.isdigit() else 0, d.name))
 
 
-def overrides(job_dir: Path) -> dict[str, Any]:
-    """A job's command-line overrides as typed values ('bn=true' -> {'bn': True}), read with
-    Hydra's own override parser (it writes 'cuda:7' as 'cuda\\:7')."""
-    items = yaml.safe_load((job_dir / HYDRA_DIR / "overrides.yaml").read_text()) or []
-    parsed = OverridesParser.create().parse_overrides(items)
+def asked(job_dir: Path) -> list[str]:
+    """The overrides Hydra gave the job (.hydra/overrides.yaml)."""
+    return [str(o) for o in yaml.safe_load((job_dir / HYDRA_DIR / "overrides.yaml").read_text()) or []]
+
+
+def overrides(job_dir: Path, items: list[str] | None = None) -> dict[str, Any]:
+    """A job's command-line overrides (`items`, default: what Hydra gave it) as typed values
+    ('bn=true' -> {'bn': True}), read with Hydra's own override parser (it writes 'cuda:7' as
+    'cuda\\:7')."""
+    parsed = OverridesParser.create().parse_overrides(asked(job_dir) if items is None else items)
     return {o.key_or_group: o.value() for o in parsed if not o.is_delete()}
 
 
@@ -53,8 +58,19 @@ def _layer_summaries(job_dir: Path) -> dict[str, float]:
 
 
 def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
+    """One job's row: its labels are what the sweep asked of it; its numbers are read only where
+    the run in its directory recorded those same overrides (a refused job is a failed job, never
+    another run's numbers under its labels)."""
     summary_path = job_dir / SUMMARY_FILE
-    summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"status": "missing"}
+    try:
+        summary = json.loads(summary_path.read_text()) if summary_path.exists() else {"status": "missing"}
+    except (ValueError, OSError) as exc:  # torn or unreadable: the job's verdict is unknown, the sweep's table stands
+        summary = {"status": "failed", "error": f"{SUMMARY_FILE} unreadable ({type(exc).__name__})"}
+    given, recorded = asked(job_dir), summary.get("overrides")
+    theirs = recorded is not None and recorded != given
+    if theirs:
+        summary = {"status": "failed", "error": "the job's directory holds another run's files (that run's "
+                   f"overrides: {' '.join(recorded) or 'none'}); its own results are not there"}
     final = summary.get("final") or {}
     diverged = summary.get("diverged") or {}
     row: dict[str, Any] = {
@@ -68,9 +84,9 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     }
     for f in summary.get("flags") or []:
         row[f"flag_{f['flag']}"] = True
-    for key, value in overrides(job_dir).items():
-        row[key] = value
-    row.update(_layer_summaries(job_dir))
+    row.update(overrides(job_dir, given))
+    if not theirs:
+        row.update(_layer_summaries(job_dir))
     return row
 
 

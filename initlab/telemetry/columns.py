@@ -85,13 +85,27 @@ def hist_columns(cols: Columns, hist_rows: Sequence[int], counts: np.ndarray, sp
     }
 
 
+def nonfinite_rows(cols: Columns) -> np.ndarray:
+    """Rows whose tensor went non-finite: NaN or inf elements, or a statistic that overflowed
+    (finite values whose mean or norm is inf). A row of zero elements is not non-finite (its mean
+    is undefined, not a divergence), nor is one element's undefined unbiased std."""
+    numel = cols["numel"]
+    with np.errstate(invalid="ignore"):
+        bad = cols["nonfinite"] != 0
+        bad |= (numel > 0) & ~np.isfinite(cols["mean"])
+        for name in ("std", "norm"):
+            if name in cols:
+                bad |= (numel > 1) & ~np.isfinite(cols[name])
+    return bad
+
+
 def first_nonfinite(cols: Columns | None, kinds: tuple[str, ...] = ("act",), last: bool = False
                     ) -> tuple[str, int] | None:
-    """(layer, layer_idx) of the earliest row of `kinds` in forward order holding a NaN or inf
+    """(layer, layer_idx) of the earliest row of `kinds` in forward order that went non-finite
     (`last`: the latest, i.e. for gradients where the backward pass first went non-finite)."""
     if cols is None:
         return None
-    mask = np.isin(cols["kind"], kinds) & (cols["nonfinite"] != 0)
+    mask = np.isin(cols["kind"], kinds) & nonfinite_rows(cols)
     if not mask.any():
         return None
     pick = np.argmax if last else np.argmin
