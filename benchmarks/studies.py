@@ -41,6 +41,7 @@ class Study:
     seeds: bool = True  # compared on training outcomes: run over SEEDS (False: step 0 only, or the config sweeps seed)
     figure: str = "step0_std_overlay"  # the sweep figure the docs show (docs/figures/NAME.png)
     width: bool = False  # a width study: headline lines of its own, not rows of the table
+    precision: bool = False  # a precision study: the table's rows, and lines on each arm's gradient underflow
 
 
 STUDIES = [
@@ -60,6 +61,8 @@ STUDIES = [
     # width (docs/width.md): the coordinate check (one run) and learning-rate transfer (a sweep, one seed)
     Study("coord_check", (), seeds=False, figure="coord_check", width=True),
     Study("lr_transfer", ("param", "model.width", "optim.lr"), seeds=False, figure="lr_transfer", width=True),
+    # precision (docs/precision.md): fp32, bf16 and fp16 with and without loss scaling
+    Study("loss_scaling", ("precision", "precision.loss_scale"), figure="loss_curves", precision=True),
 ]
 
 
@@ -84,6 +87,7 @@ def run_study(study: Study, out: Path, figures: bool = False) -> pd.DataFrame:
         df = pd.read_parquet(out / "sweep.parquet")
         df["summary"] = [json.loads((out / p / "summary.json").read_text()) for p in df["path"]]
     df.attrs["wall_s"] = time.perf_counter() - t0
+    df.attrs["dir"] = out
     return df
 
 
@@ -106,6 +110,32 @@ def width_lines(study: Study, df: pd.DataFrame) -> list[str]:
             + ", ".join(f"{w}: {r:.3g}" for w, r in zip(g["width"], g["best_lr"]))
             + f"; the optimum moves {int(g['shift'].iloc[-1]):+d} grid steps from the smallest to the largest width"
             for p, g in optima.groupby("param", sort=False)]
+
+
+def precision_lines(study: Study, df: pd.DataFrame) -> list[str]:
+    """Per arm: the first layer's gradient (dLoss/d output of the first Linear) at step 0, exactly
+    zero as recorded and what fp16 would flush of it (fp32 and bf16 runs), and the scaler's
+    skipped steps and final scale; medians over the seeds."""
+    import initlab
+
+    out = []
+    for key, rows in df.groupby(list(study.arms), sort=False):
+        zeros, flushed = [], []
+        for path in rows["path"]:
+            stats = initlab.load_run(df.attrs["dir"] / path).stats
+            g = stats[(stats["kind"] == "grad") & (stats["module_type"] == "Linear") & (stats["step"] == 0)]
+            first = g.sort_values("layer_idx").iloc[0]
+            zeros.append(first["zero_frac"])
+            flushed.append(first["fp16_zero"])
+        prec = [s["precision"] for s in rows["summary"]]
+        held = rows["summary"].iloc[0]["precision"]["name"] == "fp16"
+        out.append(f"`{study.name}` {arm_label(study, key)} ({len(rows)} seeds): the first layer's gradient at step 0 "
+                   f"is {pd.Series(zeros).median():.0%} exactly zero"
+                   + ("" if held else f", and fp16 would flush {pd.Series(flushed).median():.0%} of its non-zero values")
+                   + f"; skipped steps {spread(pd.Series([p['skipped_steps'] for p in prec], dtype=float))}"
+                   + (f", final scale {spread(pd.Series([p['final_scale'] for p in prec], dtype=float))}"
+                      if prec[0]["final_scale"] is not None else ""))
+    return out
 
 
 def spread(values: pd.Series, digits: int = 3) -> str:
@@ -183,6 +213,11 @@ def commit() -> str:
     return head + ("+dirty" if dirty else "")
 
 
+def _is_ordering(line: str) -> bool:
+    """An ordering line (`verdicts`), not a precision study's per-arm line."""
+    return "): training loss" in line
+
+
 def render(tables: Table, fresh: list[str] | None = None) -> str:
     """The table; `fresh`: the studies this run re-ran (None: all of them)."""
     commits = {tables[n][3] for n in tables}
@@ -197,10 +232,15 @@ def render(tables: Table, fresh: list[str] | None = None) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in tables[name][0]]
     lines += ["", "Orderings (by median; `<` where the seed ranges separate, `≈` where they overlap: no "
               "difference at this budget):", ""]
-    lines += [f"- {v}" for name in tables if name not in width for v in tables[name][1]] or ["- none run over seeds"]
+    lines += [f"- {v}" for name in tables if name not in width for v in tables[name][1] if _is_ordering(v)] \
+        or ["- none run over seeds"]
     if width & set(tables):
         lines += ["", "Width (docs/width.md):", ""]
         lines += [f"- {v}" for name in tables if name in width for v in tables[name][1]]
+    precision = {s.name for s in STUDIES if s.precision}
+    if precision & set(tables):
+        lines += ["", "Precision (docs/precision.md):", ""]
+        lines += [f"- {v}" for name in tables if name in precision for v in tables[name][1] if not _is_ordering(v)]
     lines += ["", "Wall time per study (start-up included, plots off) and the commit it ran at: "
               + ", ".join(f"{name} {tables[name][2]:.0f} s ({tables[name][3]})" for name in tables), ""]
     return "\n".join(lines)
@@ -259,7 +299,8 @@ def main() -> None:
             if study.width:
                 tables[study.name] = ([], width_lines(study, df), df.attrs["wall_s"], at)
             else:
-                tables[study.name] = (rows_of(study, df), verdicts(study, df), df.attrs["wall_s"], at)
+                lines = verdicts(study, df) + (precision_lines(study, df) if study.precision else [])
+                tables[study.name] = (rows_of(study, df), lines, df.attrs["wall_s"], at)
     partial = [s.name for s in chosen] if args.names and set(tables) - set(args.names) else None
     text = render(tables, partial)
     RESULTS.mkdir(exist_ok=True)

@@ -20,6 +20,7 @@ DEFAULTS = {
     "dead_frac": 0.9,           # an activation layer with more dead/saturated elements
     "update_ratio_low": 1e-5,   # median update:data ratio of weights below this
     "update_ratio_high": 1e-1,  # ... above this
+    "underflow": 0.01,          # a layer's gradients flushed to zero in the run's format above this fraction
 }
 
 
@@ -90,4 +91,30 @@ def diagnose(stats: pd.DataFrame, summary: Mapping[str, Any], thresholds: Mappin
             flags.append({"flag": "update_ratio", "detail": f"median update:data ratio {med:.2g} is outside "
                           f"[{t['update_ratio_low']:g}, {t['update_ratio_high']:g}] (about 1e-3 is healthy)",
                           "ratio": med})
+    underflow = _grad_underflow(stats, summary, t["underflow"])
+    if underflow is not None:
+        flags.append(underflow)
     return flags
+
+
+def _grad_underflow(stats: pd.DataFrame, summary: Mapping[str, Any], threshold: float) -> dict | None:
+    """Layers whose gradients (dLoss/d output) would lose more than `threshold` of their non-zero
+    values to zero in the first of telemetry.formats they are not already held in: the median
+    over the logged steps, so one odd step does not fire it."""
+    held_in = (summary.get("precision") or {}).get("name")
+    # what-ifs only: gradients already held in the run's format have lost what they lose (zero_frac)
+    zero_cols = [c for c in stats.columns if c.endswith("_zero") and c != "zero_frac" and c != f"{held_in}_zero"]
+    if not zero_cols:
+        return None
+    col = zero_cols[0]
+    grads = stats[stats["kind"] == "grad"]
+    lost = grads.groupby("layer", sort=False)[col].median().dropna()
+    lost = lost[lost > threshold].sort_values(ascending=False)
+    if lost.empty:
+        return None
+    fmt = col.removesuffix("_zero")
+    where = ", ".join(f"{layer} ({v:.1%})" for layer, v in lost.head(5).items())
+    return {"flag": "grad_underflow", "detail": f"{len(lost)} layer(s) would lose more than {threshold:.0%} of their gradient "
+            f"values to zero in {fmt}: {where}. Loss scaling (precision=fp16 precision.loss_scale=dynamic), an init "
+            "that keeps the gradients' scale (init=kaiming) or a norm helps", "format": fmt,
+            "layers": lost.index.tolist(), "fractions": lost.round(6).tolist()}

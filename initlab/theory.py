@@ -9,7 +9,7 @@ InstanceNorm) resets the scale to its gamma and beta, RMSNorm the mean square to
 Dropout(p) scales E[x^2] by 1/(1-p). Backward, from the measured gradient at the network's
 output: Linear/Conv give E[g^2] * fan_out * Var(W) (fan_out per input element: out
 channels * kernel area / stride^2), an activation E[phi'(h)^2], a norm gamma^2 / Var(input)
-(RMSNorm: / E[input^2]; the mean subtraction's small projection is ignored).
+(RMSNorm: / E[input^2]; the mean subtraction's small projection is ignored); BatchNorm's backward, which runs through its batch statistics, is not predicted.
 Modules with no closed form (pooling) re-anchor on the measured statistics and get no
 prediction. Residual networks are not predicted (their branches do not form one chain).
 Reads the model once at init; never imports the telemetry.
@@ -26,7 +26,7 @@ from torch import nn
 
 from initlab.nn import acts
 from initlab.nn.hooks import hooked
-from initlab.nn.kinds import NORMS, RMS_NORMS, WEIGHTED, is_leaf
+from initlab.nn.kinds import BATCH_NORMS, NORMS, RMS_NORMS, WEIGHTED, is_leaf
 
 _X, _W = np.polynomial.hermite.hermgauss(96)
 _W = _W / math.sqrt(math.pi)
@@ -44,7 +44,7 @@ class LayerSpec:
     """What the theory needs of one tracked module, read at init."""
 
     name: str
-    kind: str  # weighted | act | norm | rms | dropout | other
+    kind: str  # weighted | act | norm | batchnorm | rms | dropout | other
     w_var: float = 0.0
     fan_in: float = 0.0
     fan_out: float = 0.0
@@ -146,7 +146,9 @@ def layer_specs(model: nn.Module, in_shape: Sequence[int] | None = None) -> dict
             weight, bias = getattr(m, "weight", None), getattr(m, "bias", None)
             g = weight.detach().double() if weight is not None else torch.ones(1, dtype=torch.float64)
             bb = bias.detach().double() if bias is not None else torch.zeros(1, dtype=torch.float64)
-            kind = "rms" if isinstance(m, RMS_NORMS) else "norm"
+            # BatchNorm's backward runs through its batch statistics, which the chain rule here leaves
+            # out: its gradients are not predicted (the measured ones re-anchor the layers below)
+            kind = "rms" if isinstance(m, RMS_NORMS) else "batchnorm" if isinstance(m, BATCH_NORMS) else "norm"
             specs[name] = LayerSpec(name, kind, gamma2=float((g * g).mean()), beta_mean=float(bb.mean()),
                                     beta_var=float(bb.var(correction=0)))
         elif isinstance(m, nn.Dropout):
@@ -182,7 +184,7 @@ def predict(specs: dict[str, LayerSpec] | None, step0: pd.DataFrame, input_mean:
         elif spec.kind == "act":
             mean, m2_out = gaussian_moments(spec.fns[0], in_mean, in_var)
             var = m2_out - mean * mean
-        elif spec.kind == "norm":
+        elif spec.kind in ("norm", "batchnorm"):
             mean, var = spec.beta_mean, spec.gamma2 + spec.beta_var
         elif spec.kind == "rms":  # x / rms(x) * gamma: mean square gamma^2, the mean scaled alike
             mean = in_mean / math.sqrt(max(m2, 1e-30)) * math.sqrt(spec.gamma2)
@@ -203,7 +205,7 @@ def predict(specs: dict[str, LayerSpec] | None, step0: pd.DataFrame, input_mean:
             in_mean, in_var = states[i][0], states[i][1]
             below = order[i - 1].layer_idx
             predicted = True
-            if spec is None or spec.kind == "other":
+            if spec is None or spec.kind in ("other", "batchnorm"):
                 measured = grads.loc[below] if below in grads.index else None
                 g2 = float(measured["std"]) ** 2 + float(measured["mean"]) ** 2 if measured is not None else math.nan
                 predicted = False

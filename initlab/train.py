@@ -9,17 +9,26 @@ here once.
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from torch import nn
 
 from initlab.data.base import DeviceDataset
 from initlab.devices import synchronize
 from initlab.errors import Diverged, Interrupted
+from initlab.precision import Precision
 from initlab.record.watcher import Watch
 from initlab.registry import Registry
 from initlab.signals import SIGNALLED
@@ -70,27 +79,38 @@ class Callback:
 
     def on_fit_start(self, total: int) -> None: ...
     def on_step_end(self, step: int, row: dict[str, Any]) -> None: ...
+    def on_eval_start(self, step: int) -> None: ...
     def on_fit_end(self, result: "FitResult") -> None: ...
 
 
 class ProgressBar(Callback):
-    """rich progress: step, loss, samples/s."""
+    """rich progress: step, loss, samples/s (smoothed: the first steps' warm-up does not swing
+    it), time left, and what runs when it is not a training step (the held-out evaluation)."""
+
+    SMOOTHING = 0.1  # weight of the newest step in the moving average of step times
 
     def __init__(self, batch_size: int) -> None:
         self.batch_size = batch_size
+        self.step_time: float | None = None
         self.progress = Progress(
-            TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("[bold]{task.fields[phase]}"), BarColumn(), MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}"), TextColumn("{task.fields[rate]} samples/s"),
-            TimeElapsedColumn(), transient=False,
+            TimeElapsedColumn(), TextColumn("left"), TimeRemainingColumn(), transient=False,
         )
 
     def on_fit_start(self, total: int) -> None:
         self.progress.start()
-        self.task = self.progress.add_task("train", total=total, loss="-", rate="-")
+        self.task = self.progress.add_task("train", total=total, loss="-", rate="-", phase="train")
+
+    def on_eval_start(self, step: int) -> None:
+        self.progress.update(self.task, phase="held-out eval")
 
     def on_step_end(self, step: int, row: dict[str, Any]) -> None:
-        rate = self.batch_size / row["step_time"] if row["step_time"] > 0 else float("inf")
-        self.progress.update(self.task, advance=1, loss=f"{row['loss']:.4g}", rate=f"{rate:,.0f}")
+        t = row["step_time"]
+        if step > 0 and t > 0:  # step 0 pays the warm-up (allocations, kernels): not a rate
+            self.step_time = t if self.step_time is None else (1 - self.SMOOTHING) * self.step_time + self.SMOOTHING * t
+        rate = f"{self.batch_size / self.step_time:,.0f}" if self.step_time else "-"
+        self.progress.update(self.task, advance=1, loss=f"{row['loss']:.4g}", rate=rate, phase="train")
 
     def on_fit_end(self, result: "FitResult") -> None:
         self.progress.stop()
@@ -106,14 +126,16 @@ class FitResult:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int) -> tuple[float, float]:
-    """Held-out loss and accuracy (eval mode, restored after)."""
+def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int, precision: Precision | None = None
+             ) -> tuple[float, float]:
+    """Held-out loss and accuracy (eval mode, restored after), in the run's precision."""
     was_training = model.training
     model.eval()
     total = torch.zeros(2, device=data.device, dtype=torch.float64)
     for x, y in data.val_batches(batch_size):
-        logits = model(x)
-        total[0] += F.cross_entropy(logits, y, reduction="sum")
+        with precision.autocast() if precision is not None else nullcontext():
+            logits = model(x)
+        total[0] += F.cross_entropy(logits.float(), y, reduction="sum")
         total[1] += (logits.argmax(1) == y).sum()
     model.train(was_training)
     loss_sum, correct = total.tolist()
@@ -123,10 +145,15 @@ def evaluate(model: nn.Module, data: DeviceDataset, batch_size: int) -> tuple[fl
     return loss_sum / n, correct / n
 
 
-def forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    logits = model(x)  # (B, classes)
-    loss = F.cross_entropy(logits, y)
-    loss.backward()
+def forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precision: Precision | None = None
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    with precision.autocast() if precision is not None else nullcontext():
+        logits = model(x)  # (B, classes)
+        loss = F.cross_entropy(logits, y)  # autocast computes it in float32
+    if precision is not None:
+        precision.backward(loss)  # scaled by the loss scale, if any
+    else:
+        loss.backward()
     acc = (logits.argmax(1) == y).float().mean()
     acc = torch.where(torch.isfinite(logits).all(), acc, torch.nan)  # no accuracy from non-finite logits
     return loss.detach(), acc
@@ -141,10 +168,12 @@ def fit(
     seed: int,
     callbacks: Sequence[Callback] = (),
     scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    precision: Precision | None = None,
 ) -> FitResult:
     """Train for `train_cfg['steps']` updates; steps=0 is the probe (one forward+backward).
     `watch` records the scheduled steps and every metrics row (`lr`: the step's own);
-    `scheduler` steps after each update."""
+    `scheduler` steps after each update; `precision`: autocast and loss scaling (the rows then
+    carry `loss_scale` and `skipped`, a step the scaler skipped for inf/NaN gradients)."""
     steps, bs = int(train_cfg["steps"]), int(train_cfg["batch_size"])
     eval_every, stop_on_nonfinite = int(train_cfg["eval_every"]), bool(train_cfg["stop_on_nonfinite"])
     n_iter = max(steps, 1)
@@ -162,17 +191,25 @@ def fit(
             x, y = next(batches)
             synchronize(device)
             t0 = time.perf_counter()
+            skipped, scale = False, precision.scale if precision is not None else None  # the scale this step uses
             with watch.step(step):
                 optimizer.zero_grad(set_to_none=True)
-                loss, acc = forward_backward(model, x, y)
+                loss, acc = forward_backward(model, x, y, precision)
                 loss_v, acc_v = torch.stack([loss, acc]).tolist()  # the step's one sync for metrics
                 finite = math.isfinite(loss_v)
                 if steps > 0 and (finite or not stop_on_nonfinite):
-                    optimizer.step()
+                    if precision is not None:
+                        skipped = precision.step(optimizer)
+                    else:
+                        optimizer.step()
+                    if skipped:
+                        watch.step_skipped()  # its inf/NaN gradients are the scaler's business, not a divergence
             synchronize(device)
             row = {"step": step, "loss": loss_v, "accuracy": acc_v,
                    "lr": optimizer.param_groups[0]["lr"], "step_time": time.perf_counter() - t0,
                    "val_loss": math.nan, "val_accuracy": math.nan}  # fixed columns: parts share a schema
+            if precision is not None and precision.scaler is not None:
+                row.update(loss_scale=scale, skipped=float(skipped))
             if scheduler is not None and steps > 0:
                 scheduler.step()  # the next step's lr; this row keeps the one this step used
             if not finite and stop_on_nonfinite:
@@ -180,12 +217,14 @@ def fit(
                     # The step was not scheduled: look again (weights unchanged) to find the layer.
                     with watch.step(step, force=True):
                         optimizer.zero_grad(set_to_none=True)
-                        forward_backward(model, x, y)
+                        forward_backward(model, x, y, precision)
                 result.rows.append(row)
                 watch.log(**row)
                 raise Diverged(step, loss_v) from None
             if data.n_val and ((eval_every and (step + 1) % eval_every == 0) or step == last):
-                row["val_loss"], row["val_accuracy"] = evaluate(model, data, bs)
+                for cb in callbacks:
+                    cb.on_eval_start(step)
+                row["val_loss"], row["val_accuracy"] = evaluate(model, data, bs, precision)
             result.rows.append(row)
             watch.log(**row)
             for cb in callbacks:

@@ -19,6 +19,7 @@ from omegaconf import DictConfig
 from initlab.app.help import help_text, wants_help
 from initlab.app.keys import check_overrides
 from initlab.app.launchers import make_discoverable
+from initlab.app.naming import register as register_run_name
 from initlab.app.sweep import current
 from initlab.errors import InitlabError, Interrupted, RunDirTaken
 from initlab.rundir.layout import (
@@ -40,6 +41,7 @@ EXIT_INTERRUPTED = 130
 # Hydra warns on every run that such a same-name merge is deprecated (it holds through 1.3).
 warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema")
 make_discoverable()
+register_run_name()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://initlab.conf", config_name="config")

@@ -198,6 +198,14 @@ def validate(cfg: DictConfig) -> None:
     modules = get_value(cfg, "telemetry.modules")
     if modules is not MISSING and not (isinstance(modules, list) and all(isinstance(m, str) for m in modules)):
         raise ConfigError("telemetry.modules", modules, 'expected a list of class or module-name patterns, e.g. [Conv2d,"features.*"]')
+    formats = get_value(cfg, "telemetry.formats")
+    if formats is not MISSING and not (isinstance(formats, list) and all(isinstance(f, str) for f in formats)):
+        raise ConfigError("telemetry.formats", formats, "expected a list of format names, e.g. [fp16,bf16,e4m3,e5m2]")
+    if formats is not MISSING:
+        from initlab.telemetry.formats import formats_of
+
+        formats_of(formats)  # names it knows, or one line
+    _check_precision(cfg)
     check_bool(cfg, "telemetry.hist.enabled")
     check_num(cfg, "telemetry.hist.min_abs", 0.0, strict=True)
     check_num(cfg, "telemetry.hist.max_abs", 0.0, strict=True)
@@ -215,6 +223,19 @@ def validate(cfg: DictConfig) -> None:
     # width: param and the coordinate check
     _check_width(cfg)
     # diagnose: thresholds
-    for key in ("vanishing_ratio", "exploding_ratio", "dead_frac", "update_ratio_low", "update_ratio_high"):
+    for key in ("vanishing_ratio", "exploding_ratio", "dead_frac", "update_ratio_low", "update_ratio_high", "underflow"):
         check_num(cfg, f"diagnose.{key}", 0.0, strict=True)
     check_num(cfg, "telemetry.flush_seconds", 0.0, strict=True)
+
+
+def _check_precision(cfg: DictConfig) -> None:
+    from initlab.precision import DTYPES
+
+    check_choice(cfg, "precision.name", DTYPES)
+    scale = get_value(cfg, "precision.loss_scale")
+    if scale is not MISSING and scale not in (None, "none", "dynamic") and not (is_num(scale) and scale > 0):
+        raise ConfigError("precision.loss_scale", scale, "expected none, dynamic or a number > 0 (a fixed scale)")
+    check_num(cfg, "precision.init_scale", 0.0, strict=True)
+    check_num(cfg, "precision.growth_factor", 1.0, strict=True)
+    check_num(cfg, "precision.backoff_factor", 0.0, strict=True, hi=1.0)
+    check_int(cfg, "precision.growth_interval", 1)

@@ -11,6 +11,7 @@ import random
 import resource
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from initlab.init import apply_init
 from initlab.models import build_model
 from initlab.models.external import EXTERNAL
 from initlab.models.summary import describe
+from initlab.precision import FORMAT, precision_of
 from initlab.probe import headline, probe
 from initlab.record.watcher import Watch
 from initlab.record.watcher import versions as _versions
@@ -185,6 +187,7 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
     configure_threads(cfg.threads)
     keep_freed_memory()  # before the first large tensor: see allocator.py
     device = job_device(cfg.device)
+    precision = precision_of(OmegaConf.to_container(cfg.precision, resolve=True), device)  # one line if it cannot run
     seed_everything(cfg.seed)
     data = load_dataset(OmegaConf.to_container(cfg.data, resolve=True), device, cfg.seed)
     if data.n_train is not None and data.n_train < cfg.train.batch_size:
@@ -246,12 +249,15 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
     specs = layer_specs(model, data.in_shape)  # the theory overlay reads the weights as initialised
     model.to(device)
     label = mcfg["name"] if mcfg["name"] not in EXTERNAL else mcfg.get("arch") or mcfg.get("_target_")
-    Console(stderr=True).print(info.table(f"{label} (norm={norm.name})" if mcfg["name"] not in EXTERNAL else label))
+    _show_model(info, f"{label} (norm={norm.name})" if mcfg["name"] not in EXTERNAL else label)
     log.info("init    %s touched %d modules, e.g. %s: %s", cfg.init.name, len(init_report),
              init_report[0]["module"], init_report[0]["init"])
     optimizer = build_optimizer(model, ocfg, groups)
     scheduler = build_scheduler(optimizer, ocfg, int(cfg.train.steps))
     tel_cfg = TelemetryConfig.of(cfg.telemetry)
+    held_in = FORMAT.get(precision.name)
+    if tel_cfg.enabled and held_in and held_in not in tel_cfg.formats:  # the run's own format is always measured
+        tel_cfg = replace(tel_cfg, formats=[held_in, *tel_cfg.formats])
     meta = {"config": {**OmegaConf.to_container(cfg, resolve=True), "norm": norm.as_dict()},  # as built
             "versions": versions(),
             "hist": {**tel_cfg.hist.as_dict(), "note": "histograms bin a strided sample of at most "
@@ -263,9 +269,11 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
     setup_s = time.perf_counter() - t0
     callbacks = [ProgressBar(cfg.train.batch_size)] if cfg.train.progress else []
     log.info("train   %d steps of batch %d (%s)", cfg.train.steps, cfg.train.batch_size,
-             "probe at init: no update" if cfg.train.steps == 0 else f"optim={cfg.optim.name} lr={ocfg['lr']:g}")
+             "probe at init: no update" if cfg.train.steps == 0 else f"optim={cfg.optim.name} lr={ocfg['lr']:g}"
+             + ("" if precision.name == "fp32" else f", {precision.name} autocast, loss scale "
+                f"{precision.summary()['loss_scale']}"))
     try:
-        result = fit(model, data, optimizer, cfg.train, watch, cfg.seed, callbacks, scheduler)
+        result = fit(model, data, optimizer, cfg.train, watch, cfg.seed, callbacks, scheduler, precision)
     finally:
         watch.flush()  # whatever happens, what was recorded reaches the disk
     stage.name = "theory"
@@ -291,6 +299,7 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
         "macs": info.macs,
         "init": init_report,
         "param": param_info,
+        "precision": precision.summary(),
         "timings": {
             "setup_s": setup_s,
             "train_s": result.train_s,
@@ -328,6 +337,18 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
     else:
         log.info("done    status=%s %s -> %s", summary["status"], final_words(final), run_dir)
     return summary
+
+
+_SHOWN: set[tuple] = set()  # the model tables this process has printed (a sweep's jobs share one)
+
+
+def _show_model(info: Any, title: str) -> None:
+    """The model's table, once per process for each distinct model: the jobs of a sweep run in
+    one process print it once, not once a job."""
+    key = (title, tuple(info.rows))
+    if key not in _SHOWN:
+        _SHOWN.add(key)
+        Console(stderr=True).print(info.table(title))
 
 
 def final_words(final: dict[str, Any]) -> str:

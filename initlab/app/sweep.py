@@ -59,6 +59,30 @@ def _log_lr_optima(df: Any) -> None:
                  f"param={row.param}" if row.param else "", row.width, row.best_lr, row.loss, row.shift)
 
 
+def _print_jobs(df: Any) -> None:
+    """The sweep's jobs as a table at the end, where the user is looking: what was swept, the
+    verdict, the held-out loss and accuracy, the training loss over the last steps, the flags."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from initlab.rundir.sweep_table import swept_factors
+
+    def num(v: Any, fmt: str) -> str:
+        return "—" if v is None or v != v else format(v, fmt)  # v != v: NaN
+
+    factors = swept_factors(df)
+    table = Table(title="sweep", title_justify="left")
+    for col in ["job", *factors, "status", "held-out loss", "held-out acc.", "train loss (tail)", "flags"]:
+        table.add_column(col, justify="right" if col not in ("status", "flags") else "left")
+    for row in df.to_dict("records"):
+        status = row["status"] if row["status"] != "failed" or not row.get("error") else \
+            f"failed: {str(row['error'])[:60]}"
+        table.add_row(str(row["job"]), *(str(row.get(f)) for f in factors), status,
+                      num(row.get("val_loss"), ".4g"), num(row.get("val_accuracy"), ".3f"),
+                      num(row.get("loss_avg"), ".4g"), row.get("flags") or "")
+    Console(stderr=True).print(table)
+
+
 class SweepReport(Callback):
     """Hydra callback (conf/config.yaml): build the sweep report when a multirun ends, and
     note on this process's `SweepRun` how many jobs failed, so `initlab -m` can exit non-zero."""
@@ -91,6 +115,7 @@ class SweepReport(Callback):
             df = pd.read_parquet(table_path)
             failed = int((~df["status"].isin(["ok", "diverged"])).sum())  # diverged is a result
             sweep.dir, sweep.jobs, sweep.failed = sweep_dir, len(df), failed
+            _print_jobs(df)
             log.info("sweep   %d jobs, %d failed -> %s", len(df), failed, table_path)
             _log_lr_optima(df)
         except Exception as exc:  # a report bug must not hide the jobs' own results

@@ -27,11 +27,38 @@ class ModelInfo:
         t = Table(title=title, show_lines=False)
         for col, just in (("layer", "left"), ("type", "left"), ("output", "left"), ("params", "right")):
             t.add_column(col, justify=just)
-        for layer, kind, shape, n in self.rows:
+        for layer, kind, shape, n in folded(self.rows):
             t.add_row(layer, kind, shape, f"{n:,}" if n else "")
         t.add_section()
         t.add_row("total", "", f"{self.macs:,} MACs/sample", f"{self.params:,}")
         return t
+
+
+def folded(rows: list[tuple[str, str, str, int]], longest: int = 4) -> list[tuple[str, str, str, int]]:
+    """The table's rows with each run of three or more identical blocks (a period of up to
+    `longest` rows alike in type, output and parameters) folded into one row per block member:
+    a 100-layer MLP reads as its first layer, `layers.1 … layers.98 (×49)` and its head."""
+    def same(a: int, b: int) -> bool:
+        return rows[a][1:] == rows[b][1:]
+
+    out, i = [], 0
+    while i < len(rows):
+        period, times = 1, 1
+        for p in range(1, longest + 1):
+            k = 1
+            while i + (k + 1) * p <= len(rows) and all(same(i + k * p + j, i + j) for j in range(p)):
+                k += 1
+            if k >= 3 and k * p > period * times:
+                period, times = p, k
+        if times < 3:
+            out.append(rows[i])
+            i += 1
+            continue
+        for j in range(period):
+            first, last = rows[i + j], rows[i + (times - 1) * period + j]
+            out.append((f"{first[0]} … {last[0]} (×{times})", *first[1:]))
+        i += period * times
+    return out
 
 
 def _macs(m: nn.Module, args: tuple, out: object) -> int:

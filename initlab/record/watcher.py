@@ -102,6 +102,7 @@ class Watch:
         self._step_time = math.nan
         self._finishing = False  # finish() began (the block's exit must not run it again)
         self._finished = False  # summary.json is written
+        self._skipped = False  # the optimizer skipped this step (a loss scaler found inf/NaN gradients)
         self._kinds: dict[str, str] = {}  # each w.log key: "number" or "text", fixed at its first value
 
     def _default_meta(self) -> dict[str, Any]:
@@ -128,6 +129,7 @@ class Watch:
         if self.store is not None and self.store.due(len(self._pending_rows)):
             self.flush()  # unlogged steps too: a SIGKILL loses at most `flush_seconds` of rows
         self._step = step
+        self._skipped = False
         logging_ = self.telemetry is not None and (force or self.schedule(step))
         self._logging, self._stepped = logging_, False
         opt = self.optimizer if logging_ and self.cfg.params else None
@@ -157,6 +159,12 @@ class Watch:
                 self._check_nonfinite(step, collected[0])
         self.steps_done = max(self.steps_done, step + 1)
 
+    def step_skipped(self) -> None:
+        """Inside `step()`: the optimizer skipped this step because a loss scaler (GradScaler)
+        found inf or NaN gradients. Those gradients are the scaler's business, not a divergence;
+        the weights did not move."""
+        self._skipped = True
+
     def _pre_step(self, optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
         if self._logging and not self._stepped:
             self.telemetry.before_step()
@@ -173,7 +181,10 @@ class Watch:
         weight gradient or update that did."""
         if self.diverged is not None:
             return
-        for kinds, last in ((("act",), False), (("grad",), True), (("weight", "weight_grad", "update"), False)):
+        order = ((("act",), False), (("grad",), True), (("weight", "weight_grad", "update"), False))
+        if self._skipped:  # a loss scaler's overflow: only activations and weights can diverge
+            order = ((("act",), False), (("weight",), False))
+        for kinds, last in order:
             where = first_nonfinite(cols, kinds, last=last)
             if where is not None:
                 kind = next(k for k in kinds if first_nonfinite(cols, (k,), last=last) == where)

@@ -2,6 +2,7 @@
 depth ratios), `sweep.parquet`, and `load_sweep`."""
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,10 @@ def sweep_table(sweep_dir: Path) -> pd.DataFrame:
     for col in ("final_loss", "loss_avg", "final_accuracy", "val_loss", "val_accuracy"):
         if col in df:
             df[col] = pd.to_numeric(df[col], errors="coerce")  # "nan" strings from summary.json
+    for col in [c for c in df.columns if pd.api.types.is_object_dtype(df[c])]:  # a swept key of mixed kinds
+        kinds = {type(v) for v in df[col] if v is not None and not (isinstance(v, float) and math.isnan(v))}
+        if len(kinds) > 1:  # (loss_scale=none,1024): parquet takes one kind a column, so as text
+            df[col] = [None if v is None else str(v) for v in df[col]]
     return df
 
 

@@ -142,3 +142,27 @@ def hist_sample(x, stride, lut, edges, center, counts):
             code = np.searchsorted(edges, abs(x[i]), side="right") + 1
             j = center - code if x[i] < 0 else center + code
         counts[j] += 1
+
+
+@numba.njit(cache=True, nogil=True)
+def format_counts(x, binade, edges, counts):
+    """telemetry.formats in one pass over float32 `x`: adds to `counts` each magnitude's bucket
+    (i: edges[i-1] < |x| <= edges[i], as torch.bucketize; NaN and inf past the last), and returns
+    the order bits of the largest and the smallest non-zero finite magnitude (-1 where none).
+
+    `edges` are the magnitudes' float32 bits, sorted (monotonic in the magnitude); `binade[e]`
+    is the bucket of every magnitude whose exponent byte is e, or -1 where an edge cuts that
+    binade: only those elements take the binary search."""
+    bits = x.view(np.int32)
+    hi, lo = -1, 0x7F800000
+    for i in range(x.size):
+        m = bits[i] & 0x7FFFFFFF
+        j = binade[m >> 23]
+        if j < 0:
+            j = np.searchsorted(edges, m, side="left")  # edges < m: the bucket
+        counts[j] += 1
+        if m < 0x7F800000:  # finite
+            hi = max(hi, m)
+            if m > 0:
+                lo = min(lo, m)
+    return hi, (lo if lo < 0x7F800000 else -1)

@@ -33,6 +33,7 @@ from initlab.nn.kinds import BATCH_NORMS, RESHAPE, is_leaf
 from initlab.nn.norms import exposes_stats
 from initlab.speedups import foreach
 from initlab.telemetry.columns import Columns, Slot, hist_columns, stats_columns
+from initlab.telemetry.formats import CpuFormats, empty_row, format_columns, format_rows, formats_of
 from initlab.telemetry.hist import Binner, SampleStage
 from initlab.telemetry.reducers import (
     CpuPath,
@@ -91,6 +92,7 @@ class _Row:
     param: str
     stats: Any  # list[float] | torch.Tensor
     hist: bool = False
+    fmt: torch.Tensor | None = None  # telemetry.formats' counts (telemetry/formats.py), on the tensor's device
     index: int = -1  # parameter kinds: position in Telemetry.params (pairs grad/update with weight)
 
 
@@ -112,6 +114,8 @@ class Telemetry:
         self._cpu = CpuReducer(self.cfg.hist) if self._path.kernels else None
         self._cpu_work = [0, 0]  # this step's CPU tensors reduced as tensor ops: rows, elements
         self.thresholds = dead_thresholds(self.cfg)
+        self.formats = formats_of(self.cfg.formats)
+        self._cpu_formats: CpuFormats | None = None  # the kernel's reader, made when first needed
         self.model = model
         self.modules = tracked_modules(model, self.cfg.modules)
         if self.cfg.modules and not self.modules:  # recording nothing would read as "all is well"
@@ -158,7 +162,17 @@ class Telemetry:
             row = tensor_stats(t, dead)  # queued ops, no sync
             if hist:
                 self._samples.add(t)
-        self._rows.append(_Row(slot, kind, "", row, hist))
+        fmt = self._fmt_rows([t])[0] if self.formats and kind in ("act", "grad") else None
+        self._rows.append(_Row(slot, kind, "", row, hist, fmt=fmt))
+
+    def _fmt_rows(self, tensors: list[torch.Tensor]) -> torch.Tensor:
+        """telemetry.formats' counts of `tensors`: the kernel's one pass on the CPU once the
+        kernels are loaded, the tensor ops otherwise (the same numbers, tests/test_formats.py)."""
+        if self._cpu is not None and tensors[0].device.type == "cpu":
+            if self._cpu_formats is None:
+                self._cpu_formats = CpuFormats(self._cpu.k, self.formats)
+            return self._cpu_formats.rows(tensors)
+        return format_rows(tensors, self.formats)
 
     def _count_cpu_work(self, *ts: torch.Tensor) -> None:
         """What the kernels would have taken, for `CpuPath`."""
@@ -259,8 +273,9 @@ class Telemetry:
             self._count_cpu_work(*(t for _, t in present))
             block = param_rows([t for _, t in present])
             rows = list(block.unbind(0))
-        for (i, _), row in zip(present, rows):
-            self._rows.append(_Row(self._param_slot(i), kind, self.params[i][2], row, index=i))
+        fmts = list(self._fmt_rows([t for _, t in present]).unbind(0)) if self.formats else [None] * len(rows)
+        for (i, _), row, fmt in zip(present, rows, fmts):
+            self._rows.append(_Row(self._param_slot(i), kind, self.params[i][2], row, index=i, fmt=fmt))
 
     def before_step(self) -> None:
         """After backward, before optimizer.step(): gradients, and a snapshot for the update
@@ -285,13 +300,18 @@ class Telemetry:
         update = stepped and self._snapped
         if self._cpu is not None and weights and weights[0].device.type == "cpu":
             updates = []
+            w_fmt = self._fmt_rows(weights) if self.formats else None
+            u_fmt = self._fmt_rows([s - w for s, w in zip(self._snapshot, weights)]) \
+                if self.formats and update else None
             for i, w in enumerate(weights):
                 if update:
                     w_row, u_row = self._cpu.update_rows(w, self._snapshot[i])
-                    updates.append(_Row(self._param_slot(i), "update", self.params[i][2], u_row, index=i))
+                    updates.append(_Row(self._param_slot(i), "update", self.params[i][2], u_row, index=i,
+                                        fmt=u_fmt[i] if u_fmt is not None else None))
                 else:
                     w_row = self._cpu.param_row(w)
-                self._rows.append(_Row(self._param_slot(i), "weight", self.params[i][2], w_row, index=i))
+                self._rows.append(_Row(self._param_slot(i), "weight", self.params[i][2], w_row, index=i,
+                                       fmt=w_fmt[i] if w_fmt is not None else None))
             self._rows += updates
         else:
             self._param_block("weight", weights)
@@ -332,9 +352,22 @@ class Telemetry:
         index = np.fromiter((r.index for r in rows), np.int64, len(rows))
         cols = stats_columns(step, [r.slot for r in rows], [r.kind for r in rows], [r.param for r in rows],
                              index, stats, len(self.params))
+        if self.formats:
+            cols.update(format_columns(self._format_values(rows), self.formats))
         hist = hist_columns(cols, hist_rows, counts, self.cfg.hist, self._binner.bounds) \
             if counts is not None else None
         return cols, hist
+
+    def _format_values(self, rows: list[_Row]) -> np.ndarray:
+        """The rows' format counts on the host (one copy per device; NaN for rows without)."""
+        out = np.tile(empty_row(self.formats), (len(rows), 1))
+        by_device: dict[torch.device, list[int]] = {}
+        for i, r in enumerate(rows):
+            if r.fmt is not None:
+                by_device.setdefault(r.fmt.device, []).append(i)
+        for idx in by_device.values():
+            out[idx] = torch.stack([rows[i].fmt for i in idx]).cpu().numpy()
+        return out
 
     def discard(self) -> None:
         """Drop what a step recorded without collecting it (a failed step)."""

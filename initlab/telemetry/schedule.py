@@ -47,6 +47,7 @@ class TelemetryConfig:
     hist: HistSpec | None = field(default_factory=HistSpec)
     thresholds: Mapping[str, float] | None = None  # dead/saturated thresholds (conf: `dead`)
     modules: Sequence[str] = ()
+    formats: Sequence[str] = ()  # fp16, bf16, e4m3, e5m2: what each would flush, lose to subnormals, overflow
     enabled: bool = True
     first: int = int(_SHIPPED["first"])
     every: int = int(_SHIPPED["every"])
@@ -63,7 +64,7 @@ class TelemetryConfig:
         hist = HistSpec(float(h["min_abs"]), float(h["max_abs"]), int(h["bins_per_decade"]),
                         int(h["sample"])) if h is not None and h.get("enabled", True) else None
         return cls(params=bool(c["params"]), bn=bool(c["bn"]), norm=bool(c["norm"]), hist=hist, thresholds=dict(c["dead"] or {}),
-                   modules=list(c["modules"] or []), enabled=bool(c["enabled"]), first=int(c["first"]),
+                   modules=list(c["modules"] or []), formats=list(c.get("formats") or []), enabled=bool(c["enabled"]), first=int(c["first"]),
                    every=int(c["every"]), log_points=int(c["log_points"]), flush_every=int(c["flush_every"]),
                    flush_seconds=float(c["flush_seconds"]), name=str(c["name"]))
 
@@ -94,5 +95,5 @@ class TelemetryConfig:
         return {"name": self.name, "enabled": self.enabled, "first": self.first, "every": self.every,
                 "log_points": self.log_points, "flush_every": self.flush_every,
                 "flush_seconds": self.flush_seconds, "params": self.params,
-                "bn": self.bn, "norm": self.norm, "modules": list(self.modules), "dead": dict(self.thresholds or {}),
+                "bn": self.bn, "norm": self.norm, "modules": list(self.modules), "formats": list(self.formats), "dead": dict(self.thresholds or {}),
                 "hist": self.hist.as_dict() if self.hist else None}

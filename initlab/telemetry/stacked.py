@@ -30,6 +30,7 @@ from initlab.nn.hooks import hooked
 from initlab.nn.kinds import BATCH_NORMS, DROPOUTS
 from initlab.nn.norms import exposes_stats
 from initlab.telemetry.columns import Columns, Slot, stats_columns
+from initlab.telemetry.formats import Format, empty_row, format_columns, format_rows, formats_of
 from initlab.telemetry.recorder import dead_thresholds, first_tensor, layer_name, tracked_modules
 from initlab.telemetry.reducers import (
     CpuPath,
@@ -169,11 +170,16 @@ class _Reducer:
     view of the stack (the same numbers as one draw at a time); elsewhere one queued
     reduction over the whole stack per tensor."""
 
-    def __init__(self, device: torch.device, layout: "_Layout", draws: int) -> None:
+    def __init__(self, device: torch.device, layout: "_Layout", draws: int, formats: Sequence[Format] = ()) -> None:
         tensors = 2 * len(layout.calls) + 2 * len(layout.params)  # act and grad, weight and its grad
         elements = draws * layout.elements_per_draw
         wanted = device.type == "cpu" and CpuPath().for_work(tensors, elements)
         self.cpu = CpuReducer(None) if wanted else None
+        self.formats = tuple(formats)
+
+    def fmt(self, X: torch.Tensor) -> torch.Tensor | None:
+        """telemetry.formats' counts of each draw's slice of a stacked tensor, (draws, K)."""
+        return format_rows(list(X.detach().reshape(X.shape[0], -1).unbind(0)), self.formats) if self.formats else None
 
     def act(self, X: torch.Tensor, dead: DeadRegion | None = None) -> torch.Tensor:
         if self.cpu is not None:
@@ -208,7 +214,7 @@ def stacked_step0(make: Callable[[Hashable], nn.Module], draws: Sequence[Hashabl
     # draws share nothing, so its gradient in draw i's parameters is draw i's own. (vmap(grad())
     # gives the same numbers to rounding but imports torch._dynamo, 3 s, at its first call.)
     batched = torch.func.vmap(_forward(base, layout.calls, x, y), in_dims=(0, 0, 0), randomness="error")
-    reduce = _Reducer(x.device, layout, len(draws))
+    reduce = _Reducer(x.device, layout, len(draws), formats_of(cfg.formats))
     tables: list[Columns] = []
     losses: list[np.ndarray] = []
     for start in range(0, len(draws), chunk):
@@ -257,17 +263,20 @@ def _tables(layout: _Layout, base: nn.Module, params: dict[str, torch.Tensor], p
     pnames: list[str] = []
     index: list[int] = []
     blocks: list[torch.Tensor] = []  # each (n, len(STATS))
+    fmts: list[torch.Tensor | None] = []  # each (n, K) for act, grad and the parameter kinds
 
-    def add(slot: Slot, kind: str, rows: torch.Tensor, param: str = "", i: int = -1) -> None:
+    def add(slot: Slot, kind: str, rows: torch.Tensor, param: str = "", i: int = -1,
+            of: torch.Tensor | None = None) -> None:
         slots.append(slot)
         kinds.append(kind)
         pnames.append(param)
         index.append(i)
         blocks.append(rows)
+        fmts.append(reduce.fmt(of) if of is not None else None)
 
     norm_iter = iter(norm_stats)
     for c, out in zip(layout.calls, outputs):
-        add(c.slot, "act", reduce.act(out, c.dead))
+        add(c.slot, "act", reduce.act(out, c.dead), of=out)
         if c.norm:
             *mean, var = next(norm_iter)
             if mean:
@@ -285,15 +294,21 @@ def _tables(layout: _Layout, base: nn.Module, params: dict[str, torch.Tensor], p
                 add(c.slot, "bn_batch_var", reduce.act((rv - (1 - m) * pv) / m))
     for c, g in reversed(list(zip(layout.calls, ograds))):
         if c.grad:
-            add(c.slot, "grad", reduce.act(g))
+            add(c.slot, "grad", reduce.act(g), of=g)
     order = {c.name: c.slot.layer_idx for c in layout.calls if c.slot.layer == c.name}
     param_slots = [Slot(mod, mtype, order.get(mod, -1)) for mod, mtype, _, _ in layout.params]
     for i, (_, _, pname, full) in enumerate(layout.params):
         if full in layout.with_grad:
-            add(param_slots[i], "weight_grad", reduce.param(pgrads[full]), pname, i)
+            add(param_slots[i], "weight_grad", reduce.param(pgrads[full]), pname, i, of=pgrads[full])
     for i, (_, _, pname, full) in enumerate(layout.params):
-        add(param_slots[i], "weight", reduce.param(params[full]), pname, i)
+        add(param_slots[i], "weight", reduce.param(params[full]), pname, i, of=params[full])
     stats = torch.stack(blocks, dim=1).cpu().numpy()  # (n, rows, STATS): one transfer
     assert stats.shape[2] == len(STATS)
     idx = np.asarray(index, dtype=np.int64)
-    return [stats_columns(0, slots, kinds, pnames, idx, stats[d], len(layout.params)) for d in range(n)]
+    tables = [stats_columns(0, slots, kinds, pnames, idx, stats[d], len(layout.params)) for d in range(n)]
+    if reduce.formats:
+        blank = torch.from_numpy(np.tile(empty_row(reduce.formats), (n, 1)))
+        values = torch.stack([f.cpu() if f is not None else blank for f in fmts], dim=1).numpy()  # (n, rows, K)
+        for d, table in enumerate(tables):
+            table.update(format_columns(values[d], reduce.formats))
+    return tables

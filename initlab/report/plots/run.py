@@ -25,6 +25,7 @@ from initlab.report.plots.base import (
     shared_legend,
     step_axis,
 )
+from initlab.report.plots.formats import plot_formats
 from initlab.rundir.safe import own_dir
 
 
@@ -405,6 +406,7 @@ def plot_run(stats: pd.DataFrame, metrics: pd.DataFrame, config: dict[str, Any],
         made.append(plot_dead(stats, title, out_dir / "dead", fmt))
         made.append(plot_grad_flow(stats, title, out_dir / "grad_flow", fmt, layers))
         made.append(plot_update_ratio(stats, title, out_dir / "update_ratio", fmt))
+        made.append(plot_formats(stats, title, out_dir / "formats", fmt, (config.get("precision") or {}).get("name")))
     if hist is not None and not hist.empty:
         made.append(plot_hist_image(hist, title, out_dir / "act_hist_image", fmt=fmt))
         made.append(plot_hist_first_last(hist, title, out_dir / "hist_first_last", fmt))
