@@ -37,7 +37,22 @@ class InitContext:
         self._batch = batch
 
     def gain(self) -> float:
-        return nn.init.calculate_gain(self.gain_name, self.slope if self.gain_name == "leaky_relu" else None)
+        return acts.gain(self.act, self.slope)
+
+    def he(self, w: torch.Tensor, mode: str, uniform: bool = False) -> str:
+        """kaiming_(uniform|normal)_ for the model's activation; one calculate_gain does not know
+        (GELU) takes its gain from its second moment (acts.gain), said in the returned text."""
+        fn = nn.init.kaiming_uniform_ if uniform else nn.init.kaiming_normal_
+        dist = "uniform" if uniform else "normal"
+        if self.gain_name is None:
+            fn(w, mode=mode, nonlinearity="linear")
+            with torch.no_grad():
+                w.mul_(self.gain())
+            return f"kaiming_{dist}_(mode={mode}, gain={self.gain():.4g}: 1/sqrt(E[{self.act}(z)^2]))"
+        a = self.slope if self.gain_name == "leaky_relu" else 0.0
+        fn(w, a=a, mode=mode, nonlinearity=self.gain_name)
+        extra = f", a={a:g}" if self.gain_name == "leaky_relu" else ""
+        return f"kaiming_{dist}_(mode={mode}, nonlinearity={self.gain_name}{extra})"
 
     def batch(self) -> torch.Tensor:
         if self._batch is None:
@@ -115,13 +130,9 @@ def xavier_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> l
 def kaiming_init(model: nn.Module, cfg: Mapping[str, Any], ctx: InitContext) -> list[InitRecord]:
     """He et al.: Var(W) = gain^2 / fan, gain from the model's activation."""
     dist, mode = cfg["distribution"], cfg["mode"]
-    fn = nn.init.kaiming_uniform_ if dist == "uniform" else nn.init.kaiming_normal_
-    a = ctx.slope if ctx.gain_name == "leaky_relu" else 0.0
 
     def apply(w: torch.Tensor) -> str:
-        fn(w, a=a, mode=mode, nonlinearity=ctx.gain_name)
-        extra = f", a={a:g}" if ctx.gain_name == "leaky_relu" else ""
-        return f"kaiming_{dist}_(mode={mode}, nonlinearity={ctx.gain_name}{extra})"
+        return ctx.he(w, mode, uniform=dist == "uniform")
 
     return _per_weighted(model, apply)
 
@@ -222,10 +233,10 @@ def _require_residual(model: nn.Module, scheme: str, allow_bn: bool) -> list[tup
 
 
 def _he(w: torch.Tensor, ctx: InitContext, mode: str, scale: float = 1.0) -> str:
-    a = ctx.slope if ctx.gain_name == "leaky_relu" else 0.0
-    nn.init.kaiming_normal_(w, a=a, mode=mode, nonlinearity=ctx.gain_name)
-    w.mul_(scale)
-    return f"kaiming_normal_(mode={mode}, nonlinearity={ctx.gain_name})" + (f" x {scale:.4g}" if scale != 1 else "")
+    how = ctx.he(w, mode)
+    with torch.no_grad():
+        w.mul_(scale)
+    return how + (f" x {scale:.4g}" if scale != 1 else "")
 
 
 @register("fixup")

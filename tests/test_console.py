@@ -82,3 +82,53 @@ def test_a_closed_terminal_still_leaves_a_summary(tmp_path: Path) -> None:
         proc.kill()
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["status"] == "interrupted" and proc.returncode == 130, err[-600:]
+
+
+def test_a_watch_run_records_its_optimizer_its_size_and_the_callers_config(tmp_path: Path) -> None:
+    import torch
+    from omegaconf import OmegaConf
+    from torch import nn
+
+    import initlab
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 2))
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95))
+    cfg = OmegaConf.create({"experiment": "mine", "model": {"width": 8}})
+    with initlab.watch(model, opt, out=tmp_path / "r", plots=False, config=cfg, tags=["baseline"]) as w:
+        with w.step(0):
+            loss = model(torch.randn(5, 4)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        w.log(loss=loss)
+    config = initlab.load_run(tmp_path / "r").config
+    assert config["model"] == {"name": "Sequential", "params": 58, "width": 8}
+    assert config["optim"]["name"] == "AdamW" and config["optim"]["lr"] == 3e-4 and config["optim"]["betas"] == [0.9, 0.95]
+    assert config["experiment"] == "mine" and config["tags"] == ["baseline"] and config["source"] == "watch"
+
+
+def test_gelu_gets_its_own_gain_and_no_dead_fraction() -> None:
+    import math
+
+    import torch
+    from torch import nn
+
+    from initlab.init import apply_init
+    from initlab.nn import acts
+
+    z = torch.randn(4_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    second = float(torch.nn.functional.gelu(z).pow(2).mean())  # Monte Carlo against the quadrature
+    assert acts.gain("gelu") == pytest_approx(1 / math.sqrt(second), rel=2e-3)
+    assert acts.gain("relu") == math.sqrt(2)  # the same argument gives He's number
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(512, 512), nn.GELU())
+    report = apply_init(model, {"name": "kaiming"}, "gelu")
+    assert "gain=1.534" in report[0]["init"]
+    assert abs(model[0].weight.std().item() - acts.gain("gelu") / math.sqrt(512)) < 2e-3
+    assert acts.lookup(nn.GELU()).region is None and acts.lookup(nn.SiLU()).region is None
+
+
+def pytest_approx(value: float, rel: float) -> object:
+    import pytest
+
+    return pytest.approx(value, rel=rel)

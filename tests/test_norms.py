@@ -208,10 +208,12 @@ def test_the_theory_re_anchors_at_every_norm(run, norm: str) -> None:
                            "train.batch_size=64")
     s = initlab.load_run(run_dir).stats.query("step == 0 and kind in ['act', 'grad']").dropna(subset=["theory_std"])
     act, grad = s[s.kind == "act"], s[s.kind == "grad"]
-    assert len(act) == 19 and len(grad) == 19  # every module of the chain, the norms included
+    assert len(act) == 19  # every module of the chain, the norms included
     assert np.allclose(act["theory_std"], act["std"], rtol=0.07)  # one draw: measured 2.8-5.0% at most
+    assert np.allclose(grad["theory_std"], grad["std"], rtol=0.15)  # measured 3.8-11.7% at most
     if norm != "batch":
-        assert np.allclose(grad["theory_std"], grad["std"], rtol=0.15)  # measured 3.8-11.7% at most
-    else:  # BatchNorm couples the batch: gradients grow going back (Yang et al. 2019), the theory stays flat
-        g = grad.sort_values("layer_idx")
-        assert g["std"].iloc[0] > 2 * g["std"].iloc[-2] and g["theory_std"].iloc[0] < 1.5 * g["theory_std"].iloc[-2]
+        assert len(grad) == 19
+    else:  # BatchNorm's backward runs through its batch statistics (Yang et al. 2019: gradients grow going
+        # back): no prediction below a BatchNorm, the measured gradient re-anchors the layers under it
+        below_bn = grad[grad["module_type"] == "Linear"]
+        assert len(grad) == 19 - 6 and below_bn["layer_idx"].tolist() == [grad["layer_idx"].max()]  # the head only

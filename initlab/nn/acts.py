@@ -85,7 +85,7 @@ class Act:
 
     cls: type[nn.Module]
     name: str | None = None  # the `model.act` value that builds it (None: recognised, not built)
-    gain_name: str = "relu"  # torch.nn.init.calculate_gain's nonlinearity
+    gain_name: str | None = "relu"  # torch.nn.init.calculate_gain's nonlinearity; None: from E[phi(z)^2] (`gain`)
     region: str | None = None  # relu (x <= 0 is dead) | tanh | sigmoid (saturated bands) | None
     nonneg: bool = False  # outputs never negative (plain ReLU): cheaper dead counts
     theory: Callable[[nn.Module], tuple[Fn, Fn]] | None = None
@@ -98,13 +98,15 @@ TABLE: tuple[Act, ...] = (
     Act(GeneralRelu, "general_relu", "leaky_relu", "relu", theory=_general_relu_fns),  # gain: a = leak
     Act(nn.Tanh, "tanh", "tanh", "tanh", theory=_tanh_fns),
     Act(nn.Sigmoid, "sigmoid", "sigmoid", "sigmoid", theory=_sigmoid_fns),
-    # calculate_gain knows no GELU; ReLU's gain is the usual stand-in.
-    Act(nn.GELU, "gelu", "relu", "relu", theory=_gelu_fns),
-    # Recognised in any model (torchvision, timm, a user's): dead where <= 0, no theory.
+    # calculate_gain knows no GELU: its gain comes from its second moment (`gain`). No region: its
+    # negative side is small, not dead, so a "dead" count of it would be a wrong number.
+    Act(nn.GELU, "gelu", None, None, theory=_gelu_fns),
+    # Recognised in any model (torchvision, timm, a user's): ReLU6 is dead where <= 0; the smooth
+    # ones have no dead region (no fraction rather than a wrong one), and take ReLU's gain.
     Act(nn.ReLU6, None, "relu", "relu", nonneg=True),
-    *(Act(cls, None, "relu", "relu") for cls in (nn.PReLU, nn.ELU, nn.CELU, nn.SiLU, nn.Mish,
-                                                 nn.Softplus, nn.Hardswish)),
-    Act(nn.SELU, None, "selu", "relu"),
+    Act(nn.PReLU, None, "relu", "relu"),
+    *(Act(cls, None, "relu", None) for cls in (nn.ELU, nn.CELU, nn.SiLU, nn.Mish, nn.Softplus, nn.Hardswish)),
+    Act(nn.SELU, None, "selu", None),
 )
 
 # model.act names, in the order the docs list them; `linear` means no activation module.
@@ -127,8 +129,24 @@ def is_activation(module: nn.Module) -> bool:
     return lookup(module) is not None
 
 
-def gain_name(act: str) -> str:
-    """calculate_gain's nonlinearity for a `model.act` name (`linear`: linear)."""
+def gain(act: str, slope: float = 0.01) -> float:
+    """The init gain of a `model.act` name: calculate_gain's where it knows the nonlinearity, else
+    1 / sqrt(E[phi(z)^2]) for z ~ N(0, 1) (He et al.'s argument: it keeps E[x^2] through a layer;
+    ReLU's sqrt(2) is this number), by Gauss-Hermite quadrature of the table's phi."""
+    name = gain_name(act)
+    if name is not None:
+        return nn.init.calculate_gain(name, slope if name == "leaky_relu" else None)
+    row = _BY_NAME[act]
+    if row.theory is None:
+        raise ValueError(f"no gain for activation {act!r}: calculate_gain does not know it and the table has no phi")
+    phi = row.theory(row.cls())[0]
+    z, w = np.polynomial.hermite_e.hermegauss(96)
+    return float(1 / math.sqrt(float(np.sum(w * phi(z) ** 2)) / math.sqrt(2 * math.pi)))
+
+
+def gain_name(act: str) -> str | None:
+    """calculate_gain's nonlinearity for a `model.act` name (`linear`: linear); None where the gain
+    is computed from the activation's second moment (`gain`)."""
     if act == "linear":
         return "linear"
     if act not in _BY_NAME:

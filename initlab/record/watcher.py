@@ -38,6 +38,7 @@ from initlab.signals import signals_deferred
 from initlab.speedups.collector import paused
 from initlab.telemetry import Telemetry, TelemetryConfig, first_nonfinite
 from initlab.telemetry.columns import Columns
+from initlab.telemetry.ranks import world
 from initlab.telemetry.reducers import CpuPath
 
 log = logging.getLogger("initlab")
@@ -61,12 +62,14 @@ class Watch:
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *,
                  out: str | Path | None = None, telemetry: Any = "default", total_steps: int | None = None,
                  plots: bool = True, meta: Mapping[str, Any] | None = None, queued: bool = False,
-                 cpu_path: CpuPath | None = None) -> None:
+                 cpu_path: CpuPath | None = None, config: Any = None, tags: Any = None) -> None:
         if any(p.is_meta for p in model.parameters()):
             raise InitlabError("the model's parameters are on the meta device (shapes, no values): materialise it "
                                "first, e.g. model.to_empty(device='cpu') and then initialise it")
         if out is not None and Path(out).exists() and not Path(out).is_dir():
             raise InitlabError(f"out={str(out)!r} is a file, not a directory: give a directory for the run")
+        if out is not None and (rank := world()) is not None and rank[0] != 0:
+            out, plots = None, False  # DDP: every rank records and merges; rank 0 alone writes the run
         self.model, self.optimizer = model, optimizer
         self.cfg = TelemetryConfig.of(telemetry)
         self.schedule = self.cfg.schedule(total_steps)
@@ -76,7 +79,7 @@ class Watch:
         self.telemetry = Telemetry(model, self.cfg, queued=queued, path=path) if self.cfg.enabled else None
         self.out = Path(out) if out is not None else None
         self.plots = plots
-        self.meta = dict(meta) if meta is not None else self._default_meta()
+        self.meta = dict(meta) if meta is not None else self._default_meta(config, tags)
         self.store: RunStore | None = None
         self._lock: Path | None = None
         if self.out is not None:
@@ -105,9 +108,30 @@ class Watch:
         self._skipped = False  # the optimizer skipped this step (a loss scaler found inf/NaN gradients)
         self._kinds: dict[str, str] = {}  # each w.log key: "number" or "text", fixed at its first value
 
-    def _default_meta(self) -> dict[str, Any]:
-        return {"config": {"model": {"name": type(self.model).__name__}, "telemetry": self.cfg.as_dict(),
-                           "source": "watch"},
+    def _default_meta(self, config: Any = None, tags: Any = None) -> dict[str, Any]:
+        """What a watch() run records of itself: the model's class and parameter count, the
+        optimizer's class and hyperparameters, the telemetry, and the caller's own `config`
+        (a dict or an OmegaConf config, e.g. their Hydra config) and `tags`."""
+        own: dict[str, Any] = {}
+        if config is not None:
+            try:
+                from omegaconf import OmegaConf
+
+                own = OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else dict(config)
+            except ImportError:
+                own = dict(config)
+        model = {"name": type(self.model).__name__, "params": sum(p.numel() for p in self.model.parameters())}
+        optim = None
+        if self.optimizer is not None:
+            group = self.optimizer.param_groups[0]
+            optim = {"name": type(self.optimizer).__name__, "param_groups": len(self.optimizer.param_groups),
+                     **{k: _plain(v) for k, v in group.items() if k != "params"}}
+        merged: dict[str, Any] = {"model": model, "optim": optim}
+        for key, value in own.items():  # the caller's keys; their model/optim dicts extend what is measured
+            merged[key] = {**merged[key], **value} if isinstance(merged.get(key), dict) and isinstance(value, dict) \
+                else value
+        merged.update(telemetry=self.cfg.as_dict(), source="watch", **({"tags": list(tags)} if tags else {}))
+        return {"config": merged,
                 "versions": versions(), "hist": self.cfg.hist.as_dict() if self.cfg.hist else None}
 
     # -- one step ----------------------------------------------------------------------
@@ -390,17 +414,29 @@ class Watch:
             self.release()
 
 
+def _plain(v: Any) -> Any:
+    """An optimizer hyperparameter as JSON takes it (betas are tuples, lr may be a tensor)."""
+    if isinstance(v, torch.Tensor):
+        return v.item() if v.numel() == 1 else v.tolist()
+    if isinstance(v, tuple):
+        return list(v)
+    return v if isinstance(v, (int, float, str, bool, type(None), list, dict)) else str(v)
+
+
 def watch(model: nn.Module, optimizer: torch.optim.Optimizer | None = None, *, out: str | Path | None = None,
           telemetry: Any = "default", total_steps: int | None = None, plots: bool = True,
-          queued: bool = False) -> Watch:
+          queued: bool = False, config: Any = None, tags: Any = None) -> Watch:
     """Record per-layer statistics of `model` in your own loop; see the module docstring.
 
     `telemetry`: a preset name (`default`, `full`, `off`), a dict of conf/telemetry's keys,
     or a `TelemetryConfig`. `total_steps` places the schedule's log-spaced points and its
-    last step. `out=None` keeps everything in memory (`w.collected`, `w.metrics`).
+    last step. `out=None` keeps everything in memory (`w.collected`, `w.metrics`). `config`
+    (a dict or an OmegaConf config) and `tags` are recorded with the run, beside the model's
+    parameter count and the optimizer's class and hyperparameters. With `plots=True` the run's
+    figures are drawn when the block ends.
     """
     return Watch(model, optimizer, out=out, telemetry=telemetry, total_steps=total_steps, plots=plots,
-                 queued=queued)
+                 queued=queued, config=config, tags=tags)
 
 
 __all__ = ["Watch", "versions", "watch"]

@@ -6,6 +6,7 @@
 - `hist`: the fixed histogram bins and binners
 - `columns`: rows -> tidy columns
 - `schedule`: the settings (`TelemetryConfig`) and which steps are logged
+- `ranks`: the ranks' rows of a step merged under DDP, one collective
 - `formats`: what fp16, bf16, e4m3 and e5m2 would flush, hold as subnormals or overflow (`telemetry.formats`)
 """
 

@@ -35,6 +35,7 @@ from initlab.speedups import foreach
 from initlab.telemetry.columns import Columns, Slot, hist_columns, stats_columns
 from initlab.telemetry.formats import CpuFormats, empty_row, format_columns, format_rows, formats_of
 from initlab.telemetry.hist import Binner, SampleStage
+from initlab.telemetry.ranks import merge, world
 from initlab.telemetry.reducers import (
     CpuPath,
     CpuReducer,
@@ -350,10 +351,16 @@ class Telemetry:
         if self._cpu is None and cpu_rows and self._path.step_done(cpu_rows, cpu_elements):
             self._cpu = CpuReducer(self.cfg.hist)  # from the next logged step on
         index = np.fromiter((r.index for r in rows), np.int64, len(rows))
+        fmt = self._format_values(rows) if self.formats else None
+        ranks = None
+        if world() is not None:  # DDP: the ranks' rows merged into the global batch's, one collective
+            stats, counts, fmt, ranks = merge([r.kind for r in rows], stats, counts, fmt)
         cols = stats_columns(step, [r.slot for r in rows], [r.kind for r in rows], [r.param for r in rows],
                              index, stats, len(self.params))
-        if self.formats:
-            cols.update(format_columns(self._format_values(rows), self.formats))
+        if fmt is not None:
+            cols.update(format_columns(fmt, self.formats))
+        if ranks is not None:
+            cols["ranks"] = ranks
         hist = hist_columns(cols, hist_rows, counts, self.cfg.hist, self._binner.bounds) \
             if counts is not None else None
         return cols, hist

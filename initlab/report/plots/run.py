@@ -323,7 +323,8 @@ def plot_grad_flow(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png"
 
 
 def plot_update_ratio(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> Path | None:
-    """log10(update std / weight std) per weight tensor over steps; Karpathy's 1e-3 line."""
+    """update std / weight std per weight tensor over steps, on a log axis as every other
+    per-layer figure; Karpathy's 1e-3 line."""
     d = stats[(stats["kind"] == "update") & (stats["param"] == "weight")] if "param" in stats else stats.iloc[:0]
     d = d[np.isfinite(d["ratio"]) & (d["ratio"] > 0)]
     if d.empty:
@@ -332,11 +333,12 @@ def plot_update_ratio(stats: pd.DataFrame, title: str, path: Path, fmt: str = "p
     ax = axes[0][0]
     layers = _layers(d)
     for (_, layer), rows, color in zip(layers, _by_layer(d, layers, ["ratio"]), colors("viridis", len(layers))):
-        ax.plot(rows["step"], np.log10(rows["ratio"]), lw=1, color=color,
+        ax.plot(rows["step"], rows["ratio"], lw=1, color=color,
                 marker="." if len(rows["step"]) < 3 else None, label=layer if len(layers) <= 12 else None)
-    ax.axhline(-3, color="black", ls="--", lw=1, label="1e-3")
+    ax.axhline(1e-3, color="black", ls="--", lw=1, label="1e-3")
+    log_axis(ax)
     step_axis(ax, d["step"].to_numpy())
-    ax.set_ylabel("log10(update std / weight std)")
+    ax.set_ylabel("update std / weight std")
     legend(ax, fontsize=6, ncol=2, loc="upper right")
     return save(fig, path, f"{title}: update:data ratio", fmt)
 

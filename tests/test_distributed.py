@@ -1,0 +1,77 @@
+"""Under DDP (torchrun, gloo on loopback) the recorded statistics are the global batch's: equal to
+one process running the same model on the whole batch; rank 0 alone writes the run."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import initlab
+from initlab.telemetry.ranks import _merge_stats
+from initlab.telemetry.stats import STATS
+from tests.scripts.ddp_reference import batches, make_model
+
+ROOT = Path(__file__).parents[1]
+TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+
+
+def _reference(out: Path) -> pd.DataFrame:
+    model = make_model()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with initlab.watch(model, opt, out=out, telemetry={"name": "full", "first": 0, "every": 1, "formats": ["fp16"]},
+                       plots=False) as w:
+        for step, (x, y) in enumerate(batches()):
+            with w.step(step):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            w.log(loss=loss)
+    return initlab.load_run(out).stats
+
+
+@pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
+def test_two_ddp_ranks_record_what_one_process_records_on_the_whole_batch(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "tests.scripts.ddp_watch",
+                           str(tmp_path / "ddp")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ddp = initlab.load_run(tmp_path / "ddp").stats
+    ref = _reference(tmp_path / "ref")
+    ddp = ddp.assign(layer=ddp["layer"].str.removeprefix("module."))  # DDP's wrapper names its module
+    keys = ["step", "kind", "layer", "param"]
+    a = ddp.sort_values(keys).reset_index(drop=True)
+    b = ref.sort_values(keys).reset_index(drop=True)
+    assert list(a[keys].itertuples(index=False)) == list(b[keys].itertuples(index=False))
+    acts = a["kind"].isin(["act", "grad"])
+    assert (a.loc[acts, "ranks"] == 2).all() and (a.loc[~acts, "ranks"] == 1).all()
+    for col in ("mean", "std", "min", "max", "zero_frac", "numel", "nonfinite", "norm", "amax", "amin"):
+        np.testing.assert_allclose(a.loc[acts, col], b.loc[acts, col], rtol=1e-5, atol=1e-7, err_msg=col)
+    is_act = a["kind"] == "act"
+    np.testing.assert_allclose(a.loc[is_act, "fp16_zero"], b.loc[is_act, "fp16_zero"], rtol=1e-12, atol=0)
+    params = a["kind"].isin(["weight", "weight_grad", "update"])
+    for col in ("mean", "std", "norm"):  # DDP's averaged gradients: the same step as the whole batch's
+        np.testing.assert_allclose(a.loc[params, col], b.loc[params, col], rtol=1e-5, atol=1e-7, err_msg=col)
+    assert sorted(p.name for p in (tmp_path / "ddp").iterdir()) == sorted(p.name for p in (tmp_path / "ref").iterdir())
+
+
+def test_chans_merge_equals_the_moments_of_the_concatenation() -> None:
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(3.0, 2.0, n) for n in (7, 1, 40)]
+    i = {s: k for k, s in enumerate(STATS)}
+    rows = np.full((3, 1, len(STATS)), np.nan)
+    for r, x in enumerate(parts):
+        rows[r, 0, i["mean"]], rows[r, 0, i["std"]] = x.mean(), x.std(ddof=1) if len(x) > 1 else np.nan
+        rows[r, 0, i["min"]], rows[r, 0, i["max"]], rows[r, 0, i["numel"]] = x.min(), x.max(), len(x)
+        rows[r, 0, i["zero_frac"]], rows[r, 0, i["dead_frac"]], rows[r, 0, i["nonfinite"]] = 0.0, 0.0, 0
+    out = _merge_stats(rows, np.array([True]), np.array([False]), 3)[0]
+    whole = np.concatenate(parts)
+    assert out[i["mean"]] == pytest.approx(whole.mean()) and out[i["std"]] == pytest.approx(whole.std(ddof=1))
+    assert (out[i["min"]], out[i["max"]], out[i["numel"]]) == (whole.min(), whole.max(), len(whole))
