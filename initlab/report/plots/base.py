@@ -194,9 +194,12 @@ def shared_legend(axes: Any, **kw: Any) -> None:
 
 
 def colors(name: str, n: int) -> list[Any]:
-    """n colours spread over a sequential colormap."""
+    """n colours spread over a sequential colormap, stopping short of its palest end (viridis'
+    yellow is hard to see on white); a qualitative one (tab10) taken colour by colour."""
     cmap = colormaps[name]
-    return [cmap(i / max(n - 1, 1)) for i in range(n)]
+    if getattr(cmap, "N", 256) <= 20:  # qualitative: its own colours, in order
+        return [cmap(i % cmap.N) for i in range(n)]
+    return [cmap(0.85 * i / max(n - 1, 1)) for i in range(n)]
 
 
 def log_axis(ax: Axes, which: str = "y") -> bool:
