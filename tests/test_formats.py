@@ -37,13 +37,17 @@ def straddling() -> torch.Tensor:
 
 def cast_counts(x: torch.Tensor, name: str) -> dict[str, float]:
     """The fractions by casting: flushed (a non-zero that casts to 0), subnormal (casts under the
-    smallest normal), overflow (casts to inf; e4m3fn saturates, so its rounding is read by casting
-    x/4, exact in the normal range, and scaling back)."""
+    smallest normal), overflow (casts to inf; e4m3fn has no inf and torch's cast saturates, or gives
+    NaN before torch 2.3, so its rounding is read by casting x/4, exact in its normal range, and
+    scaling back)."""
     dt, fi = DTYPES[name], torch.finfo(DTYPES[name])
     a = x.abs().float()
     live = torch.isfinite(a) & (a > 0)
     c = a.to(dt).float()
-    over = torch.isinf(c) if name != "e4m3" else torch.where(a > 256, (a / 4).to(dt).float() * 4, c) > fi.max
+    if name == "e4m3":  # a/4 is in e4m3's normal range for 256 < a <= 1792; beyond it every value overflows
+        over = (a > 1792) | ((a > 256) & ((a / 4).to(dt).float() * 4 > fi.max))
+    else:
+        over = torch.isinf(c)
     n = int(live.sum())
     return {"zero": int((live & (c == 0)).sum()) / n, "subnormal": int((live & (c > 0) & (c < fi.tiny)).sum()) / n,
             "overflow": int((live & over).sum()) / n}

@@ -45,13 +45,15 @@ def merge(kinds: list[str], stats: np.ndarray, counts: np.ndarray | None, fmt: n
     parts = [stats.reshape(-1), *([counts.astype(np.float64).reshape(-1)] if counts is not None else []),
              *([fmt.reshape(-1)] if fmt is not None else [])]
     mine = torch.from_numpy(np.concatenate([[float(len(kinds))], *parts]))
+    if dist.get_backend() == "nccl":  # NCCL moves device tensors only
+        mine = mine.to(torch.device("cuda", torch.cuda.current_device()))
     gathered = [torch.empty_like(mine) for _ in range(size)]
     try:
         dist.all_gather(gathered, mine)
     except RuntimeError as exc:  # sizes differ: the ranks recorded different rows
         raise InitlabError(f"rank {rank}: the ranks' telemetry rows differ ({exc}); every rank must run the "
                            "same model and log the same steps") from exc
-    everyone = np.stack([g.numpy() for g in gathered])[:, 1:]
+    everyone = torch.stack(gathered).cpu().numpy()[:, 1:]
     n_stats = stats.size
     n_counts = counts.size if counts is not None else 0
     all_stats = everyone[:, :n_stats].reshape(size, *stats.shape)
