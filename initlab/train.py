@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from rich.progress import (
     BarColumn,
@@ -159,6 +160,16 @@ def forward_backward(model: nn.Module, x: torch.Tensor, y: torch.Tensor, precisi
     return loss.detach(), acc
 
 
+def _across_ranks(values: torch.Tensor) -> torch.Tensor:
+    """Under DDP, the ranks' mean of a step's (loss, accuracy): one small all-reduce. A non-finite
+    value on any rank makes it non-finite on all, so every rank stops at the same step."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    values = values.double()
+    dist.all_reduce(values)
+    return values / dist.get_world_size()
+
+
 def fit(
     model: nn.Module,
     data: DeviceDataset,
@@ -195,7 +206,7 @@ def fit(
             with watch.step(step):
                 optimizer.zero_grad(set_to_none=True)
                 loss, acc = forward_backward(model, x, y, precision)
-                loss_v, acc_v = torch.stack([loss, acc]).tolist()  # the step's one sync for metrics
+                loss_v, acc_v = _across_ranks(torch.stack([loss, acc])).tolist()  # the step's one sync for metrics
                 finite = math.isfinite(loss_v)
                 if steps > 0 and (finite or not stop_on_nonfinite):
                     if precision is not None:

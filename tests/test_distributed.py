@@ -75,3 +75,31 @@ def test_chans_merge_equals_the_moments_of_the_concatenation() -> None:
     whole = np.concatenate(parts)
     assert out[i["mean"]] == pytest.approx(whole.mean()) and out[i["std"]] == pytest.approx(whole.std(ddof=1))
     assert (out[i["min"]], out[i["max"]], out[i["numel"]]) == (whole.min(), whole.max(), len(whole))
+
+
+CLI = ["model=mlp", "model.depth=3", "model.width=32", "data.shape=[16]", "train.batch_size=16", "train.steps=4",
+       "telemetry=full", "plots=false", "train.progress=false"]
+
+
+@pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
+def test_the_command_under_torchrun_records_the_global_batch(tmp_path: Path) -> None:
+    """`torchrun --nproc_per_node=2 -m initlab ...`: each rank a slice of the global batch, one run
+    directory written by rank 0, every statistic equal to one process's on the whole batch."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "GLOO_SOCKET_IFNAME": "lo"}
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "initlab", *CLI, "hydra.run.dir=ddp"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (proc.stdout + proc.stderr).count("done    status=ok") == 1  # rank 0 alone speaks
+    one = subprocess.run([sys.executable, "-m", "initlab", *CLI, "hydra.run.dir=one"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=240)
+    assert one.returncode == 0, one.stderr[-2000:]
+    ddp, ref = initlab.load_run(tmp_path / "ddp"), initlab.load_run(tmp_path / "one")
+    assert ddp.summary["world_size"] == 2 and ref.summary["world_size"] == 1
+    keys = ["step", "kind", "layer", "param"]
+    a = ddp.stats.sort_values(keys).reset_index(drop=True)
+    b = ref.stats.sort_values(keys).reset_index(drop=True)
+    assert list(a[keys].itertuples(index=False)) == list(b[keys].itertuples(index=False))  # the same layer names
+    for col in ("mean", "std", "min", "max", "zero_frac", "dead_frac", "numel", "norm"):
+        np.testing.assert_allclose(a[col], b[col], rtol=1e-5, atol=1e-7, err_msg=col)
+    np.testing.assert_allclose(ddp.metrics["loss"], ref.metrics["loss"], rtol=1e-5)  # the global batch's loss
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "one"]  # rank 1 left no directory

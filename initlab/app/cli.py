@@ -16,6 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from initlab.app.distributed import launched, stop
 from initlab.app.help import help_text, wants_help
 from initlab.app.keys import check_overrides
 from initlab.app.launchers import make_discoverable
@@ -62,7 +63,13 @@ def app(cfg: DictConfig) -> float | None:
 
         if SIGNALLED:  # a Ctrl-C during those imports that one of them swallowed (a run once went on)
             raise KeyboardInterrupt
-        summary = run_study(cfg, run_dir, current().behind if multirun and _in_process(hc) else None)
+        ranks = launched()
+        if ranks is not None and ranks[0] != 0:  # torchrun: rank 0 prints and writes; the others run unseen
+            summary = _other_rank(cfg, run_dir)
+        else:
+            summary = run_study(cfg, run_dir, current().behind if multirun and _in_process(hc) else None)
+        if ranks is not None:
+            stop()
     except RunDirTaken as exc:  # another run's directory: write nothing into it
         if multirun:
             log.error("failed  %s", exc)
@@ -109,6 +116,24 @@ def app(cfg: DictConfig) -> float | None:
         if _in_process(hc):  # (initlab's joblib launcher stops its own jobs)
             raise KeyboardInterrupt  # stop the sweep here
     return (summary.get("final") or {}).get("loss")
+
+
+def _other_rank(cfg: DictConfig, private: Path) -> dict[str, Any]:
+    """A rank other than 0 under torchrun: the same run, quiet, in the private directory `_main`
+    gave Hydra for it, removed at the end."""
+    import shutil
+
+    from omegaconf import open_dict
+
+    from initlab.app.study import run_study
+
+    logging.getLogger("initlab").setLevel(logging.ERROR)
+    with open_dict(cfg):
+        cfg.plots, cfg.report.html, cfg.train.progress = False, False, False
+    try:
+        return run_study(cfg, private)
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
 
 
 def _in_process(hc: Any) -> bool:
@@ -236,6 +261,12 @@ def _main() -> None:
         sys.exit(EXIT_BAD_INPUT)
     if wants_help(sys.argv[1:]):
         _print_help(sys.argv[1:])
+    ranks = launched()
+    if ranks is not None and ranks[0] != 0:  # torchrun: Hydra's files for this rank go to a private directory
+        import tempfile
+
+        private = tempfile.mkdtemp(prefix="initlab-rank-")
+        sys.argv = [a for a in sys.argv if not a.startswith("hydra.run.dir=")] + [f"hydra.run.dir={private}"]
     problem = _output_dir_problem(sys.argv[1:])
     if problem:
         print(f"initlab: error: {problem}", file=sys.stderr)

@@ -24,6 +24,7 @@ from rich.table import Table
 
 from initlab.app.behind import Behind
 from initlab.app.config import norm_spec, validate
+from initlab.app.distributed import Shard, check, launched, start, wrap
 from initlab.app.width import parametrised, run_coord
 from initlab.data import load_dataset
 from initlab.defaults import preset
@@ -187,6 +188,10 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
     configure_threads(cfg.threads)
     keep_freed_memory()  # before the first large tensor: see allocator.py
     device = job_device(cfg.device)
+    ranks = launched()  # under torchrun: (rank, world size)
+    if ranks is not None:
+        check(cfg, ranks[1])
+        device = start(device)
     precision = precision_of(OmegaConf.to_container(cfg.precision, resolve=True), device)  # one line if it cannot run
     seed_everything(cfg.seed)
     data = load_dataset(OmegaConf.to_container(cfg.data, resolve=True), device, cfg.seed)
@@ -267,13 +272,14 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
                   plots=cfg.plots, meta=meta)
     stage.watch, stage.name = watch, "training"
     setup_s = time.perf_counter() - t0
-    callbacks = [ProgressBar(cfg.train.batch_size)] if cfg.train.progress else []
+    callbacks = [ProgressBar(cfg.train.batch_size)] if cfg.train.progress and not (ranks and ranks[0]) else []
     log.info("train   %d steps of batch %d (%s)", cfg.train.steps, cfg.train.batch_size,
              "probe at init: no update" if cfg.train.steps == 0 else f"optim={cfg.optim.name} lr={ocfg['lr']:g}"
              + ("" if precision.name == "fp32" else f", {precision.name} autocast, loss scale "
                 f"{precision.summary()['loss_scale']}"))
     try:
-        result = fit(model, data, optimizer, cfg.train, watch, cfg.seed, callbacks, scheduler, precision)
+        trained, shards = (wrap(model, device), Shard(data, *ranks)) if ranks else (model, data)
+        result = fit(trained, shards, optimizer, cfg.train, watch, cfg.seed, callbacks, scheduler, precision)
     finally:
         watch.flush()  # whatever happens, what was recorded reaches the disk
     stage.name = "theory"
@@ -300,6 +306,7 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
         "init": init_report,
         "param": param_info,
         "precision": precision.summary(),
+        "world_size": ranks[1] if ranks else 1,
         "timings": {
             "setup_s": setup_s,
             "train_s": result.train_s,
@@ -315,7 +322,7 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
         extra["interrupted_during"] = "training"
     stage.name = "summary"
     summary = watch.finish(extra, OmegaConf.to_container(cfg.diagnose), plots=False)
-    _flag_table(summary["flags"])
+    _flag_table(summary.get("flags") or [])
     if cfg.plots and behind is not None:  # the figures, and the page that embeds them, behind the sweep
         behind.submit(run_dir, bool(cfg.report.html))
     else:
