@@ -103,3 +103,24 @@ def test_the_command_under_torchrun_records_the_global_batch(tmp_path: Path) -> 
         np.testing.assert_allclose(a[col], b[col], rtol=1e-5, atol=1e-7, err_msg=col)
     np.testing.assert_allclose(ddp.metrics["loss"], ref.metrics["loss"], rtol=1e-5)  # the global batch's loss
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ddp", "one"]  # rank 1 left no directory
+
+
+@pytest.mark.slow  # two Lightning launches, ~33 s on 2 cores
+def test_the_lightning_callback_under_ddp_records_the_global_batch(tmp_path: Path) -> None:
+    """Trainer(strategy="ddp", devices=2, accelerator="cpu") with InitlabCallback against one device
+    on the same global batches (DistributedSampler deals each rank every other sample)."""
+    pytest.importorskip("lightning.pytorch")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "GLOO_SOCKET_IFNAME": "lo", "MASTER_ADDR": "127.0.0.1"}
+    for name, devices in (("two", 2), ("one", 1)):
+        proc = subprocess.run([sys.executable, "-m", "tests.scripts.lightning_ddp", str(tmp_path / name), str(devices)],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    two, one = initlab.load_run(tmp_path / "two").stats, initlab.load_run(tmp_path / "one").stats
+    keys = ["step", "kind", "layer", "param"]
+    a = two.sort_values(keys).reset_index(drop=True)
+    b = one.sort_values(keys).reset_index(drop=True)
+    assert list(a[keys].itertuples(index=False)) == list(b[keys].itertuples(index=False))
+    assert (a.loc[a["kind"] == "act", "ranks"] == 2).all()
+    for col in ("mean", "std", "min", "max", "zero_frac", "numel", "norm"):
+        np.testing.assert_allclose(a[col], b[col], rtol=1e-5, atol=1e-7, err_msg=col)

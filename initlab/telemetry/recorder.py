@@ -129,6 +129,7 @@ class Telemetry:
         self._slots: dict[tuple[str, int], Slot] = {}
         self._calls: dict[str, int] = {}
         self._passes = 0  # forward passes of the root module inside record()
+        self._depth = 0  # calls of the root open right now (a pass is the outermost)
         self._rows: list[_Row] = []
         self._bn_prev: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self._norm_stats: dict[str, tuple[torch.Tensor | None, torch.Tensor]] = {}  # this call's, until its hook
@@ -206,7 +207,14 @@ class Telemetry:
         return hook
 
     def _root_pre_hook(self, module: nn.Module, args: tuple) -> None:
-        self._passes += 1
+        # A pass begins where no call of the root is open: a call inside one (Lightning under DDP
+        # calls the module once to redirect to training_step, which calls it again) is the same pass
+        self._depth += 1
+        if self._depth == 1:
+            self._passes += 1
+
+    def _root_post_hook(self, module: nn.Module, args: tuple, out: object) -> None:
+        self._depth = max(self._depth - 1, 0)
 
     def _bn_pre_hook(self, name: str):
         def hook(module: nn.Module, args: tuple) -> None:
@@ -237,9 +245,10 @@ class Telemetry:
     def record(self) -> Iterator[None]:
         """Attach the hooks (and the norms' sinks) for one forward/backward; always removed on exit."""
         self._calls.clear()
-        self._passes = 0
+        self._passes = self._depth = 0
         def handles() -> Iterator[Any]:
             yield self.model.register_forward_pre_hook(self._root_pre_hook)
+            yield self.model.register_forward_hook(self._root_post_hook, always_call=True)
             yield from (m.register_forward_hook(self._forward_hook(name, m)) for name, m in self.modules)
             if self.cfg.bn:
                 yield from (m.register_forward_pre_hook(self._bn_pre_hook(name))
