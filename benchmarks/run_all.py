@@ -4,7 +4,8 @@ import subprocess
 import sys
 
 BENCHMARKS = ["benchmarks.loader", "benchmarks.telemetry_overhead", "benchmarks.model_steps", "benchmarks.waiting",
-              "benchmarks.reports", "benchmarks.coord_mup", "benchmarks.precision"]
+              "benchmarks.reports", "benchmarks.coord_mup", "benchmarks.precision",
+              "benchmarks.distributed"]
 
 if __name__ == "__main__":
     extra = sys.argv[1:]

@@ -59,6 +59,7 @@ def stop() -> None:
     import torch.distributed as dist
 
     if dist.is_initialized():
+        dist.barrier()  # every rank done with its collectives before any tears the group down
         dist.destroy_process_group()
 
 

@@ -27,4 +27,5 @@ with initlab.watch(model, opt, out=out, telemetry={"name": "full", "first": 0, "
             opt.step()
         w.log(loss=loss)
         assert step < STEPS
+dist.barrier()  # every rank done with its collectives before any tears the group down
 dist.destroy_process_group()
