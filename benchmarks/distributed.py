@@ -116,7 +116,8 @@ def main() -> None:
     if args.worker:
         worker(2 if args.quick else args.rounds, steps, long_steps)
         return
-    torchrun = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+    beside = Path(sys.executable).with_name("torchrun")  # this interpreter's torch
+    torchrun = str(beside) if beside.exists() else (shutil.which("torchrun") or str(beside))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore", "GLOO_SOCKET_IFNAME": "lo"}
     cmd = [torchrun, "--standalone", "--nproc_per_node=2", "-m", "benchmarks.distributed", "--worker",
            "--rounds", str(args.rounds)] + (["--quick"] if args.quick else [])

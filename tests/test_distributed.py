@@ -18,7 +18,8 @@ from initlab.telemetry.stats import STATS
 from tests.scripts.ddp_reference import batches, make_model
 
 ROOT = Path(__file__).parents[1]
-TORCHRUN = shutil.which("torchrun") or str(Path(sys.executable).with_name("torchrun"))
+BESIDE = Path(sys.executable).with_name("torchrun")  # this interpreter's torch, not whichever PATH finds first
+TORCHRUN = str(BESIDE) if BESIDE.exists() else (shutil.which("torchrun") or str(BESIDE))
 
 
 def _reference(out: Path) -> pd.DataFrame:
