@@ -132,3 +132,23 @@ def pytest_approx(value: float, rel: float) -> object:
     import pytest
 
     return pytest.approx(value, rel=rel)
+
+
+def test_probing_several_inits_prints_each_schemes_depth_ratios(tmp_path: Path) -> None:
+    out = run_cli([*SMALL, "model.depth=6", "probe.inits=[default,kaiming]", "probe.seeds=2", "train.steps=0"], tmp_path)
+    assert out.returncode == 0, out.stderr[-800:]
+    table = out.stderr[out.stderr.index("probe: 2 weight draw(s) per init"):]
+    assert "activation std last/first" in table and "│ default" in table and "│ kaiming" in table
+
+
+def test_the_sweep_page_shows_what_was_swept_first_and_no_empty_columns(tmp_path: Path) -> None:
+    out = run_cli(["-m", *SMALL, "train.steps=2", "init=default,kaiming", "report.html=true", "hydra.sweep.dir=S"],
+                  tmp_path)
+    assert out.returncode == 0, out.stderr[-800:]
+    page = (tmp_path / "S" / "report.html").read_text()
+    header = page[page.index('class="dataframe jobs"'):]
+    header = header[:header.index("</tr>")]
+    names = [h.split(">")[-1] for h in header.split("</th>")[:-1]]
+    assert names[:2] == ["job", "init"] and "diverged_step" not in names and "diverged_layer" not in names
+    job = (tmp_path / "S" / "1" / "report.html").read_text()
+    assert "<title>initlab run" in job and "init=kaiming" in job[:job.index("</title>")]

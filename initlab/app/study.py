@@ -403,7 +403,26 @@ def _probe(run_dir: Path, cfg: DictConfig, batch: tuple[torch.Tensor, torch.Tens
         said += f"{',' if said else ':'} {act['nonfinite_draws']} of {len(draws)} draws non-finite"
     log.info("probe   %d draws (%d inits x %d seeds) in %.1f s (%s)%s", len(draws), len(inits), cfg.probe.seeds,
              seconds, how, said)
+    if "inits" in out:  # several schemes: each one's depth ratios, side by side
+        _probe_table(out["inits"], cfg.probe.seeds)
     return out
+
+
+def _probe_table(schemes: dict[str, dict[str, Any]], seeds: int) -> None:
+    """probe.inits: per scheme, the activation std last/first and the gradient std first/last
+    over its weight draws (mean [min–max]); what the diagnosis reads, for every scheme."""
+    def cell(r: dict[str, Any] | None) -> str:
+        if not r or "mean" not in r:
+            return "non-finite" if r and r.get("nonfinite_draws") else "—"
+        text = f"{r['mean']:.3g} [{r['min']:.3g}–{r['max']:.3g}]" if r.get("n", 1) > 1 else f"{r['mean']:.3g}"
+        return text + (f", {r['nonfinite_draws']} non-finite" if r.get("nonfinite_draws") else "")
+
+    table = Table(title=f"probe: {seeds} weight draw(s) per init", title_justify="left")
+    for col in ("init", "activation std last/first", "gradient std first/last"):
+        table.add_column(col, justify="left" if col == "init" else "right")
+    for name, r in schemes.items():
+        table.add_row(name, cell(r.get("act_std_last_over_first")), cell(r.get("grad_std_first_over_last")))
+    Console(stderr=True).print(table)
 
 
 def _flag_table(flags: list[dict[str, Any]]) -> None:

@@ -123,7 +123,8 @@ def run_html(run_dir: Path) -> str:
                 ("Files", _files(run_dir)), ("Timings", _table(summary.get("timings") or {}))]
     if config:
         sections.append(("Config", f"<pre>{html.escape(json.dumps(config, indent=2))}</pre>"))
-    return _page(f"initlab run {run_dir.name}", str(about["status"]), sections)
+    named = " ".join(summary.get("overrides") or []) or run_dir.name  # a sweep's job: what it ran, not "0"
+    return _page(f"initlab run {named}", str(about["status"]), sections)
 
 
 def _step0_table(run_dir: Path) -> str:
@@ -157,7 +158,12 @@ def _files(run_dir: Path) -> str:
 
 
 def sweep_html(sweep_dir: Path, table: pd.DataFrame) -> str:
-    cols = [c for c in table.columns if c not in ("path", "error") and not c.startswith("flag_")]
+    from initlab.rundir.sweep_table import swept_factors
+
+    factors = [c for c in swept_factors(table) if c in table]
+    rest = [c for c in table.columns if c not in ("path", "error", *factors) and not c.startswith("flag_")
+            and not (table[c].isna() | table[c].astype(str).isin(["None", "nan", ""])).all()]  # all-empty: hidden
+    cols = ["job", *factors, *[c for c in rest if c != "job"]]  # what was swept first, where it shows
     failed = int((~table["status"].isin(["ok", "diverged"])).sum())
     status = "ok" if not failed else "failed"
     summary = {"jobs": len(table), "failed": failed, "diverged": int((table["status"] == "diverged").sum())}
