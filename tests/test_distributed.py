@@ -125,3 +125,23 @@ def test_the_lightning_callback_under_ddp_records_the_global_batch(tmp_path: Pat
     assert (a.loc[a["kind"] == "act", "ranks"] == 2).all()
     for col in ("mean", "std", "min", "max", "zero_frac", "numel", "norm"):
         np.testing.assert_allclose(a[col], b[col], rtol=1e-5, atol=1e-7, err_msg=col)
+
+
+@pytest.mark.skipif(not Path(TORCHRUN).exists(), reason="torchrun not installed")
+def test_telemetry_ranks_each_keeps_every_ranks_own_rows_beside_the_merged(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore",
+           "MASTER_ADDR": "127.0.0.1", "GLOO_SOCKET_IFNAME": "lo"}
+    proc = subprocess.run([TORCHRUN, "--standalone", "--nproc_per_node=2", "-m", "tests.scripts.ddp_watch",
+                           str(tmp_path / "ddp"), "each"], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = initlab.load_run(tmp_path / "ddp").stats
+    acts = s[s["kind"] == "act"]
+    merged, own = acts[acts["rank"] == -1], acts[acts["rank"] >= 0]
+    assert sorted(own["rank"].unique()) == [0, 1] and (own["ranks"] == 1).all() and (merged["ranks"] == 2).all()
+    assert set(s.loc[s["kind"] == "weight", "rank"]) == {0}  # replicated: rank 0's, once
+    assert len(own) == 2 * len(merged)
+    for (step, layer), rows in own.groupby(["step", "layer"]):
+        whole = merged[(merged["step"] == step) & (merged["layer"] == layer)].iloc[0]
+        assert rows["numel"].sum() == whole["numel"] and len(rows) == 2
+        assert np.isclose((rows["mean"] * rows["numel"]).sum() / rows["numel"].sum(), whole["mean"], rtol=1e-6, atol=1e-9)

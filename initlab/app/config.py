@@ -205,6 +205,7 @@ def validate(cfg: DictConfig) -> None:
         from initlab.telemetry.formats import formats_of
 
         formats_of(formats)  # names it knows, or one line
+    check_choice(cfg, "telemetry.ranks", ("merged", "each"))
     _check_precision(cfg)
     check_bool(cfg, "telemetry.hist.enabled")
     check_num(cfg, "telemetry.hist.min_abs", 0.0, strict=True)

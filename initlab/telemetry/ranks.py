@@ -18,6 +18,8 @@ so merged gradient moments (and amax, amin) are divided by the world size. Their
 fractions are of the gradient as each rank holds it, which is what a low format would hold.
 """
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.distributed as dist
@@ -37,10 +39,22 @@ def world() -> tuple[int, int] | None:
     return (dist.get_rank(), size) if size > 1 else None
 
 
-def merge(kinds: list[str], stats: np.ndarray, counts: np.ndarray | None, fmt: np.ndarray | None
-          ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None, np.ndarray]:
-    """The step's (stats, histogram counts, format values) merged over the ranks, and the
-    `ranks` column. Every rank must call it at the same logged steps with the same rows."""
+@dataclass
+class Merged:
+    """A logged step after the merge: the merged rows, and every rank's own (for telemetry.ranks: each)."""
+
+    stats: np.ndarray  # (rows, STATS)
+    counts: np.ndarray | None  # histogram counts, added
+    fmt: np.ndarray | None  # format values
+    ranks: np.ndarray  # the `ranks` column: the world size where merged, 1 where rank 0's
+    merged: np.ndarray  # which rows are merged (bool)
+    each_stats: np.ndarray  # (world, rows, STATS): every rank's own rows, as it reduced them
+    each_fmt: np.ndarray | None  # (world, rows, K)
+
+
+def merge(kinds: list[str], stats: np.ndarray, counts: np.ndarray | None, fmt: np.ndarray | None) -> Merged:
+    """The step's (stats, histogram counts, format values) merged over the ranks. Every rank must
+    call it at the same logged steps with the same rows."""
     rank, size = world() or (0, 1)
     parts = [stats.reshape(-1), *([counts.astype(np.float64).reshape(-1)] if counts is not None else []),
              *([fmt.reshape(-1)] if fmt is not None else [])]
@@ -61,11 +75,12 @@ def merge(kinds: list[str], stats: np.ndarray, counts: np.ndarray | None, fmt: n
     out = _merge_stats(all_stats, merged_kind, np.array([k == "grad" for k in kinds]), size)
     new_counts = everyone[:, n_stats:n_stats + n_counts].sum(0).reshape(counts.shape).astype(counts.dtype) \
         if counts is not None else None
-    new_fmt = None
+    new_fmt = all_fmt = None
     if fmt is not None:
         all_fmt = everyone[:, n_stats + n_counts:].reshape(size, *fmt.shape)
         new_fmt = _merge_formats(all_fmt, merged_kind, np.array([k == "grad" for k in kinds]), size)
-    return out, new_counts, new_fmt, np.where(merged_kind, size, 1).astype(np.int64)
+    return Merged(out, new_counts, new_fmt, np.where(merged_kind, size, 1).astype(np.int64), merged_kind,
+                  all_stats, all_fmt)
 
 
 def _merge_stats(s: np.ndarray, merged: np.ndarray, grad: np.ndarray, size: int) -> np.ndarray:

@@ -361,18 +361,41 @@ class Telemetry:
             self._cpu = CpuReducer(self.cfg.hist)  # from the next logged step on
         index = np.fromiter((r.index for r in rows), np.int64, len(rows))
         fmt = self._format_values(rows) if self.formats else None
-        ranks = None
+        merged = None
         if world() is not None:  # DDP: the ranks' rows merged into the global batch's, one collective
-            stats, counts, fmt, ranks = merge([r.kind for r in rows], stats, counts, fmt)
+            merged = merge([r.kind for r in rows], stats, counts, fmt)
+            stats, counts, fmt = merged.stats, merged.counts, merged.fmt
+        cols = self._columns(step, rows, index, stats, fmt)
+        if merged is not None:
+            cols["ranks"] = merged.ranks
+            if self.cfg.ranks == "each":  # every rank's own rows too, beside the merged ones
+                cols = self._with_each_rank(step, rows, index, cols, merged)
+        hist = hist_columns(cols, hist_rows, counts, self.cfg.hist, self._binner.bounds) \
+            if counts is not None else None
+        return cols, hist
+
+    def _columns(self, step: int, rows: list[_Row], index: np.ndarray, stats: np.ndarray,
+                 fmt: np.ndarray | None) -> Columns:
         cols = stats_columns(step, [r.slot for r in rows], [r.kind for r in rows], [r.param for r in rows],
                              index, stats, len(self.params))
         if fmt is not None:
             cols.update(format_columns(fmt, self.formats))
-        if ranks is not None:
-            cols["ranks"] = ranks
-        hist = hist_columns(cols, hist_rows, counts, self.cfg.hist, self._binner.bounds) \
-            if counts is not None else None
-        return cols, hist
+        return cols
+
+    def _with_each_rank(self, step: int, rows: list[_Row], index: np.ndarray, cols: Columns, merged: Any) -> Columns:
+        """telemetry.ranks=each: the merged table (`rank` -1 where merged, 0 where rank 0's), then each
+        rank's own rows of the merged kinds (`rank` r, `ranks` 1), to see imbalance between ranks."""
+        cols["rank"] = np.where(merged.merged, -1, 0).astype(np.int64)
+        keep = np.flatnonzero(merged.merged)
+        mine = [rows[i] for i in keep]
+        parts = [cols]
+        for r in range(len(merged.each_stats)):
+            fmt = merged.each_fmt[r][keep] if merged.each_fmt is not None else None
+            part = self._columns(step, mine, index[keep], merged.each_stats[r][keep], fmt)
+            part["ranks"] = np.ones(len(keep), dtype=np.int64)
+            part["rank"] = np.full(len(keep), r, dtype=np.int64)
+            parts.append(part)
+        return {k: np.concatenate([p[k] for p in parts]) for k in cols}
 
     def _format_values(self, rows: list[_Row]) -> np.ndarray:
         """The rows' format counts on the host (one copy per device; NaN for rows without)."""

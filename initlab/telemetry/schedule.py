@@ -48,6 +48,7 @@ class TelemetryConfig:
     thresholds: Mapping[str, float] | None = None  # dead/saturated thresholds (conf: `dead`)
     modules: Sequence[str] = ()
     formats: Sequence[str] = ()  # fp16, bf16, e4m3, e5m2: what each would flush, lose to subnormals, overflow
+    ranks: str = "merged"  # under DDP: merged (the global batch's rows) | each (every rank's own rows too)
     enabled: bool = True
     first: int = int(_SHIPPED["first"])
     every: int = int(_SHIPPED["every"])
@@ -64,7 +65,8 @@ class TelemetryConfig:
         hist = HistSpec(float(h["min_abs"]), float(h["max_abs"]), int(h["bins_per_decade"]),
                         int(h["sample"])) if h is not None and h.get("enabled", True) else None
         return cls(params=bool(c["params"]), bn=bool(c["bn"]), norm=bool(c["norm"]), hist=hist, thresholds=dict(c["dead"] or {}),
-                   modules=list(c["modules"] or []), formats=list(c.get("formats") or []), enabled=bool(c["enabled"]), first=int(c["first"]),
+                   modules=list(c["modules"] or []), formats=list(c.get("formats") or []),
+                   ranks=str(c.get("ranks") or "merged"), enabled=bool(c["enabled"]), first=int(c["first"]),
                    every=int(c["every"]), log_points=int(c["log_points"]), flush_every=int(c["flush_every"]),
                    flush_seconds=float(c["flush_seconds"]), name=str(c["name"]))
 
@@ -95,5 +97,5 @@ class TelemetryConfig:
         return {"name": self.name, "enabled": self.enabled, "first": self.first, "every": self.every,
                 "log_points": self.log_points, "flush_every": self.flush_every,
                 "flush_seconds": self.flush_seconds, "params": self.params,
-                "bn": self.bn, "norm": self.norm, "modules": list(self.modules), "formats": list(self.formats), "dead": dict(self.thresholds or {}),
+                "bn": self.bn, "norm": self.norm, "modules": list(self.modules), "formats": list(self.formats), "ranks": self.ranks, "dead": dict(self.thresholds or {}),
                 "hist": self.hist.as_dict() if self.hist else None}

@@ -12,11 +12,12 @@ import initlab
 from tests.scripts.ddp_reference import STEPS, batches, make_model
 
 out = sys.argv[1]
+ranks = sys.argv[2] if len(sys.argv) > 2 else "merged"  # telemetry.ranks
 dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 model = DDP(make_model())
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
-with initlab.watch(model, opt, out=out, telemetry={"name": "full", "first": 0, "every": 1, "formats": ["fp16"]},
+with initlab.watch(model, opt, out=out, telemetry={"name": "full", "first": 0, "every": 1, "formats": ["fp16"], "ranks": ranks},
                    plots=False) as w:
     for step, (x, y) in enumerate(batches()):
         shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
