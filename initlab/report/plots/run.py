@@ -186,8 +186,8 @@ def _logged(metrics: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]
 
 
 def plot_metrics(metrics: pd.DataFrame, title: str, path: Path, fmt: str = "png") -> Path | None:
-    """Loss and accuracy curves (what was logged of them), training batches and held-out
-    evaluations. Nothing to draw for a probe (fewer than two logged steps)."""
+    """Loss and accuracy: the training batches faint, their running mean over ~1/30 of the run,
+    the held-out evaluations as points. Nothing to draw for a probe (fewer than two logged steps)."""
     panels = [(name, val) for name, val in (("loss", "val_loss"), ("accuracy", "val_accuracy"))
               if name in metrics or val in metrics]
     if metrics.empty or not panels or metrics["step"].nunique() < 2:
@@ -196,10 +196,14 @@ def plot_metrics(metrics: pd.DataFrame, title: str, path: Path, fmt: str = "png"
     for ax, (name, val) in zip(axes[0], panels):
         if name in metrics:
             step, y = _logged(metrics, name)
-            ax.plot(step, y, lw=1, color="tab:blue", label="train")
+            window = max(1, len(y) // 30)  # a minibatch is noise: the running mean over ~1/30 of the run
+            ax.plot(step, y, lw=0.6, color="tab:blue", alpha=0.3)
+            smooth = pd.Series(y).rolling(window, min_periods=1).mean().to_numpy()
+            ax.plot(step, smooth, lw=1.4, color="tab:blue", label=f"train (running mean of {window})" if window > 1
+                    else "train")
         if val in metrics:
             step, y = _logged(metrics, val)
-            ax.plot(step, y, "o-", ms=4, color="tab:orange", label="held-out")
+            ax.plot(step, y, "o", ms=5, color="tab:orange", label="held-out")  # evaluations, not a curve
         if name == "loss":
             log_axis(ax)  # when the loss falls by a decade or more
         ax.set_xlabel("step")
