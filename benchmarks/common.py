@@ -33,6 +33,21 @@ def random_dataset(shape: tuple[int, ...], n: int, device: torch.device, classes
     return DeviceDataset("bench", x, y, x[:0], y[:0], classes)
 
 
+def kaiming_case(name: str, cfg: dict, shape: tuple[int, ...], batch: int, device: torch.device, norm: str = "none"
+                 ) -> tuple[torch.nn.Module, DeviceDataset, torch.optim.Optimizer]:
+    """A benchmark's model (Kaiming-initialised, on `device`), 8 batches of random data and SGD."""
+    from initlab.init import apply_init
+    from initlab.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, {"act": "relu", **cfg}, shape, 10, norm=norm)
+    apply_init(model, {"name": "kaiming"}, "relu")
+    model.to(device)
+    data = random_dataset(shape, batch * 8, device)
+    data.batch = batch
+    return model, data, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

@@ -20,11 +20,9 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import median, random_dataset, write_table
+from benchmarks.common import kaiming_case, median, write_table
 from benchmarks.telemetry_overhead import CHUNKS, DEFAULT_SCHEDULE, _fit
 from initlab.devices import resolve_device
-from initlab.init import apply_init
-from initlab.models import build_model
 from initlab.precision import precision_of
 from initlab.record.watcher import Watch
 from initlab.speedups.allocator import keep_freed_memory
@@ -44,13 +42,7 @@ TRAIN = {"eval_every": 0, "stop_on_nonfinite": False}
 
 def bench_case(label: str, device: torch.device, rounds: int, steps: int, long_steps: int, tmp: Path) -> dict:
     name, cfg, shape, bs = CASES[label]
-    torch.manual_seed(0)
-    model = build_model(name, {"act": "relu", **cfg}, shape, 10, norm="none")
-    apply_init(model, {"name": "kaiming"}, "relu")
-    model.to(device)
-    data = random_dataset(shape, bs * 8, device)
-    data.batch = bs
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    model, data, opt = kaiming_case(name, cfg, shape, bs, device)
     full = TelemetryConfig.of("full")
     with_formats = TelemetryConfig.of({**full.as_dict(), "formats": FORMATS})
 

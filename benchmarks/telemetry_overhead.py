@@ -29,10 +29,8 @@ import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from benchmarks.common import median, random_dataset, write_table
+from benchmarks.common import kaiming_case, median, write_table
 from initlab.devices import resolve_device
-from initlab.init import apply_init
-from initlab.models import build_model
 from initlab.record.watcher import Watch
 from initlab.speedups.allocator import keep_freed_memory
 from initlab.telemetry import CpuPath, Schedule, TelemetryConfig, tracked_modules
@@ -124,13 +122,7 @@ def _user_loop(model, data, opt, steps: int, watch: Watch | None) -> list[float]
 
 def bench_case(label: str, device: torch.device, rounds: int, steps: int, long_steps: int, tmp: Path):
     name, cfg, shape, bs, norm = ALL_CASES[label]
-    torch.manual_seed(0)
-    model = build_model(name, {"act": "relu", **cfg}, shape, 10, norm=norm)
-    apply_init(model, {"name": "kaiming"}, "relu")
-    model.to(device)
-    data = random_dataset(shape, bs * 8, device)
-    data.batch = bs
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    model, data, opt = kaiming_case(name, cfg, shape, bs, device, norm)
     full_cfg = TelemetryConfig.of("full")
     plain_cfg = TelemetryConfig.of({**full_cfg.as_dict(), "bn": False, "norm": False})
 

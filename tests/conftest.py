@@ -83,3 +83,20 @@ def only_run_dir(root: Path) -> Path:
     dirs = [p.parent for p in root.rglob("summary.json")]
     assert len(dirs) == 1, f"expected one run under {root}, found {dirs}"
     return dirs[0]
+
+
+def watched_steps(w, model, opt, steps, inputs: tuple[int, ...], pause: float = 0.0) -> None:
+    """The README's plain loop through `w` for `steps`: a squared-output loss on fresh Gaussian
+    inputs of shape `inputs`, one optimizer step each, the loss logged."""
+    import time
+
+    import torch
+
+    for s in steps:
+        with w.step(s):
+            loss = model(torch.randn(*inputs)).pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        w.log(loss=loss)
+        time.sleep(pause)

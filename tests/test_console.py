@@ -14,7 +14,7 @@ from pathlib import Path
 from initlab.app.naming import run_name
 from initlab.models.summary import folded
 from initlab.train import ProgressBar
-from tests.conftest import run_cli
+from tests.conftest import run_cli, watched_steps
 
 SMALL = ["model=mlp", "model.depth=2", "model.width=16", "data.shape=[32]", "data.train_size=64",
          "data.val_size=16", "train.batch_size=8", "train.progress=false", "plots=false", "device=cpu"]
@@ -95,12 +95,7 @@ def test_a_watch_run_records_its_optimizer_its_size_and_the_callers_config(tmp_p
     opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95))
     cfg = OmegaConf.create({"experiment": "mine", "model": {"width": 8}})
     with initlab.watch(model, opt, out=tmp_path / "r", plots=False, config=cfg, tags=["baseline"]) as w:
-        with w.step(0):
-            loss = model(torch.randn(5, 4)).pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        w.log(loss=loss)
+        watched_steps(w, model, opt, range(1), (5, 4))
     config = initlab.load_run(tmp_path / "r").config
     assert config["model"] == {"name": "Sequential", "params": 58, "width": 8}
     assert config["optim"]["name"] == "AdamW" and config["optim"]["lr"] == 3e-4 and config["optim"]["betas"] == [0.9, 0.95]

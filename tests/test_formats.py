@@ -14,6 +14,7 @@ from initlab.probe import probe_draws, probe_stacked
 from initlab.telemetry import TelemetryConfig
 from initlab.telemetry.formats import DTYPES, OUTCOMES, format_columns, format_rows, formats_of
 from initlab.telemetry.reducers import CpuPath, load_kernels
+from tests.conftest import watched_steps
 
 NAMES = ["fp16", "bf16", "e4m3", "e5m2"]
 FORMATS = formats_of(NAMES)
@@ -138,13 +139,7 @@ def test_a_watch_on_your_own_model_records_them_to_disk(tmp_path) -> None:
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     with initlab.watch(model, opt, out=tmp_path / "r", plots=False, telemetry={"formats": ["fp16", "e4m3"]}) as w:
-        for s in range(3):
-            with w.step(s):
-                loss = model(torch.randn(16, 4)).pow(2).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            w.log(loss=loss)
+        watched_steps(w, model, opt, range(3), (16, 4))
     stats = initlab.load_run(tmp_path / "r").stats
     for kind in ("act", "grad", "weight", "weight_grad", "update"):
         rows = stats[stats["kind"] == kind]

@@ -7,7 +7,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -25,20 +24,13 @@ from initlab.rundir.lock import claim_run, in_use, release
 from initlab.rundir.store import read_metrics, read_stats
 from initlab.rundir.sweep_table import sweep_table
 from initlab.telemetry.columns import nonfinite_rows
-from tests.conftest import compose_cfg, run_cli
+from tests.conftest import compose_cfg, run_cli, watched_steps
 
 SMOKE = ["experiment=smoke", "train.progress=false", "plots=false"]
 
 
 def _loop(w: Watch, model: nn.Module, opt: torch.optim.Optimizer, steps: range, pause: float = 0.0) -> None:
-    for s in steps:
-        with w.step(s):
-            loss = model(torch.randn(4, 3)).pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        w.log(loss=loss)
-        time.sleep(pause)
+    watched_steps(w, model, opt, steps, (4, 3), pause)
 
 
 def _model() -> tuple[nn.Module, torch.optim.Optimizer]:

@@ -89,10 +89,11 @@ def nonfinite_rows(cols: Columns) -> np.ndarray:
     """Rows whose tensor went non-finite: NaN or inf elements, or a statistic that overflowed
     (finite values whose mean or norm is inf). A row of zero elements is not non-finite (its mean
     is undefined, not a divergence), nor is one element's undefined unbiased std."""
-    numel = cols["numel"]
+    numel = cols["numel"] if "numel" in cols else np.full(len(cols["nonfinite"]), 2)  # a table without counts: non-empty
     with np.errstate(invalid="ignore"):
         bad = cols["nonfinite"] != 0
-        bad |= (numel > 0) & ~np.isfinite(cols["mean"])
+        if "mean" in cols:
+            bad |= (numel > 0) & ~np.isfinite(cols["mean"].astype(float))
         for name in ("std", "norm"):
             if name in cols:
                 bad |= (numel > 1) & ~np.isfinite(cols[name])

@@ -13,6 +13,7 @@ and one `bincount` per step's rows give every count at once, on the tensors' own
 The counts equal those of a real cast (tests/test_formats.py).
 """
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,8 @@ def columns(formats: Sequence[Format]) -> tuple[str, ...]:
     return (*SUMMARY, *(f"{f.name}_{o}" for f in formats for o in OUTCOMES))
 
 
-def _bounds(formats: Sequence[Format], dtype: torch.dtype) -> list[float]:
+@functools.cache  # the same few numbers for every tensor of a run: computed once per formats and dtype
+def _bounds(formats: tuple[Format, ...], dtype: torch.dtype) -> list[float]:
     """Magnitudes b for which the count of |x| <= b is wanted, in a fixed order: 0, the largest
     finite of `dtype`, then per format its zero, last-subnormal and last-not-overflowing bounds."""
     def below(v: float) -> float:  # the largest value of `dtype` under v: |x| < v  <=>  |x| <= below(v)
@@ -78,7 +80,7 @@ class CpuFormats:
 
     def __init__(self, kernels: Any, formats: Sequence[Format]) -> None:
         self.k, self.formats = kernels, tuple(formats)
-        bounds = _bounds(self.formats, torch.float32)
+        bounds = _bounds(tuple(self.formats), torch.float32)
         self.order = sorted(range(len(bounds)), key=lambda i: bounds[i])
         self.rank = {i: r for r, i in enumerate(self.order)}
         edges = np.array([bounds[i] for i in self.order], dtype=np.float32)
@@ -126,7 +128,7 @@ def format_rows(tensors: Sequence[torch.Tensor], formats: Sequence[Format]) -> t
     device, n_rows = flat.device, len(tensors)
     sizes = torch.tensor([t.numel() for t in tensors], device=device)
     seg = torch.repeat_interleave(torch.arange(n_rows, device=device), sizes, output_size=flat.numel())
-    bounds = _bounds(formats, dtype)
+    bounds = _bounds(tuple(formats), dtype)
     order = sorted(range(len(bounds)), key=lambda i: bounds[i])
     rank = {i: r for r, i in enumerate(order)}
     edges = torch.tensor([bounds[i] for i in order], dtype=dtype, device=device)
@@ -153,7 +155,7 @@ def format_rows(tensors: Sequence[torch.Tensor], formats: Sequence[Format]) -> t
 def _one_row(flat: torch.Tensor, formats: Sequence[Format]) -> torch.Tensor:
     """format_rows of one non-empty tensor's magnitudes (`flat`, a copy this may change)."""
     dtype, device = flat.dtype, flat.device
-    bounds = _bounds(formats, dtype)
+    bounds = _bounds(tuple(formats), dtype)
     order = sorted(range(len(bounds)), key=lambda i: bounds[i])
     rank = {i: r for r, i in enumerate(order)}
     edges = torch.tensor([bounds[i] for i in order], dtype=dtype, device=device)
