@@ -57,7 +57,7 @@ docs:  ## the documentation site (site/), strictly: a broken link or reference f
 	$(PYTHON) -m mkdocs build --strict
 
 lint:
-	$(PYTHON) -m ruff check initlab hydra_plugins tests benchmarks
+	$(PYTHON) -m ruff check initlab tests benchmarks
 
 clean:
 	rm -rf outputs/runs outputs/multirun .pytest_cache build site *.egg-info

@@ -5,7 +5,7 @@ import sys
 
 BENCHMARKS = ["benchmarks.loader", "benchmarks.telemetry_overhead", "benchmarks.model_steps", "benchmarks.waiting",
               "benchmarks.reports", "benchmarks.coord_mup", "benchmarks.precision",
-              "benchmarks.distributed"]
+              "benchmarks.distributed", "benchmarks.launchers"]
 
 if __name__ == "__main__":
     extra = sys.argv[1:]

@@ -4,6 +4,7 @@
     initlab.apply_init(model, "kaiming", act="relu")
     with initlab.watch(model, optimizer, out="runs/x", total_steps=1000) as w: ...
     run = initlab.load_run("runs/x")
+    table = initlab.load_runs("runs/*")  # runs side by side: the config keys they differ on, their verdicts
     groups = initlab.parametrize(model, "mup", base=make_model(128), optimizer="adamw", lr=3e-3)
     result = initlab.coord_check(make_model, widths=[128, 256, 512], batches=loader, param=["sp", "mup"])
 
@@ -26,6 +27,7 @@ _LAZY = {
     "TelemetryConfig": "initlab.telemetry",
     "load_run": "initlab.rundir.store",
     "load_sweep": "initlab.rundir.sweep_table",
+    "load_runs": "initlab.rundir.sweep_table",
     "parametrize": "initlab.width.parametrize",
     "coord_check": "initlab.width.coord",
 }
@@ -43,5 +45,5 @@ def __dir__() -> list[str]:
     return sorted([*globals(), *_LAZY])
 
 
-__all__ = ["TelemetryConfig", "Watch", "__version__", "apply_init", "coord_check", "load_run", "load_sweep",
+__all__ = ["TelemetryConfig", "Watch", "__version__", "apply_init", "coord_check", "load_run", "load_runs", "load_sweep",
            "parametrize", "watch"]

@@ -136,7 +136,30 @@ def test_an_unknown_key_names_the_keys_nearby(override: str, message: str) -> No
     assert str(err.value).startswith(message) and "\n" not in str(err.value), str(err.value)
 
 
-@pytest.mark.parametrize("args", [["model=mlp", "model.depth=3"], ["+model.zero_init_residual=true"],
+GROUP_KEYS = [  # a key the chosen option does not have: one line naming what it has, and where the key lives
+    (["model=conv4", "model.depth=3"], "model=conv4 has no setting depth: its settings are channels,", "depth belongs to model=mlp, vit"),
+    (["+model.depth=3"], "model=conv4 has no setting depth", "depth belongs to model=mlp"),  # the default model, and a + no exception
+    (["model=mlp", "model.depht=3"], "model=mlp has no setting depht (did you mean model.depth?)", "depth, width"),
+    (["norm=layer", "norm.sync=true"], "norm=layer has no setting sync", "sync belongs to norm=auto, batch"),
+    (["experiment=smoke", "model.width=8"], "model=conv4 has no setting width", "width belongs to model=mlp, resnet"),
+    (["optim=sgd", "optim.betas=[0.9,0.99]"], "optim=sgd has no setting betas", "betas belongs to optim=adam, adamw"),
+]
+
+
+@pytest.mark.parametrize("args,start,mention", GROUP_KEYS, ids=[" ".join(g[0]) for g in GROUP_KEYS])
+def test_a_key_the_chosen_option_lacks_names_its_keys(args: list[str], start: str, mention: str) -> None:
+    with pytest.raises(InitlabError) as err:
+        check_overrides(args)
+    assert str(err.value).startswith(start) and mention in str(err.value) and "\n" not in str(err.value), str(err.value)
+
+
+def test_the_command_line_refuses_a_key_of_another_model_in_one_line_before_torch(tmp_path) -> None:
+    proc = run_cli(["model=conv4", "model.depth=3"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert "model=conv4 has no setting depth" in proc.stderr and not (tmp_path / "outputs").exists()
+
+
+@pytest.mark.parametrize("args", [["model=mlp", "model.depth=3"], ["model=torchvision", "+model.zero_init_residual=true"],
                                   ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"], ["-m", "init=default,kaiming"],
                                   ["experiment=smoke", "model=target", "model._target_=x.y"], ["--cfg", "job"]])
 def test_known_keys_new_keys_and_hydra_keys_pass(args: list[str]) -> None:

@@ -19,9 +19,7 @@ def test_regular_install_runs_from_another_directory(tmp_path: Path) -> None:
     assert build.returncode == 0, build.stderr
     assert (target / "initlab" / "conf" / "config.yaml").exists()
     assert (target / "initlab" / "conf" / "model" / "conv4.yaml").exists()
-    assert (target / "initlab" / "conf" / "hydra" / "launcher" / "joblib.yaml").exists()
-    assert (target / "hydra_plugins" / "initlab_launchers" / "joblib_launcher.py").exists()  # Hydra's namespace
-    assert not (target / "hydra_plugins" / "__init__.py").exists()  # stays a namespace package
+    assert (target / "initlab" / "conf" / "hydra" / "job_logging" / "initlab.yaml").exists()
     packages = {p.parent.relative_to(ROOT) for p in (ROOT / "initlab").rglob("__init__.py")}
     missing = [str(p) for p in packages if not (target / p / "__init__.py").exists()]
     assert not missing, f"packages not shipped (pyproject's packages list): {missing}"

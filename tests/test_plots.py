@@ -56,13 +56,20 @@ def test_histogram_axes_are_values_and_steps_not_indices(trained: Path, drawn, t
     steps = np.sort(run.hist["step"].unique())
     assert x.min() == pytest.approx(steps[0] - 0.5) and x.max() == pytest.approx(steps[-1] + 0.5)
     assert "0" in _labels(image.yaxis)
-    panels = drawn["act_hist_image"].axes  # only the panels drawn, ticks on the outer ones only
+    fig = drawn["act_hist_image"]
+    panels = [ax for ax in fig.axes if ax.get_label() != "<colorbar>"]  # only the panels drawn, ticks on the outer ones only
+    (bar,) = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]  # one colour bar reads every panel
+    assert "log(1 + count)" in bar.get_title(loc="right")
+    assert {p.collections[0].get_clim() for p in panels} == {(0.0, max(float(np.max(p.collections[0].get_array()))
+                                                                        for p in panels))}
     cols = 4 if len(panels) >= 4 else len(panels)
     assert len(panels) == min(base.MAX_LINES, run.hist.query("kind == 'act'")["layer_idx"].nunique())
     for i, ax in enumerate(panels):
         assert ax.get_xlim() == panels[-1].get_xlim() and ax.get_ylim() == panels[0].get_ylim()
         assert bool(_labels(ax.xaxis)) == (i + cols >= len(panels)), i  # nothing below: step ticks
         assert bool(_labels(ax.yaxis)) == (i % cols == 0), i  # first of its row: value ticks
+    names = [t.get_text() for t in drawn["telemetry"].axes[0].get_legend().get_texts()]
+    assert names and all(n.endswith(")") and "(" in n for n in names), names  # "3: layers.3 (ReLU)"
     for name in ("telemetry", "dead", "update_ratio"):
         ax = drawn[name].axes[0]
         assert ax.get_xscale() == "symlog" and ax.get_xlim()[0] >= -0.5, name
@@ -308,3 +315,42 @@ def test_the_layer_axis_places_the_chosen_layers_in_forward_order() -> None:
     assert relu.names == ["r1", "r2"] and relu.place(rows)[0].tolist() == [0, 1]
     missing = base.LayerAxis(rows, "LayerNorm")
     assert missing.which == "all" and missing.missing == "LayerNorm" and len(missing.names) == 4
+
+
+def _diverged_step0(n: int = 40, bad_from: int = 20) -> pd.DataFrame:
+    """Step 0 of a net whose activations grow 10x a layer and overflow at layer `bad_from`; no
+    finite gradient (the loss was inf); a theory line that runs on to 1e40."""
+    rows = []
+    for i in range(n):
+        act = 10.0 ** i if i < bad_from else np.inf
+        rows.append(dict(step=0, kind="act", layer_idx=i, layer=f"layers.{i}", module_type="Linear", std=act,
+                         nonfinite=0 if i < bad_from else 10, theory_std=10.0 ** i))
+        rows.append(dict(step=0, kind="grad", layer_idx=i, layer=f"layers.{i}", module_type="Linear", std=np.nan,
+                         nonfinite=10, theory_std=np.nan))
+    return pd.DataFrame(rows)
+
+
+def test_a_diverged_step0_keeps_its_scale_names_its_empty_panel_and_spans_the_depth(drawn, tmp_path: Path) -> None:
+    """The 100-layer divergence figure: the theory no longer sets the scale (drawn within three decades
+    of the measured), the gradient panel says it has nothing finite instead of a 0.95-1.05 axis, and
+    the x axis spans every layer, past the divergence."""
+    plots.plot_step0(_diverged_step0(), "t", tmp_path / "step0_std")
+    act, grad = drawn["step0_std"].axes[:2]
+    theory = [line for line in act.get_lines() if line.get_linestyle() == "--" and line.get_marker() == "x"]
+    assert theory and max(theory[0].get_ydata()) <= 10.0 ** 19 * 1e3
+    assert act.get_xlim() == (-0.5, 39.5) and act.get_yscale() == "log"
+    assert not [ln for ln in grad.get_lines() if len(ln.get_xdata()) > 1]  # nothing drawn
+    assert any("no finite grad std" in t.get_text() for t in grad.texts) and list(grad.get_yticks()) == []
+
+
+def test_a_probe_of_several_inits_is_titled_by_them_and_draws_the_runs_own_theory(drawn, tmp_path: Path) -> None:
+    per_draw = pd.DataFrame([dict(init=init, seed=seed, kind=kind, layer_idx=i, layer=f"l{i}", module_type="Linear",
+                                  std=(1.0 if init == "kaiming" else 0.5 ** i) * (1 + 0.01 * seed))
+                             for init in ("default", "kaiming") for seed in range(3) for kind in ("act", "grad")
+                             for i in range(4)])
+    theory = per_draw[(per_draw["init"] == "kaiming") & (per_draw["seed"] == 0)].assign(theory_std=1.0)
+    plots.plot_probe(per_draw, theory, "mlp (relu) · init=kaiming · norm=none", tmp_path / "probe", own="kaiming")
+    fig = drawn["probe"]
+    assert any("init=default,kaiming" in t.get_text() for t in fig.findobj(lambda o: hasattr(o, "get_text")))
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "theory (the run's own draw, kaiming)" in labels and "default: mean over 3 seeds" in labels

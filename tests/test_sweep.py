@@ -140,6 +140,32 @@ def test_joblib_sweep_survives_a_killed_job(tmp_path: Path) -> None:  # ~23 s, k
     assert report_main([str(killed)]) == 0  # what it flushed before dying still draws
 
 
+def _parent(pid: int) -> int:
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def test_a_launcher_that_breaks_still_leaves_the_report_of_what_ran(tmp_path: Path) -> None:
+    """Killing a job's own process (a loky worker, not its study) breaks the stock pool: Hydra
+    reports the launcher's error, and the sweep's report still covers the jobs' files."""
+    proc = _start_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "train.steps=5000,20", *LONG],
+                      tmp_path)
+    (lock,) = _wait_for_locks(tmp_path, 1, proc, job="0")
+    study = int(lock.read_text().split()[0])
+    worker = _parent(_parent(study))  # study <- forkserver <- the job's process
+    _wait_for_step(lock.parent)
+    try:
+        os.kill(worker, signal.SIGKILL)
+        _, err = proc.communicate(timeout=300)
+    finally:
+        for pid in (study, _parent(study) if Path(f"/proc/{study}").exists() else None):
+            if pid:
+                os.kill(pid, signal.SIGKILL)  # orphaned by its job's process (Slurm would kill it with the job)
+    assert proc.returncode == 1, err
+    assert "sweep stopped by its launcher; the jobs that ran are in" in err
+    assert (_sweep_dir(tmp_path) / "sweep.parquet").exists()
+    assert not (_sweep_dir(tmp_path) / ".initlab.lock").exists()  # the sweep's directory is free again
+
+
 def test_ctrl_c_stops_a_joblib_sweep(tmp_path: Path) -> None:
     """One Ctrl-C stops the whole sweep: running jobs write `interrupted`, the rest never start,
     the report covers what ran, exit 130."""
@@ -172,17 +198,29 @@ def test_ctrl_c_stops_a_sweep_run_in_this_process(tmp_path: Path) -> None:
     assert not (sweep / "1").exists()
 
 
-@pytest.mark.slow  # ~40 s: submitit starts a python per job
-def test_submitit_sweep_survives_a_killed_job(tmp_path: Path) -> None:
-    proc = _start_cli(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10",
-                       "train.steps=5000,20", *LONG], tmp_path)
-    (lock,) = _wait_for_locks(tmp_path, 1, proc, job="0")
+LAUNCHERS = {
+    # a local Ray of 2 CPUs on loopback (ray.init's node address), no dashboard, started and stopped by the plugin
+    "ray": ["hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2", "+hydra.launcher.ray.init.include_dashboard=false",
+            "+hydra.launcher.ray.init._node_ip_address=127.0.0.1"],
+    "submitit_local": ["hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10"],  # ~45 s: a python per job
+}
+
+
+@pytest.mark.parametrize("launcher", [pytest.param("ray"), pytest.param("submitit_local", marks=pytest.mark.slow)])
+def test_a_four_job_sweep_on_a_stock_launcher_survives_a_killed_job(tmp_path: Path, launcher: str) -> None:
+    """The plugins as they ship: one job's study SIGKILLed (as the OOM killer would), three ok,
+    one failed naming the signal, the report built, exit 1."""
+    pytest.importorskip({"ray": "hydra_plugins.hydra_ray_launcher", "submitit_local": "submitit"}[launcher])
+    proc = _start_cli(["-m", *LAUNCHERS[launcher], "train.steps=5000,20,20,20", *LONG], tmp_path)
+    (lock,) = _wait_for_locks(tmp_path, 1, proc, job="0", timeout=180)
     _wait_for_step(lock.parent)
     os.kill(int(lock.read_text().split()[0]), signal.SIGKILL)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 1 and "1 of 2 jobs failed" in err, err
-    table = pd.read_parquet(_sweep_dir(tmp_path) / "sweep.parquet").set_index("job")
-    assert list(table["status"]) == ["failed", "ok"] and "left no result" in table.loc["0", "error"]
+    assert proc.returncode == 1 and "1 of 4 jobs failed" in err, err[-3000:]
+    sweep = _sweep_dir(tmp_path)
+    table = pd.read_parquet(sweep / "sweep.parquet").set_index("job")
+    assert list(table["status"]) == ["failed", "ok", "ok", "ok"] and "SIGKILL" in table.loc["0", "error"]
+    assert (sweep / "plots").is_dir()  # the sweep's figures, from the jobs' files
 
 
 @pytest.mark.slow
@@ -192,3 +230,17 @@ def test_submitit_local_sweep(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     table = pd.read_parquet(_sweep_dir(tmp_path) / "sweep.parquet")
     assert len(table) == 2 and set(table["status"]) == {"ok"}
+
+
+def test_the_slurm_pages_command_composes_for_the_stock_plugin(tmp_path: Path) -> None:
+    """docs/slurm.md's command (no cluster here): every key lands where submitit's plugin reads it."""
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    page = (Path(__file__).parents[1] / "docs" / "slurm.md").read_text()
+    block = page.split("initlab -m hydra/launcher=submitit_slurm", 1)[1].split("```", 1)[0]
+    args = ["hydra/launcher=submitit_slurm", *(a for a in block.replace("\\\n", " ").split() if a.startswith("hydra."))]
+    proc = run_cli([*args, "--cfg", "hydra", "--package", "hydra.launcher"], cwd=tmp_path, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for key, value in (("partition", "gpu"), ("gpus_per_node", "1"), ("cpus_per_task", "8"), ("mem_gb", "32"),
+                       ("timeout_min", "60"), ("array_parallelism", "32")):
+        assert f"{key}: {value}" in proc.stdout, key
+    assert "SlurmLauncher" in proc.stdout

@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -16,21 +15,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from initlab.app.distributed import launched, stop
+from initlab.app.distributed import launched, peer_lost, stop
 from initlab.app.help import help_text, wants_help
 from initlab.app.keys import check_overrides
-from initlab.app.launchers import make_discoverable
 from initlab.app.naming import register as register_run_name
-from initlab.app.sweep import current
+from initlab.app.sweep import current, in_process
 from initlab.errors import InitlabError, Interrupted, RunDirTaken
-from initlab.rundir.layout import (
-    HYDRA_DIR,
-    LOCK_FILE,
-    LOG_FILE,
-    SUMMARY_FILE,
-    RunLayout,
-    SweepLayout,
-)
+from initlab.rundir.layout import RunLayout, SweepLayout, discard_unused
 from initlab.signals import SIGNALLED, STOPPING, install_handlers, raise_interrupted
 from initlab.speedups.collector import freeze_loaded, paused
 
@@ -38,16 +29,22 @@ log = logging.getLogger("initlab")
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130
-# conf/hydra/launcher/*.yaml set initlab's launchers as _target_ over the plugins' own schemas;
-# Hydra warns on every run that such a same-name merge is deprecated (it holds through 1.3).
-warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/\w+' is validated against ConfigStore schema")
-make_discoverable()
 register_run_name()
 
 
 @hydra.main(version_base="1.3", config_path="pkg://initlab.conf", config_name="config")
 def app(cfg: DictConfig) -> float | None:
     """Hydra entry point; returns the final loss so sweepers can optimise it."""
+    hc = HydraConfig.get()
+    if hc.mode == RunMode.MULTIRUN and not in_process(hc.launcher):  # a launcher's job process: the study in a child
+        from initlab.app.isolation import run_isolated
+
+        return run_isolated(_job, cfg, Path(hc.runtime.output_dir), Path(hc.sweep.dir))
+    return _job(cfg)
+
+
+def _job(cfg: DictConfig) -> float | None:
+    """One run, or one job of a sweep: its verdict on disk, its exit code or its return."""
     hc = HydraConfig.get()
     run_dir = Path(hc.runtime.output_dir)
     multirun = hc.mode == RunMode.MULTIRUN
@@ -67,7 +64,7 @@ def app(cfg: DictConfig) -> float | None:
         if ranks is not None and ranks[0] != 0:  # torchrun: rank 0 prints and writes; the others run unseen
             summary = _other_rank(cfg, run_dir)
         else:
-            summary = run_study(cfg, run_dir, current().behind if multirun and _in_process(hc) else None)
+            summary = run_study(cfg, run_dir, current().behind if multirun and in_process(hc.launcher) else None)
         if ranks is not None:
             stop()
     except RunDirTaken as exc:  # another run's directory: write nothing into it
@@ -81,13 +78,13 @@ def app(cfg: DictConfig) -> float | None:
             _try_write_summary(run_dir, str(exc))
             log.error("failed  %s", exc)
             return None
-        if not _discard_unused(run_dir):  # bad input leaves no directory named like a real run
+        if not discard_unused(run_dir):  # bad input leaves no directory named like a real run
             _try_write_summary(run_dir, str(exc))
         print(f"initlab: error: {exc}", file=sys.stderr)
         sys.exit(EXIT_BAD_INPUT)
     except (KeyboardInterrupt, Interrupted):  # before the run began, or a second Ctrl-C once its summary was on disk
         if multirun:
-            if _in_process(hc):
+            if in_process(hc.launcher):
                 raise KeyboardInterrupt from None  # stop the sweep here
             return None
         if not RunLayout(run_dir).summary.exists():
@@ -104,6 +101,11 @@ def app(cfg: DictConfig) -> float | None:
             print(f"initlab: error: {line}", file=sys.stderr)
             sys.exit(1)
         line = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        lost = peer_lost(exc) if launched() is not None else None
+        if lost:  # torchrun: a rank died, so this one's collective failed; torchrun reports the dead one
+            _try_write_summary(run_dir, lost)
+            print(f"initlab: error: {lost}", file=sys.stderr)
+            sys.exit(1)
         _try_write_summary(run_dir, line)
         if multirun:
             log.exception("failed  %s", line)
@@ -113,7 +115,7 @@ def app(cfg: DictConfig) -> float | None:
         log.warning("interrupted: files so far are in %s", run_dir)
         if not multirun:
             sys.exit(EXIT_INTERRUPTED)
-        if _in_process(hc):  # (initlab's joblib launcher stops its own jobs)
+        if in_process(hc.launcher):  # (the other launchers' jobs stop through the sweep's stop file)
             raise KeyboardInterrupt  # stop the sweep here
     return (summary.get("final") or {}).get("loss")
 
@@ -136,37 +138,9 @@ def _other_rank(cfg: DictConfig, private: Path) -> dict[str, Any]:
         shutil.rmtree(private, ignore_errors=True)
 
 
-def _in_process(hc: Any) -> bool:
-    """The sweep's jobs run one after another in this process (Hydra's basic launcher)."""
-    return "BasicLauncher" in str(hc.launcher.get("_target_"))
-
-
 def _writing_failed(exc: OSError, run_dir: Path) -> bool:
     """An OSError from writing the run's own files (not, say, a model's or a loader's)."""
     return exc.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT) or str(exc.filename or "").startswith(str(run_dir))
-
-
-def _discard_unused(run_dir: Path) -> bool:
-    """Remove a run directory that holds nothing but what Hydra and a refused start put there
-    (its config, its log); True if it is gone. Anything else in it, and it stays."""
-    names = {HYDRA_DIR, LOG_FILE, LOCK_FILE, SUMMARY_FILE}
-    if not run_dir.is_dir() or any(p.name not in names for p in run_dir.iterdir()):
-        return False
-    hydra_dir = run_dir / HYDRA_DIR
-    if hydra_dir.is_dir() and not hydra_dir.is_symlink():
-        for f in hydra_dir.iterdir():
-            if f.suffix != ".yaml":
-                return False
-        for f in hydra_dir.iterdir():
-            f.unlink()
-        hydra_dir.rmdir()
-    for name in names - {HYDRA_DIR}:
-        (run_dir / name).unlink(missing_ok=True)
-    try:
-        run_dir.rmdir()
-    except OSError:
-        return False
-    return True
 
 
 def _try_write_summary(run_dir: Path, error: str) -> None:
@@ -198,11 +172,14 @@ def _output_dir_problem(args: list[str]) -> str | None:
     return None
 
 
-def _report_stopped_sweep() -> None:
+def _report_cut_sweep(what: str) -> None:
+    """The sweep ended before its callback's report (a Ctrl-C in this process, or a launcher that
+    raised): the report of the jobs' own files, and where the rest are."""
     sweep = current()
     sweep_dir = sweep.dir
     if sweep_dir is None:  # not a sweep, or stopped before its first job
-        print("initlab: interrupted before the run began; nothing was recorded", file=sys.stderr)
+        if what == "interrupted":
+            print("initlab: interrupted before the run began; nothing was recorded", file=sys.stderr)
         return
     from initlab.report.build import build_sweep_report
 
@@ -214,9 +191,9 @@ def _report_stopped_sweep() -> None:
               file=sys.stderr)
     try:
         table, _ = build_sweep_report(sweep_dir)
-        print(f"initlab: sweep interrupted; the jobs that ran are in {table}", file=sys.stderr)
+        print(f"initlab: sweep {what}; the jobs that ran are in {table}", file=sys.stderr)
     except Exception as exc:  # the jobs' own files stay; the report can be rebuilt
-        print(f"initlab: sweep interrupted; its report failed ({exc}): `initlab-report {sweep_dir}`",
+        print(f"initlab: sweep {what}; its report failed ({exc}): `initlab-report {sweep_dir}`",
               file=sys.stderr)
 
 
@@ -275,8 +252,12 @@ def _main() -> None:
     try:
         app()
     except KeyboardInterrupt:  # before a run began, or in a sweep run in this process
-        _report_stopped_sweep()
+        _report_cut_sweep("interrupted")
         sys.exit(EXIT_INTERRUPTED)
+    except SystemExit:
+        if current().lock is not None:  # the launcher raised (Hydra printed why) before the sweep's report
+            _report_cut_sweep("stopped by its launcher")
+        raise
     sweep = current()
     if sweep.stopped_by is not None:  # Ctrl-C stopped a sweep: the report covers the jobs that ran
         print(f"initlab: sweep interrupted; {sweep.jobs} jobs recorded in "

@@ -44,10 +44,15 @@ def _check_norm(cfg: DictConfig) -> None:
     """norm.eps, norm.affine, norm.groups; `bn` and `norm` both given must agree."""
     check_num(cfg, "norm.eps", 0.0, strict=True)
     check_bool(cfg, "norm.affine")
+    if get_value(cfg, "norm.sync") is not MISSING:
+        check_bool(cfg, "norm.sync")
     groups = get_value(cfg, "norm.groups")
     if groups is not MISSING and groups != "auto" and not (is_int(groups) and groups >= 1):
         raise ConfigError("norm.groups", groups, "expected auto or an integer >= 1 that divides the channels")
-    norm_spec(cfg)
+    spec = norm_spec(cfg)
+    if spec.sync and spec.name != "batch":
+        raise ConfigError("norm.sync", True, f"SyncBatchNorm replaces BatchNorm, and this run's norm is {spec.name}: "
+                          "give norm=batch (or bn=true)")
 
 
 def norm_spec(cfg: DictConfig) -> NormSpec:

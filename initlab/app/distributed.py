@@ -14,6 +14,8 @@ import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+from omegaconf import OmegaConf
+
 from initlab.errors import ConfigError
 
 if TYPE_CHECKING:  # torch: only for a run (the command's --help and --cfg never load it)
@@ -26,8 +28,11 @@ def launched() -> tuple[int, int] | None:
     return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
 
 
-def check(cfg: Any, world: int) -> None:
+def check(cfg: Any, world: int, device: torch.device) -> None:
     """What a run under torchrun cannot do, as one line before any work."""
+    if OmegaConf.select(cfg, "norm.sync", default=False) and device.type == "cpu":
+        raise ConfigError("norm.sync", True, "torch's SyncBatchNorm runs on GPUs only: give device=cuda, or "
+                          "norm.sync=false (each rank normalises its own shard of the batch)")
     if cfg.train.batch_size % world:
         raise ConfigError("train.batch_size", cfg.train.batch_size,
                           f"expected a multiple of the {world} processes under torchrun (it is the global batch)")
@@ -49,10 +54,30 @@ def start(device: torch.device) -> torch.device:
     return device
 
 
+def sync_batch_norm(model: torch.nn.Module) -> torch.nn.Module:
+    """norm.sync=true: every BatchNorm a SyncBatchNorm, before anything holds the modules."""
+    import torch
+
+    return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
 def wrap(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+# what a collective says when a peer is gone (gloo: its socket reset or closed; NCCL: the
+# communicator aborted or timed out); matched on the text, as torch raises a plain RuntimeError
+_PEER_GONE = ("Connection reset by peer", "Connection closed by peer", "Broken pipe", "NCCL communicator", "Timed out")
+
+
+def peer_lost(exc: BaseException) -> str | None:
+    """The verdict's line when a collective failed because another rank died, else None."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    if isinstance(exc, RuntimeError) and any(s in text for s in _PEER_GONE):
+        return f"another rank of this torchrun job died or stopped (a collective failed: {text[:200]})"
+    return None
 
 
 def stop() -> None:

@@ -1,7 +1,7 @@
 """Every setting the shipped YAML defines, so a misspelt command-line key gets one line that
 names the keys nearby, before Hydra composes (Hydra's own answer is a multi-line "not in
-struct" and exit 1). Keys that exist in some group option but not the chosen one are left
-to Hydra, which names the option."""
+struct" and exit 1). A key of a group (`model.depth`) is checked against the option the
+command chooses (`model=conv4` has no depth): one line naming the keys that option has."""
 
 import difflib
 import functools
@@ -63,10 +63,13 @@ def check_overrides(args: list[str]) -> None:
     multirun = "-m" in args or "--multirun" in args or any(_sweeps_itself(o) for o in parsed)
     for o in parsed:
         key = o.key_or_group
+        if o.is_add() or o.is_force_add():
+            _check_group_key(o, parsed)
         if o.is_add() or o.is_force_add() or o.is_delete() or key.startswith("hydra"):
             continue
         if key in group_options():
             _check_option(o, key)
+        _check_group_key(o, parsed)
         if o.is_sweep_override() and not multirun:
             raise InitlabError(f"{o.input_line} gives several values, which is a sweep: add -m "
                                f"(initlab -m {o.input_line})")
@@ -105,6 +108,78 @@ def _check_option(o: Any, group: str) -> None:
         near = difflib.get_close_matches(name, options, n=2, cutoff=0.6)
         hint = f": did you mean {' or '.join(f'{group}={n}' for n in near)}?" if near else ""
         raise InitlabError(f"{group}={name} is not one of the {group} options{hint} ({group} has: {', '.join(options)})")
+
+
+@functools.cache
+def _option_keys(group: str, name: str) -> tuple[str, ...] | None:
+    """The top-level keys of conf/GROUP/NAME.yaml, with those of the options of its group it
+    extends (`defaults: [default]`); None where the file is not a plain option."""
+    import yaml
+
+    f = files("initlab.conf") / group / f"{name}.yaml"
+    if not f.is_file():
+        return None
+    text = f.read_text()
+    data = yaml.safe_load(text) or {}
+    if text.startswith(_GLOBAL) or not isinstance(data, dict):
+        return None
+    keys = [k for k in data if k != "defaults"]
+    for base in data.get("defaults") or []:
+        if isinstance(base, str) and base != "_self_":
+            keys += [k for k in _option_keys(group, base) or () if k not in keys]
+    return tuple(keys)
+
+
+def _chosen(group: str, parsed: list[Any]) -> list[str] | None:
+    """The options of `group` this command runs: its own `group=...`, else config.yaml's default;
+    None where an experiment may choose them (experiment files set options of their own)."""
+    import yaml
+
+    for o in parsed:
+        if o.key_or_group == group and not (o.is_add() or o.is_delete()):
+            return _values(o)
+    conf = files("initlab.conf")
+    for o in parsed:
+        if o.key_or_group == "experiment":
+            f = conf / "experiment" / f"{o.value()}.yaml"
+            if o.is_sweep_override() or not f.is_file():
+                return None
+            chosen = _default_of(yaml.safe_load(f.read_text()) or {}, f"override /{group}")
+            if chosen is not None:
+                return [chosen]
+    return [c] if (c := _default_of(yaml.safe_load((conf / "config.yaml").read_text()), group)) else None
+
+
+def _default_of(config: dict, entry: str) -> str | None:
+    """The option a defaults list picks for `entry` (`model`, or `override /model` in an experiment)."""
+    for d in config.get("defaults") or []:
+        if isinstance(d, dict) and entry in d and d[entry] is not None:
+            return str(d[entry])
+    return None
+
+
+def _check_group_key(o: Any, parsed: list[Any]) -> None:
+    """`model.depth=3` with model=conv4: conv4 has no depth, which Hydra says in six lines and `+model.depth`
+    would silently ignore. An option that builds through another library (`_target_`, `arch`)
+    passes `+model.KEY` on to its builder."""
+    group, _, rest = o.key_or_group.partition(".")
+    if not rest or group not in group_options() or group == "experiment" or o.is_delete():
+        return
+    for name in _chosen(group, parsed) or []:
+        keys = _option_keys(group, name)
+        first = rest.split(".")[0]
+        if keys is None or first in keys:
+            continue
+        passes_on = "_target_" in keys or "arch" in keys
+        if passes_on and (o.is_add() or o.is_force_add()):
+            continue
+        near = difflib.get_close_matches(first, keys, n=2, cutoff=0.6)
+        hint = f" (did you mean {' or '.join(f'{group}.{n}' for n in near)}?)" if near else ""
+        also = [other for other in group_options()[group] if first in (_option_keys(group, other) or ())]
+        elsewhere = f"; {first} belongs to {group}={', '.join(also)}" if also else ""
+        extra = f"; +{group}.{rest}=... passes an argument to its builder" if passes_on else ""
+        raise InitlabError(f"{group}={name} has no setting {first}{hint}: its settings are "
+                           f"{', '.join(k for k in keys if k != 'name')}{elsewhere}{extra}")
 
 
 def _sweeps_itself(o: Any) -> bool:

@@ -24,7 +24,7 @@ from rich.table import Table
 
 from initlab.app.behind import Behind
 from initlab.app.config import norm_spec, validate
-from initlab.app.distributed import Shard, check, launched, start, wrap
+from initlab.app.distributed import Shard, check, launched, start, sync_batch_norm, wrap
 from initlab.app.width import parametrised, run_coord
 from initlab.data import load_dataset
 from initlab.defaults import preset
@@ -190,7 +190,7 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
     device = job_device(cfg.device)
     ranks = launched()  # under torchrun: (rank, world size)
     if ranks is not None:
-        check(cfg, ranks[1])
+        check(cfg, ranks[1], device)
         device = start(device)
     precision = precision_of(OmegaConf.to_container(cfg.precision, resolve=True), device)  # one line if it cannot run
     seed_everything(cfg.seed)
@@ -249,6 +249,8 @@ def _stages(cfg: DictConfig, run_dir: Path, t0: float, stage: _Stage, behind: Be
     if shapes is not None:
         check_fits(shapes, device)  # a width too large: one line, before the allocation fails
     model, init_report = make_model(cfg.seed)
+    if ranks is not None and norm.sync:
+        model = sync_batch_norm(model)
     groups, param_info = parametrised(cfg, model, mcfg, ocfg, lambda at: build_at(at, init=False))
     info = describe(model, data.in_shape)
     specs = layer_specs(model, data.in_shape)  # the theory overlay reads the weights as initialised

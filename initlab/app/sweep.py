@@ -7,6 +7,7 @@ the CLI's exit code and Ctrl-C message need and the pool that draws the jobs' fi
 the sweep (app/behind.py)."""
 
 import logging
+import signal
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from initlab.app.behind import Behind
 from initlab.errors import RunDirTaken
+from initlab.rundir.layout import SweepLayout
 from initlab.rundir.lock import claim_sweep, release
+from initlab.signals import STOPPING
 
 log = logging.getLogger("initlab")
 
@@ -29,11 +32,32 @@ class SweepRun:
     dir: Path | None = None  # set when the sweep starts
     jobs: int = 0  # set when its report is built
     failed: int = 0
-    stopped_by: int | None = None  # the signal that stopped it (the joblib launcher sets it)
+    stopped_by: int | None = None  # the signal that stopped it
     behind: Behind = field(default_factory=Behind)  # the jobs' figures, drawn while the next jobs run
     lock: Path | None = None  # the sweep owns its directory while it runs
+    handlers: dict[int, Any] = field(default_factory=dict)  # the signal handlers before the sweep's own
+
+    def stop_jobs(self, signum: int, frame: object) -> None:
+        """Ctrl-C or SIGTERM while a launcher's jobs run in processes of their own: no further
+        job starts, and each running one gets the signal once (app/isolation.py)."""
+        if self.stopped_by is None:
+            log.warning("interrupted: no further job starts; running jobs stop at their next step and "
+                        "write their summaries")
+            self.stopped_by = signum
+        assert self.dir is not None
+        with SweepLayout(self.dir).stop.open("a") as f:
+            f.write(f"{signum}\n")
+
+    def stop_listening(self) -> None:
+        """The jobs have returned: signals are the sweep process's own again."""
+        for signum, handler in self.handlers.items():
+            signal.signal(signum, handler)
+        self.handlers = {}
+        if self.dir is not None:
+            SweepLayout(self.dir).stop.unlink(missing_ok=True)
 
     def release(self) -> None:
+        self.stop_listening()
         release(self.lock)
         self.lock = None
 
@@ -44,6 +68,12 @@ _CURRENT = SweepRun()
 def current() -> SweepRun:
     """This process's sweep."""
     return _CURRENT
+
+
+def in_process(launcher: Any) -> bool:
+    """The sweep's jobs run one after another in this process (Hydra's basic launcher); the
+    others run each job in a process of its own (app/isolation.py)."""
+    return "BasicLauncher" in str(launcher.get("_target_"))
 
 
 def _log_lr_optima(df: Any) -> None:
@@ -97,6 +127,8 @@ class SweepReport(Callback):
             print(f"initlab: error: {exc}", file=sys.stderr)
             sys.exit(2)
         current().dir = sweep_dir  # for a sweep stopped before its end
+        if not in_process(config.hydra.launcher):  # jobs in processes of their own
+            current().handlers = {s: signal.signal(s, current().stop_jobs) for s in (signal.SIGINT, *STOPPING)}
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         import pandas as pd  # the report's imports: not for --help, --cfg or a single run
@@ -106,6 +138,7 @@ class SweepReport(Callback):
 
         sweep_dir = Path(config.hydra.sweep.dir)
         sweep = current()
+        sweep.stop_listening()  # a Ctrl-C from here on stops the report, not jobs
         sweep.behind.finish()  # the jobs' figures, then the sweep's
         try:
             table_path, _ = build_sweep_report(sweep_dir, OmegaConf.select(config, "plot_layers", default="weighted"),

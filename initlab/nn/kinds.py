@@ -6,7 +6,7 @@ from initlab.nn.names import WEIGHTED_TYPES
 from initlab.nn.norms import RMSNorm
 
 WEIGHTED = tuple(getattr(nn, name) for name in WEIGHTED_TYPES)
-BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
 RMS_NORMS = (RMSNorm, *((nn.RMSNorm,) if hasattr(nn, "RMSNorm") else ()))
 NORMS = (*BATCH_NORMS, nn.GroupNorm, nn.LayerNorm, nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
          *RMS_NORMS)

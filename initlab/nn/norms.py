@@ -113,6 +113,7 @@ class NormSpec:
     eps: float = 1e-5
     affine: bool = True
     groups: int | str = "auto"  # group only: a count, or auto (8, or the largest count <= 8 that divides)
+    sync: bool = False  # batch only, under torchrun: SyncBatchNorm (the global batch's statistics)
 
     @classmethod
     def of(cls, spec: "str | Mapping[str, Any] | NormSpec | None") -> "NormSpec":
@@ -126,10 +127,11 @@ class NormSpec:
         if isinstance(spec, str):
             spec = {"name": spec}
         d = preset("norm", str(spec.get("name", "none")), spec)
-        return cls(str(d["name"]), float(d.get("eps", 1e-5)), bool(d.get("affine", True)), d.get("groups", "auto"))
+        return cls(str(d["name"]), float(d.get("eps", 1e-5)), bool(d.get("affine", True)), d.get("groups", "auto"),
+                   bool(d.get("sync", False)))
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "eps": self.eps, "affine": self.affine, "groups": self.groups}
+        return {"name": self.name, "eps": self.eps, "affine": self.affine, "groups": self.groups, "sync": self.sync}
 
     @property
     def active(self) -> bool:

@@ -9,7 +9,7 @@ import pandas as pd
 from initlab.rundir.layout import METRICS_DIR, MULTIRUN_FILE, SUMMARY_FILE, RunLayout, SweepLayout
 from initlab.rundir.safe import fresh_target, inside
 from initlab.rundir.store import load_run, write_json
-from initlab.rundir.sweep_table import sweep_table, swept_factors
+from initlab.rundir.sweep_table import load_runs, sweep_table, swept_factors
 
 
 def rebuilt_summary(metrics: pd.DataFrame) -> dict:
@@ -77,4 +77,25 @@ def build_sweep_report(sweep_dir: Path, layers: str = "weighted", fmt: str = "pn
     df = df[[p is not None for p in inner]]
     plots = plot_sweep(df.assign(path=[str(p) for p in inner if p is not None]), swept_factors(df),
                        SweepLayout(sweep_dir).plots, fmt=fmt, layers=layers)
+    return table_path, plots
+
+
+def build_comparison(paths: list[Path], out: Path, layers: str = "weighted", fmt: str = "png"
+                     ) -> tuple[Path, list[Path]]:
+    """Runs from anywhere drawn side by side as a sweep's figures, into `out` (a directory of its
+    own, never a run's or a sweep's): runs.parquet and plots/."""
+    from initlab.errors import InitlabError
+    from initlab.report.plots import plot_sweep
+
+    if (out / SUMMARY_FILE).exists() or (out / MULTIRUN_FILE).exists():
+        raise InitlabError(f"{out} holds a run or a sweep: give --out a directory of its own")
+    df = load_runs(paths)
+    if len(df) < 2:
+        raise InitlabError(f"--compare needs two runs or more; {', '.join(map(str, paths))} gave {len(df)}")
+    out.mkdir(parents=True, exist_ok=True)
+    table_path = SweepLayout(out).runs
+    df.to_parquet(fresh_target(table_path), index=False)
+    factors = swept_factors(df) or ["run"]  # runs whose configs agree are told apart by their names
+    plots = plot_sweep(df.assign(path=[str(Path(p).resolve()) for p in df["path"]]), factors,
+                       SweepLayout(out).plots, fmt=fmt, layers=layers)
     return table_path, plots

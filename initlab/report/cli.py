@@ -9,6 +9,7 @@ from rich.console import Console
 
 from initlab.report.build import (
     NothingToDraw,
+    build_comparison,
     build_sweep_report,
     latest_run,
     latest_sweep,
@@ -34,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--html", action="store_true",
                         help="also write DIR/report.html: one self-contained page (figures embedded) that opens "
                              "from file:// with no network")
+    parser.add_argument("--compare", action="store_true",
+                        help="draw the given runs (directories or globs) side by side, as a sweep's figures, "
+                             "into --out, with runs.parquet: the config keys they differ on and their verdicts")
+    parser.add_argument("--out", type=Path, default=Path("compare"), metavar="DIR",
+                        help="where --compare writes (default: ./compare)")
     parser.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="LOGDIR",
                         help="instead of redrawing the plots, write TensorBoard event files (a sweep: one TensorBoard run per "
                              "job) to LOGDIR, default DIR/tensorboard; needs initlab[tensorboard]")
@@ -48,6 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         paths += latest
     if not paths:
         parser.error("give run directories or --latest DIR")
+    if args.compare:
+        return _compare(paths, args, console)
     for path in paths:  # bad input: one line and exit 2, before any work
         problem = (f"{path} does not exist" if not path.exists() else
                    f"{path} is not a directory" if not path.is_dir() else
@@ -96,6 +104,19 @@ def _report(path: Path, args: argparse.Namespace, console: Console) -> int:
         print(f"initlab-report: error: {exc}", file=sys.stderr)
         return 1
     for p in [*made, *([write_html(path)] if args.html else [])]:
+        console.print(f"wrote {p}", markup=False)
+    return 0
+
+
+def _compare(paths: list[Path], args: argparse.Namespace, console: Console) -> int:
+    from initlab.errors import InitlabError
+
+    try:
+        table, plots = build_comparison(paths, args.out, args.layers or "weighted", args.format or "png")
+    except (InitlabError, FileNotFoundError) as exc:  # bad input: one line, exit 2, nothing written
+        print(f"initlab-report: error: {exc}", file=sys.stderr)
+        return 2
+    for p in [table, *plots]:
         console.print(f"wrote {p}", markup=False)
     return 0
 

@@ -20,6 +20,8 @@ LOG_FILE = "initlab.log"  # the run's log (Hydra's job log, named by hydra.job.n
 # a sweep directory: one run directory per job, plus
 SWEEP_FILE = "sweep.parquet"  # one row per job
 MULTIRUN_FILE = "multirun.yaml"  # Hydra's record of the sweep
+RUNS_FILE = "runs.parquet"  # a comparison directory's table (initlab-report --compare): one row per run
+STOP_FILE = ".initlab.stop"  # the signals that stopped the sweep, one per line, read by its jobs
 
 
 @dataclass(frozen=True)
@@ -93,3 +95,34 @@ class SweepLayout(_Directory):
     @property
     def multirun(self) -> Path:
         return self.root / MULTIRUN_FILE
+
+    @property
+    def runs(self) -> Path:
+        return self.root / RUNS_FILE
+
+    @property
+    def stop(self) -> Path:
+        return self.root / STOP_FILE
+
+
+def discard_unused(run_dir: Path) -> bool:
+    """Remove a run directory that holds nothing but what Hydra and a refused start put there
+    (its config, its log); True if it is gone. Anything else in it, and it stays."""
+    names = {HYDRA_DIR, LOG_FILE, LOCK_FILE, SUMMARY_FILE}
+    if not run_dir.is_dir() or any(p.name not in names for p in run_dir.iterdir()):
+        return False
+    hydra_dir = run_dir / HYDRA_DIR
+    if hydra_dir.is_dir() and not hydra_dir.is_symlink():
+        for f in hydra_dir.iterdir():
+            if f.suffix != ".yaml":
+                return False
+        for f in hydra_dir.iterdir():
+            f.unlink()
+        hydra_dir.rmdir()
+    for name in names - {HYDRA_DIR}:
+        (run_dir / name).unlink(missing_ok=True)
+    try:
+        run_dir.rmdir()
+    except OSError:
+        return False
+    return True

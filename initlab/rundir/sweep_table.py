@@ -72,11 +72,19 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     if theirs:
         summary = {"status": "failed", "error": "the job's directory holds another run's files (that run's "
                    f"overrides: {' '.join(recorded) or 'none'}); its own results are not there"}
+    row: dict[str, Any] = {"job": job_dir.name, "path": str(job_dir.relative_to(sweep_dir)), **verdict(summary)}
+    row.update(overrides(job_dir, given))
+    if not theirs:
+        row.update(_layer_summaries(job_dir))
+    return row
+
+
+def verdict(summary: dict[str, Any]) -> dict[str, Any]:
+    """A run's verdict, final metrics and flags as a table row's columns."""
     final = summary.get("final") or {}
     diverged = summary.get("diverged") or {}
     row: dict[str, Any] = {
-        "job": job_dir.name, "path": str(job_dir.relative_to(sweep_dir)), "status": summary.get("status"),
-        "error": summary.get("error"), "steps_done": summary.get("steps_done"),
+        "status": summary.get("status"), "error": summary.get("error"), "steps_done": summary.get("steps_done"),
         "final_loss": final.get("loss"), "loss_avg": final.get("loss_avg"), "final_accuracy": final.get("accuracy"),
         "val_loss": final.get("val_loss"), "val_accuracy": final.get("val_accuracy"),
         "diverged_step": diverged.get("step"), "diverged_layer": diverged.get("layer"),
@@ -85,15 +93,16 @@ def job_row(job_dir: Path, sweep_dir: Path) -> dict[str, Any]:
     }
     for f in summary.get("flags") or []:
         row[f"flag_{f['flag']}"] = True
-    row.update(overrides(job_dir, given))
-    if not theirs:
-        row.update(_layer_summaries(job_dir))
     return row
 
 
 def sweep_table(sweep_dir: Path) -> pd.DataFrame:
-    rows = [job_row(d, sweep_dir) for d in job_dirs(sweep_dir)]
-    df = pd.DataFrame(rows)
+    """The sweep's table: a row per job (job_row)."""
+    return _tidy(pd.DataFrame([job_row(d, sweep_dir) for d in job_dirs(sweep_dir)]))
+
+
+def _tidy(df: pd.DataFrame) -> pd.DataFrame:
+    """Column kinds parquet and a groupby can take: flags as bools, metrics as floats."""
     for col in [c for c in df.columns if c.startswith("flag_")]:
         df[col] = df[col].fillna(False).astype(bool)
     for col in ("final_loss", "loss_avg", "final_accuracy", "val_loss", "val_accuracy"):
@@ -106,9 +115,64 @@ def sweep_table(sweep_dir: Path) -> pd.DataFrame:
     return df
 
 
+def _flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'model': {'name': 'mlp'}} -> {'model.name': 'mlp'}; lists stay values."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def run_dirs(paths: str | Path | list[str | Path]) -> list[Path]:
+    """Run directories from paths and globs ("runs/*"), in the order given, each once; a path
+    that is no run directory (no summary.json) is one line."""
+    from glob import glob
+
+    found: list[Path] = []
+    for p in [paths] if isinstance(paths, (str, Path)) else list(paths):
+        matches = sorted(glob(str(p))) if any(c in str(p) for c in "*?[") else [str(p)]
+        if not matches:
+            raise FileNotFoundError(f"no run directory matches {p}")
+        for m in map(Path, matches):
+            if not (m / SUMMARY_FILE).exists():
+                if any(c in str(p) for c in "*?["):
+                    continue  # a glob may match other things beside runs
+                raise FileNotFoundError(f"{m} is not a run directory (no {SUMMARY_FILE})")
+            if m.resolve() not in [f.resolve() for f in found]:
+                found.append(m)
+    if not found:
+        raise FileNotFoundError(f"no run directory (holding {SUMMARY_FILE}) in {paths}")
+    return found
+
+
+def load_runs(paths: str | Path | list[str | Path]) -> pd.DataFrame:
+    """Runs from anywhere (`watch()` runs, command-line runs; paths or globs such as "runs/*") as one
+    table, a row each, as a sweep's: `run` and `path`, the config keys on which the runs differ
+    (dotted, `optim.lr`), then each run's verdict, final metrics and flags."""
+    from initlab.rundir.store import read_metadata
+
+    rows, configs = [], []
+    for run_dir in run_dirs(paths):
+        try:
+            summary = json.loads((run_dir / SUMMARY_FILE).read_text())
+        except (ValueError, OSError) as exc:
+            summary = {"status": "failed", "error": f"{SUMMARY_FILE} unreadable ({type(exc).__name__})"}
+        configs.append(_flat(read_metadata(run_dir).get("config") or {}))
+        rows.append({"run": run_dir.name, "path": str(run_dir), **verdict(summary), **_layer_summaries(run_dir)})
+    keys = list(dict.fromkeys(k for c in configs for k in c))
+    differ = [k for k in keys if len({json.dumps(c.get(k), sort_keys=True, default=str) for c in configs}) > 1]
+    for row, config in zip(rows, configs):
+        row.update({k: config.get(k) for k in differ})
+    df = _tidy(pd.DataFrame(rows))
+    return df[["run", "path", *differ, *(c for c in df.columns if c not in ("run", "path", *differ))]]
+
+
 def swept_factors(df: pd.DataFrame, known: set[str] | None = None) -> list[str]:
     """Override columns that take more than one value, in the order they were given."""
-    fixed = {"job", "path", "status", "error", "steps_done", "final_loss", "loss_avg", "final_accuracy", "val_loss", "val_accuracy",
+    fixed = {"job", "run", "path", "status", "error", "steps_done", "final_loss", "loss_avg", "final_accuracy", "val_loss", "val_accuracy",
              "diverged_step", "diverged_layer", "act_std_first", "act_std_last", "act_std_ratio",
              "grad_std_ratio_first_last", "max_rss_mb", "flags"}
     return [c for c in df.columns if c not in fixed and not c.startswith("flag_") and df[c].astype(str).nunique() > 1]

@@ -8,7 +8,9 @@ format counts), the mean weighted by each rank's count, the variance by Chan et 
 formula, min of mins, max of maxes, amax of amaxes, amin of amins. `dead_units` (a unit dead on
 every sample of the *global* batch) cannot merge from per-rank fractions: it is rank 0's. Rows of
 replicated tensors (`weight`, `weight_grad` after DDP's all-reduce, `update`) are the same on
-every rank and are rank 0's; BatchNorm's running and batch statistics are rank 0's (each rank
+every rank and are rank 0's, unless the parameter is sharded (FSDP2): then each rank holds a
+disjoint piece of it and its rows merge like a batch's (the norm from the sum of squares over
+the shards, never one shard's, which under-reports by about sqrt(shards)); BatchNorm's running and batch statistics are rank 0's (each rank
 normalises its own shard, unless SyncBatchNorm). The `ranks` column says which: the world size
 where a row is merged, 1 where it is rank 0's.
 
@@ -24,11 +26,27 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+try:
+    from torch.distributed.tensor import DTensor
+except ImportError:  # torch < 2.5: no public DTensor, so no FSDP2 (`fully_shard`) to meet
+    DTensor = None
+
 from initlab.errors import InitlabError
 from initlab.telemetry.stats import STATS
 
 MERGED_KINDS = frozenset({"act", "grad", "norm_mean", "norm_var"})
 _I = {name: i for i, name in enumerate(STATS)}
+
+
+def sharded(t: torch.Tensor) -> bool:
+    """A parameter split over the ranks (FSDP2's `fully_shard`, a DTensor with a Shard placement):
+    each rank holds a disjoint piece, so its statistics merge like a batch's."""
+    return DTensor is not None and isinstance(t, DTensor) and any(p.is_shard() for p in t.placements)
+
+
+def local(t: torch.Tensor) -> torch.Tensor:
+    """This rank's own piece of a DTensor, as a plain tensor; any other tensor as it is."""
+    return t.to_local() if DTensor is not None and isinstance(t, DTensor) else t
 
 
 def world() -> tuple[int, int] | None:
@@ -52,9 +70,11 @@ class Merged:
     each_fmt: np.ndarray | None  # (world, rows, K)
 
 
-def merge(kinds: list[str], stats: np.ndarray, counts: np.ndarray | None, fmt: np.ndarray | None) -> Merged:
+def merge(kinds: list[str], stats: np.ndarray, counts: np.ndarray | None, fmt: np.ndarray | None,
+          shards: np.ndarray | None = None) -> Merged:
     """The step's (stats, histogram counts, format values) merged over the ranks. Every rank must
-    call it at the same logged steps with the same rows."""
+    call it at the same logged steps with the same rows. `shards` marks the rows of sharded
+    parameters (their weight, gradient and update), which merge like a batch's rows."""
     rank, size = world() or (0, 1)
     parts = [stats.reshape(-1), *([counts.astype(np.float64).reshape(-1)] if counts is not None else []),
              *([fmt.reshape(-1)] if fmt is not None else [])]
@@ -71,7 +91,9 @@ def merge(kinds: list[str], stats: np.ndarray, counts: np.ndarray | None, fmt: n
     n_stats = stats.size
     n_counts = counts.size if counts is not None else 0
     all_stats = everyone[:, :n_stats].reshape(size, *stats.shape)
-    merged_kind = np.array([k in MERGED_KINDS for k in kinds])
+    merged_kind = np.array([k in MERGED_KINDS for k in kinds], dtype=bool)
+    if shards is not None:
+        merged_kind |= shards
     out = _merge_stats(all_stats, merged_kind, np.array([k == "grad" for k in kinds]), size)
     new_counts = everyone[:, n_stats:n_stats + n_counts].sum(0).reshape(counts.shape).astype(counts.dtype) \
         if counts is not None else None
@@ -88,12 +110,13 @@ def _merge_stats(s: np.ndarray, merged: np.ndarray, grad: np.ndarray, size: int)
     out = s[0].copy()
     n_r = s[:, :, _I["numel"]]
     n = n_r.sum(0)
+    have = n_r > 0  # a rank's shard of an unevenly split parameter may be empty (its mean NaN)
     with np.errstate(invalid="ignore", divide="ignore"):
-        mean = (n_r * s[:, :, _I["mean"]]).sum(0) / n
+        mean = np.where(have, n_r * s[:, :, _I["mean"]], 0.0).sum(0) / n
         within = np.where(n_r > 1, (n_r - 1) * s[:, :, _I["std"]] ** 2, 0.0).sum(0)
-        between = (n_r * (s[:, :, _I["mean"]] - mean) ** 2).sum(0)
+        between = np.where(have, n_r * (s[:, :, _I["mean"]] - mean) ** 2, 0.0).sum(0)
         std = np.sqrt((within + between) / (n - 1))
-        fractions = {k: (n_r * s[:, :, _I[k]]).sum(0) / n for k in ("zero_frac", "dead_frac")}
+        fractions = {k: np.where(have, n_r * s[:, :, _I[k]], 0.0).sum(0) / n for k in ("zero_frac", "dead_frac")}
     scale = np.where(grad, 1.0 / size, 1.0)  # the global mean loss's gradient
     rows = merged
     out[rows, _I["mean"]] = (mean * scale)[rows]

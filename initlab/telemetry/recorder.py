@@ -35,7 +35,7 @@ from initlab.speedups import foreach
 from initlab.telemetry.columns import Columns, Slot, hist_columns, stats_columns
 from initlab.telemetry.formats import CpuFormats, empty_row, format_columns, format_rows, formats_of
 from initlab.telemetry.hist import Binner, SampleStage
-from initlab.telemetry.ranks import merge, world
+from initlab.telemetry.ranks import local, merge, sharded, world
 from initlab.telemetry.reducers import (
     CpuPath,
     CpuReducer,
@@ -125,6 +125,7 @@ class Telemetry:
                                f"its leaf module types: {', '.join(types)}")
         self.params = [(mod_name, type(m).__name__, pname, p) for mod_name, m in model.named_modules()
                        for pname, p in m.named_parameters(recurse=False) if p.requires_grad]
+        self._sharded = np.array([sharded(p) for *_, p in self.params], dtype=bool)  # FSDP2: this rank's piece
         self._order: dict[tuple[str, int], int] = {}  # (name, call #) -> layer_idx
         self._slots: dict[tuple[str, int], Slot] = {}
         self._calls: dict[str, int] = {}
@@ -292,8 +293,8 @@ class Telemetry:
         (into buffers kept across steps: fresh multi-MB copies cost page faults)."""
         if not self.cfg.params:
             return
-        weights = [p.detach() for *_, p in self.params]
-        self._param_block("weight_grad", [p.grad for *_, p in self.params])
+        weights = [local(p.detach()) for *_, p in self.params]
+        self._param_block("weight_grad", [local(p.grad) if p.grad is not None else None for *_, p in self.params])
         if self._snapshot is None or any(a.shape != w.shape or a.device != w.device
                                          for a, w in zip(self._snapshot, weights)):
             self._snapshot = [torch.empty_like(w) for w in weights]
@@ -306,7 +307,7 @@ class Telemetry:
         sign of its mean). On the CPU both rows come from one pass over weight and snapshot."""
         if not self.cfg.params:
             return
-        weights = [p.detach() for *_, p in self.params]
+        weights = [local(p.detach()) for *_, p in self.params]
         update = stepped and self._snapped
         if self._cpu is not None and weights and weights[0].device.type == "cpu":
             updates = []
@@ -363,7 +364,8 @@ class Telemetry:
         fmt = self._format_values(rows) if self.formats else None
         merged = None
         if world() is not None:  # DDP: the ranks' rows merged into the global batch's, one collective
-            merged = merge([r.kind for r in rows], stats, counts, fmt)
+            shards = np.array([r.index >= 0 and self._sharded[r.index] for r in rows], dtype=bool)
+            merged = merge([r.kind for r in rows], stats, counts, fmt, shards)
             stats, counts, fmt = merged.stats, merged.counts, merged.fmt
         cols = self._columns(step, rows, index, stats, fmt)
         if merged is not None:

@@ -279,6 +279,8 @@ class LayerAxis:
     def label(self, ax: Axes) -> None:
         ax.set_xlabel(f"{layer_axis_name(self.which)} (forward order)" + (f"; no {self.missing} layer here" if self.missing else ""))
         n = len(self.names)
+        if n:  # the whole depth, also where a diverged layer leaves the rest without finite values
+            ax.set_xlim(-0.5, n - 0.5)
         if 0 < n <= 12:
             ax.set_xticks(range(n), self.names, rotation=30, ha="right", fontsize=7)
         else:

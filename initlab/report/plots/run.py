@@ -1,6 +1,7 @@
 """The figures of one run: statistics at step 0, telemetry over training, histograms,
 gradient flow, update ratios, the probe's spread over weight draws, and the loss curves."""
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,21 @@ def _theory_line(ax: Axes, t: pd.DataFrame, axis: LayerAxis, label: str) -> None
     ax.plot(x, std, ls="--", color="black", lw=1, marker="x", ms=3, label=label)
 
 
+def _within_reach(t: pd.DataFrame, lo: float, hi: float) -> pd.DataFrame:
+    """The theory's rows within three decades of what was measured: a prediction running on to
+    1e+124 past a diverged layer would set the scale and flatten the measurement."""
+    return t[(t["theory_std"] > lo / 1e3) & (t["theory_std"] < hi * 1e3)]
+
+
+def _nothing_finite(ax: Axes, kind: str, ylabel: str, axis: LayerAxis) -> None:
+    """A panel whose every value is non-finite says so instead of drawing an empty 0.95-1.05 axis."""
+    ax.text(0.5, 0.5, f"no finite {kind} std at step 0\n(the forward pass diverged)", ha="center", va="center",
+            transform=ax.transAxes, color="red", fontsize=9)
+    ax.set_yticks([])
+    axis.label(ax)
+    ax.set_ylabel(ylabel)
+
+
 def _depth_axis(ax: Axes, ylabel: str, axis: LayerAxis) -> None:
     """Per-layer std against depth: log scale, the unit line dotted (and in the range the
     ticks are chosen for)."""
@@ -72,14 +88,18 @@ def plot_step0(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png", la
     if s0.empty:
         return None
     axis = LayerAxis(s0[s0["kind"].isin(["act", "grad"])], layers)
-    fig, axes = figure(1, 2, sharex=True, bottom=1.0)
+    fig, axes = figure(1, 2, sharex=True, bottom=1.0, left=1.05)  # room for 1e+112 beside the label
     for ax, (kind, label) in zip(axes[0], KINDS):
         d = s0[s0["kind"] == kind]
         x, std = axis.place(d, "std")
         finite = np.isfinite(std) & (std > 0)
+        if not finite.any():
+            _nothing_finite(ax, kind, label, axis)
+            continue
         ax.plot(x[finite], std[finite], marker="o", ms=3, lw=1.2, label="measured")
         if "theory_std" in d and d["theory_std"].notna().any():
-            _theory_line(ax, d, axis, "theory (mean field, actual weights)")
+            _theory_line(ax, _within_reach(d, std[finite].min(), std[finite].max()), axis,
+                         "theory (mean field, actual weights)")
         _depth_axis(ax, label, axis)
         bad = _first_nonfinite_idx(d) if not d.empty else None
         x = axis.first_at_or_after(bad) if bad is not None else None
@@ -107,32 +127,40 @@ def probe_spread(per_draw: pd.DataFrame) -> pd.DataFrame:
 
 
 def plot_probe(per_draw: pd.DataFrame, theory: pd.DataFrame | None, title: str, path: Path,
-               fmt: str = "png", layers: str = "weighted") -> Path | None:
+               fmt: str = "png", layers: str = "weighted", own: str | None = None) -> Path | None:
     """probe.seeds=N: per-layer std at init, mean over the seeds with the min-max band (one
     line per init scheme of probe.inits), beside the theory's prediction for the run's own
-    draw (a single scheme only: the theory reads the run's weights)."""
+    draw (`own`: the run's init scheme; the theory reads the run's weights). The theory is drawn
+    only within a few decades of what was measured: a prediction running to 1e+124 would set
+    the scale; a panel with nothing finite says so."""
     if per_draw.empty:
         return None
     band = probe_spread(per_draw)
     n = int(per_draw["seed"].nunique())
     inits = list(dict.fromkeys(band["init"]))
-    fig, axes = figure(1, 2, sharex=True, bottom=1.0)
+    fig, axes = figure(1, 2, sharex=True, bottom=1.0, left=1.05)  # room for 1e+112 beside the label
     axis = LayerAxis(band, layers)
     for ax, (kind, label) in zip(axes[0], KINDS):
+        finite = band[(band["kind"] == kind) & np.isfinite(band["std_mean"]) & (band["std_mean"] > 0)]
         for init, color in zip(inits, colors("tab10", 10)):
-            x, mean, lo, hi = axis.place(band[(band["init"] == init) & (band["kind"] == kind)
-                                              & np.isfinite(band["std_mean"]) & (band["std_mean"] > 0)],
-                                         "std_mean", "std_min", "std_max")
+            x, mean, lo, hi = axis.place(finite[finite["init"] == init], "std_mean", "std_min", "std_max")
             name = f"{init}: " if len(inits) > 1 else ""
             ax.plot(x, mean, marker="o", ms=3, lw=1.2, color=color, label=f"{name}mean over {n} seeds")
             if n > 1:
                 ax.fill_between(x, lo, hi, color=color, alpha=0.25, lw=0,
                                 label=None if len(inits) > 1 else "min-max over seeds")
-        if theory is not None and not theory.empty and len(inits) == 1:
-            _theory_line(ax, theory[theory["kind"] == kind], axis, "theory (seed of the run)")
+        if finite.empty:
+            _nothing_finite(ax, kind, label, axis)
+            continue
+        if theory is not None and not theory.empty and (len(inits) == 1 or own in inits):
+            t = _within_reach(theory[theory["kind"] == kind], finite["std_min"].min(), finite["std_max"].max())
+            who = "seed of the run" if len(inits) == 1 else f"the run's own draw, {own}"
+            _theory_line(ax, t, axis, f"theory ({who})")
         _depth_axis(ax, label, axis)
     shared_legend(axes[0], fontsize=7, loc="best")  # few lines: searching for the emptiest corner is cheap
     schemes = f" × {len(inits)} init schemes" if len(inits) > 1 else ""
+    if len(inits) > 1:  # the run's title names its own init; the figure holds them all
+        title = re.sub(r"init=[^ ]+", "init=" + ",".join(map(str, inits)), title)
     return save(fig, path, f"{title}: step 0 over {n} seeds{schemes}", fmt)
 
 
@@ -169,7 +197,8 @@ def plot_over_steps(stats: pd.DataFrame, title: str, path: Path, fmt: str = "png
     picked = _pick_layers(d)
     rows = _by_layer(d, picked, ["mean", "std", "zero_frac"])
     palette = colors("viridis", len(picked))
-    labels = [f"{idx}: {layer}" for idx, layer in picked]
+    types = dict(zip(d["layer_idx"].to_numpy(), d["module_type"].to_numpy()))
+    labels = [f"{idx}: {layer} ({types[idx]})" for idx, layer in picked]
     for ax, col in zip(axes[0], ("mean", "std", "zero_frac")):  # each panel's stand-ins alike: one legend
         handles = curves(ax, [(r["step"], r[col]) for r in rows], palette, labels)
     for ax, col in zip(axes[0], ("mean", "std", "fraction exactly zero")):
@@ -258,9 +287,11 @@ def plot_hist_image(hist: pd.DataFrame, title: str, path: Path, kind: str = "act
     x_edges = np.concatenate([[steps[0] - 0.5], (steps[:-1] + steps[1:]) / 2, [steps[-1] + 0.5]])
     y_edges = np.arange(first, last + 2)
     counts, _ = _counts(d, [idx for idx, _ in picked], steps, bins.n_bins)
-    for ax, (idx, layer), img in zip(axes, picked, counts):
-        ax.pcolormesh(x_edges, y_edges, np.log1p(img[:, first:last + 1].T), cmap="viridis", shading="flat",
-                      rasterized=True)
+    shades = [np.log1p(img[:, first:last + 1].T) for img in counts]
+    top = max(float(x.max()) for x in shades) or 1.0  # one colour scale for every panel, so one bar reads them all
+    for ax, (idx, layer), shade in zip(axes, picked, shades):
+        mesh = ax.pcolormesh(x_edges, y_edges, shade, cmap="viridis", shading="flat", rasterized=True,
+                             vmin=0.0, vmax=top)
         panel_title(ax, f"{idx}: {layer}", 8)
         ax.tick_params(labelsize=6)
     # the panels show the same steps and bins (same edges, same limits): ticks on the outer
@@ -279,6 +310,9 @@ def plot_hist_image(hist: pd.DataFrame, title: str, path: Path, kind: str = "act
         else:
             ax.yaxis.set_major_locator(NullLocator())
     fig.supylabel(f"{kind} value (fixed bins, symmetric log)", fontsize=8)
+    bar = fig.colorbar(mesh, ax=axes, fraction=0.025, pad=0.02)
+    bar.ax.set_title("log(1 + count)", fontsize=7, loc="right")  # above the bar: beside it, the page edge cuts it
+    bar.ax.tick_params(labelsize=6)
     return save(fig, path, f"{title}: {kind} histograms over training", fmt)
 
 
@@ -421,6 +455,7 @@ def plot_run(stats: pd.DataFrame, metrics: pd.DataFrame, config: dict[str, Any],
         if "theory_std" in stats:
             theory = stats[(stats["step"] == 0) & stats["theory_std"].notna()][
                 ["layer_idx", "layer", "module_type", "kind", "theory_std"]]
-        made.append(plot_probe(probe, theory, title, out_dir / "probe", fmt, layers))
+        made.append(plot_probe(probe, theory, title, out_dir / "probe", fmt, layers,
+                               own=(config.get("init") or {}).get("name")))
     made.append(plot_metrics(metrics, title, out_dir / "metrics", fmt))
     return [p for p in made if p is not None]

@@ -101,10 +101,14 @@ def _grid_final_loss(done: pd.DataFrame, groups: list[str], cmap: Any, out_dir: 
 
 
 def _step0_overlay(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str, layers: str) -> Path:
-    fig, axes = figure(1, 2, (5.0, 3.6))
+    fig, axes = figure(1, 2, (5.0, 3.6), bottom=1.0)
+    names: set[tuple[str, ...]] = set()
+    shared = None
     for ci, (combo, jobs) in enumerate(done.groupby("combo", sort=False)):
         s0s = [_read_step0(path) for path in jobs["path"]]
         axes_of = [LayerAxis(s, layers) if len(s) else None for s in s0s]  # each job's own layers: nets align
+        names |= {tuple(a.names) for a in axes_of if a}
+        shared = next((a for a in axes_of if a), None)
         for ax, kind in zip(axes[0], ("act", "grad")):
             curves = [pd.Series(std, index=x) for x, std in (a.place(s[s["kind"] == kind], "std")
                                                               for s, a in zip(s0s, axes_of) if a)]
@@ -117,8 +121,11 @@ def _step0_overlay(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str, layer
     what = layer_axis_name(layers)
     for ax, kind in zip(axes[0], ("activation", "gradient")):
         log_axis(ax)
-        ax.set_xlabel(f"{what} (forward order)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(names) == 1 and shared is not None:  # every job has the same layers: name them
+            shared.label(ax)
+        else:
+            ax.set_xlabel(f"{what} (forward order)")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel(f"{kind} std at step 0")
     legend(axes[0][0], fontsize=7, loc="lower left")
     return save(fig, out_dir / "step0_std_overlay", f"{_study(out_dir, done, [])}: per-layer statistics at init",
