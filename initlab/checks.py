@@ -69,3 +69,20 @@ def check_int_list(cfg: DictConfig, key: str, lengths: tuple[int, ...], what: st
         return
     if not isinstance(v, list) or len(v) not in lengths or not all(is_int(x) and x >= 1 for x in v):
         raise ConfigError(key, v, what)
+
+
+def headline_problem(spec: Any, columns: list[str] | None = None) -> str | None:
+    """What is wrong with a sweep's `headline` declaration (report/plots/headline.py draws it), in one
+    line, or None; `columns`: the sweep table's."""
+    if spec is None:
+        return None
+    if not isinstance(spec, dict) or not isinstance(spec.get("title"), str) or sum(k in spec for k in ("x", "layers")) != 1:
+        return "expected {title: the claim, x: a swept key, y: a sweep.parquet column, lines: a swept key} " \
+               "or {title, layers: {kind, stat}, lines}"
+    if "x" in spec and not isinstance(spec.get("y"), str):
+        return "headline.x needs headline.y: the sweep.parquet column to draw against it (val_loss, loss_avg, ...)"
+    if "layers" in spec and not (isinstance(spec["layers"], dict) and {"kind", "stat"} <= set(spec["layers"])):
+        return "headline.layers: expected {kind: act|grad|weight|weight_grad|update, stat: std|norm|mean, param: weight}"
+    needed = [spec.get(k) for k in ("x", "y", "lines", "panels") if spec.get(k) is not None]
+    missing = [c for c in needed if columns is not None and c not in columns]
+    return f"headline names {', '.join(missing)}, which the sweep table has no column for" if missing else None

@@ -15,6 +15,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
+from initlab.app.config import validate
 from initlab.app.distributed import launched, peer_lost, stop
 from initlab.app.help import help_text, wants_help
 from initlab.app.keys import check_overrides
@@ -52,6 +53,7 @@ def _job(cfg: DictConfig) -> float | None:
         # inside the try: a SIGTERM landing while the handler is being installed is handled too
         for signum in STOPPING:
             signal.signal(signum, raise_interrupted)
+        validate(cfg, heavy=False)  # a bad number or flag: one line before torch loads (4 s)
         # torch: only for a run (not --help, --cfg, completion); no full collection walks what
         # loads, which is then left out of every later one (initlab/speedups/collector.py)
         with paused():

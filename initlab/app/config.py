@@ -3,7 +3,15 @@
 Hydra already rejects unknown group options ("Available options in 'model': ...");
 this module catches what Hydra cannot know: impossible numbers, malformed shapes,
 unknown activations, and so on. Keys absent from a model's config are simply skipped.
+
+`validate(cfg, heavy=False)` runs every check that needs no torch (numbers, lists, flags):
+the command calls it before importing torch, so a bad value is answered in well under a
+second; `run_study` then runs them all.
 """
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
@@ -15,15 +23,15 @@ from initlab.checks import (
     check_int_list,
     check_num,
     get_value,
+    headline_problem,
     is_int,
     is_num,
 )
 from initlab.defaults import preset
 from initlab.errors import ConfigError, InitlabError
-from initlab.models import MODELS, own_norm
-from initlab.models.base import MODEL_CHECKS
-from initlab.models.external import EXTERNAL
-from initlab.nn.norms import NormSpec
+
+if TYPE_CHECKING:  # torch: only for the checks that need the model zoo (heavy=True)
+    from initlab.nn.norms import NormSpec
 
 
 def _check_inits(cfg: DictConfig) -> None:
@@ -40,7 +48,7 @@ def _check_inits(cfg: DictConfig) -> None:
             raise ConfigError("probe.inits", name, str(exc).split(": ", 1)[-1]) from None
 
 
-def _check_norm(cfg: DictConfig) -> None:
+def _check_norm(cfg: DictConfig, heavy: bool) -> None:
     """norm.eps, norm.affine, norm.groups; `bn` and `norm` both given must agree."""
     check_num(cfg, "norm.eps", 0.0, strict=True)
     check_bool(cfg, "norm.affine")
@@ -49,6 +57,8 @@ def _check_norm(cfg: DictConfig) -> None:
     groups = get_value(cfg, "norm.groups")
     if groups is not MISSING and groups != "auto" and not (is_int(groups) and groups >= 1):
         raise ConfigError("norm.groups", groups, "expected auto or an integer >= 1 that divides the channels")
+    if not heavy:
+        return
     spec = norm_spec(cfg)
     if spec.sync and spec.name != "batch":
         raise ConfigError("norm.sync", True, f"SyncBatchNorm replaces BatchNorm, and this run's norm is {spec.name}: "
@@ -68,15 +78,20 @@ def norm_spec(cfg: DictConfig) -> NormSpec:
             raise ConfigError("bn", bn, f"bn={str(bn).lower()} is short for norm={short}, which disagrees with "
                               f"norm={norm['name']}: give one of them")
         norm = {**norm, "name": short}
+    from initlab.models import MODELS, own_norm
+    from initlab.models.external import EXTERNAL
+    from initlab.nn.norms import NormSpec
+
     model = get_value(cfg, "model.name")
     return own_norm(model, NormSpec.of(norm)) if model in MODELS and model not in EXTERNAL else NormSpec.of(norm)
 
 
-def _check_width(cfg: DictConfig) -> None:
-    from initlab.width.parametrize import DEPTHS, PARAMS
+def _check_width(cfg: DictConfig, heavy: bool) -> None:
+    if heavy:
+        from initlab.width.parametrize import DEPTHS, PARAMS
 
-    check_choice(cfg, "param.name", PARAMS)
-    check_choice(cfg, "param.depth", DEPTHS)
+        check_choice(cfg, "param.name", PARAMS)
+        check_choice(cfg, "param.depth", DEPTHS)
     check_bool(cfg, "param.readout_zero")
     base = get_value(cfg, "param.base_width")
     if base is not MISSING and base is not None and not (is_num(base) and base > 0):
@@ -87,7 +102,7 @@ def _check_width(cfg: DictConfig) -> None:
                                        and all(is_num(w) and w > 0 for w in widths)):
         raise ConfigError("coord.widths", widths, "expected at least two different widths > 0, e.g. [64,128,256]")
     params = get_value(cfg, "coord.params")
-    if params is not MISSING and not (isinstance(params, list) and params and all(p in PARAMS for p in params)):
+    if heavy and params is not MISSING and not (isinstance(params, list) and params and all(p in PARAMS for p in params)):
         raise ConfigError("coord.params", params, f"expected a list of {', '.join(PARAMS)}, e.g. [sp,mup]")
     check_int(cfg, "coord.steps", 1)
     check_int(cfg, "coord.seeds", 1)
@@ -98,8 +113,9 @@ def _check_width(cfg: DictConfig) -> None:
                           "param=sp (leave param out)")
 
 
-def validate(cfg: DictConfig) -> None:
-    """Raise ConfigError on the first value that cannot work."""
+def validate(cfg: DictConfig, heavy: bool = True) -> None:
+    """Raise ConfigError on the first value that cannot work; `heavy=False`: only the checks that
+    need no torch (the model zoo's, the registries' names are left for heavy=True)."""
     check_int(cfg, "seed", 0, "expected an integer >= 0")
     seed = get_value(cfg, "seed")
     if is_int(seed) and seed > 2**32 - 1:  # numpy's seed range
@@ -107,19 +123,25 @@ def validate(cfg: DictConfig) -> None:
     bn = get_value(cfg, "bn")
     if bn is not MISSING and bn is not None and not isinstance(bn, bool):
         raise ConfigError("bn", bn, "expected true (= norm=batch), false (= norm=none) or null (not given)")
-    _check_norm(cfg)
+    _check_norm(cfg, heavy)
     check_bool(cfg, "plots")
     check_bool(cfg, "report.html")
     fmt = get_value(cfg, "plot_format")
     if fmt is not MISSING and fmt not in ("png", "svg", "pdf"):
         raise ConfigError("plot_format", fmt, "choose from png, svg, pdf")
+    headline = get_value(cfg, "headline")
+    if headline is not MISSING and (why := headline_problem(headline)):
+        raise ConfigError("headline", headline, why)
     layers = get_value(cfg, "plot_layers")
     if layers is not MISSING and not (isinstance(layers, str) and layers.isidentifier()):
         raise ConfigError("plot_layers", layers, "expected weighted, all, or a module type such as ReLU")
     # model: the zoo family's own checks, registered beside it (initlab/models/)
-    name = get_value(cfg, "model.name")
-    if name in MODEL_CHECKS:
-        MODEL_CHECKS[name](cfg)
+    if heavy:
+        from initlab.models.base import MODEL_CHECKS
+
+        name = get_value(cfg, "model.name")
+        if name in MODEL_CHECKS:
+            MODEL_CHECKS[name](cfg)
     # init
     check_choice(cfg, "init.distribution", ["uniform", "normal"])
     check_choice(cfg, "init.mode", ["fan_in", "fan_out"])
@@ -158,9 +180,10 @@ def validate(cfg: DictConfig) -> None:
     if data_seed is not MISSING and data_seed is not None and not (is_int(data_seed) and data_seed >= 0):
         raise ConfigError("data.seed", data_seed, "expected null or an integer >= 0")
     # optim
-    from initlab.train import OPTIMIZERS  # the registry is the list of names
+    if heavy:
+        from initlab.train import OPTIMIZERS  # the registry is the list of names
 
-    check_choice(cfg, "optim.name", OPTIMIZERS.choices())
+        check_choice(cfg, "optim.name", OPTIMIZERS.choices())
     check_num(cfg, "optim.lr", 0.0, strict=True)
     check_num(cfg, "optim.momentum", 0.0, strict=False, hi=1.0)
     check_num(cfg, "optim.weight_decay", 0.0, strict=False)
@@ -173,9 +196,10 @@ def validate(cfg: DictConfig) -> None:
     lr_batch = get_value(cfg, "optim.lr_batch")
     if lr_batch is not MISSING and lr_batch is not None and not (is_int(lr_batch) and lr_batch >= 1):
         raise ConfigError("optim.lr_batch", lr_batch, "expected null (lr as given) or the batch size lr is meant for")
-    from initlab.train import SCHEDULES
+    if heavy:
+        from initlab.train import SCHEDULES
 
-    check_choice(cfg, "optim.schedule", SCHEDULES)
+        check_choice(cfg, "optim.schedule", SCHEDULES)
     # train
     check_int(cfg, "probe.seeds", 1)
     check_bool(cfg, "probe.stacked")
@@ -206,12 +230,12 @@ def validate(cfg: DictConfig) -> None:
     formats = get_value(cfg, "telemetry.formats")
     if formats is not MISSING and not (isinstance(formats, list) and all(isinstance(f, str) for f in formats)):
         raise ConfigError("telemetry.formats", formats, "expected a list of format names, e.g. [fp16,bf16,e4m3,e5m2]")
-    if formats is not MISSING:
+    if heavy and formats is not MISSING:
         from initlab.telemetry.formats import formats_of
 
         formats_of(formats)  # names it knows, or one line
     check_choice(cfg, "telemetry.ranks", ("merged", "each"))
-    _check_precision(cfg)
+    _check_precision(cfg, heavy)
     check_bool(cfg, "telemetry.hist.enabled")
     check_num(cfg, "telemetry.hist.min_abs", 0.0, strict=True)
     check_num(cfg, "telemetry.hist.max_abs", 0.0, strict=True)
@@ -227,17 +251,18 @@ def validate(cfg: DictConfig) -> None:
     if is_num(low) and is_num(high) and high <= low:
         raise ConfigError("telemetry.dead.sigmoid_high", high, f"expected a number > telemetry.dead.sigmoid_low={low}")
     # width: param and the coordinate check
-    _check_width(cfg)
+    _check_width(cfg, heavy)
     # diagnose: thresholds
     for key in ("vanishing_ratio", "exploding_ratio", "dead_frac", "update_ratio_low", "update_ratio_high", "underflow"):
         check_num(cfg, f"diagnose.{key}", 0.0, strict=True)
     check_num(cfg, "telemetry.flush_seconds", 0.0, strict=True)
 
 
-def _check_precision(cfg: DictConfig) -> None:
-    from initlab.precision import DTYPES
+def _check_precision(cfg: DictConfig, heavy: bool) -> None:
+    if heavy:
+        from initlab.precision import DTYPES
 
-    check_choice(cfg, "precision.name", DTYPES)
+        check_choice(cfg, "precision.name", DTYPES)
     scale = get_value(cfg, "precision.loss_scale")
     if scale is not MISSING and scale not in (None, "none", "dynamic") and not (is_num(scale) and scale > 0):
         raise ConfigError("precision.loss_scale", scale, "expected none, dynamic or a number > 0 (a fixed scale)")

@@ -22,6 +22,7 @@ from initlab.report.plots.base import (
     panel_title,
     save,
 )
+from initlab.report.plots.headline import plot_headline
 from initlab.report.plots.transfer import plot_lr_transfer, transfer_axes
 from initlab.rundir.safe import own_dir
 from initlab.rundir.store import LOSS_TAIL
@@ -209,11 +210,11 @@ def _loss_curves(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str) -> Path
 
 
 @drawing
-def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path, fmt: str = "png", layers: str = "weighted"
-               ) -> list[Path]:
-    """Comparison figures of a sweep: the grid of final losses over the swept factors,
-    per-layer step-0 std overlaid per combination, and loss curves (not for probes: one
-    step is no curve)."""
+def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path, fmt: str = "png", layers: str = "weighted",
+               headline: dict[str, Any] | None = None) -> list[Path]:
+    """Comparison figures of a sweep: the study's headline (as its experiment declares it), the
+    grid of final losses over the swept factors, per-layer step-0 std overlaid per combination,
+    and loss curves (not for probes: one step is no curve)."""
     own_dir(out_dir)
     groups = [f for f in factors if f != "seed"]
     done = df[df["status"].isin(["ok", "diverged"])].copy()
@@ -222,12 +223,13 @@ def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path, fmt: str = "
     done["combo"] = done.apply(lambda r: _combo(r, groups), axis=1)
     cmap = _palette(done["combo"].nunique())
     probe = df.get("steps_done") is not None and not (df["steps_done"].fillna(0) > 1).any()
-    made = [_grid_final_loss(done, groups, cmap, out_dir, fmt, probe), _step0_overlay(done, cmap, out_dir, fmt, layers)]
+    made = [plot_headline(done, headline, out_dir, fmt)] if headline else []
+    made += [_grid_final_loss(done, groups, cmap, out_dir, fmt, probe), _step0_overlay(done, cmap, out_dir, fmt, layers)]
     if not probe:
         made.append(_loss_curves(done, cmap, out_dir, fmt))
     if (axes := transfer_axes(done, groups)) is not None and "loss_avg" in done:  # a width x learning-rate grid
         made.append(plot_lr_transfer(done, *axes, out_dir, fmt))
-    return made
+    return [p for p in made if p is not None]
 
 
 def _study(out_dir: Path, done: pd.DataFrame, groups: list[str]) -> str:

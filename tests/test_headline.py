@@ -1,0 +1,64 @@
+"""A study's headline figure, declared in its experiment's YAML: drawn from the jobs' own
+files with the claim as its title; a malformed declaration is one line before any work."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from initlab.checks import headline_problem
+from initlab.report.build import build_sweep_report
+from initlab.report.plots import base
+from tests.conftest import run_cli
+
+ROOT = Path(__file__).parents[1]
+EXPERIMENTS = sorted((ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
+def test_each_declared_headline_names_what_its_sweep_sweeps(path: Path) -> None:
+    conf = yaml.safe_load(path.read_text()) or {}
+    spec = conf.get("headline")
+    if spec is None:
+        return
+    swept = list(((conf.get("hydra") or {}).get("sweeper") or {}).get("params") or {})
+    assert headline_problem(spec) is None
+    for key in ("x", "lines", "panels"):
+        assert spec.get(key) is None or spec[key] in swept, (key, spec[key], swept)
+
+
+def test_the_sweep_draws_the_declared_headline_from_the_jobs_files(tmp_path: Path, monkeypatch) -> None:
+    proc = run_cli(["-m", "experiment=he_deep_relu", "model.depth=8", "train.steps=3", "train.batch_size=16",
+                    "data.train_size=64", "data.val_size=16", "train.progress=false", "plots=false",
+                    "hydra.sweep.dir=sweep"], cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    sweep = tmp_path / "sweep"
+    assert (sweep / "plots" / "headline.png").exists()
+    figs = {}
+    orig = base.save
+
+    def keep(fig, path, title=None, fmt="png"):  # the figure, kept open to read its lines
+        figs[path.stem] = (fig, title)
+        return orig(fig, path, title, fmt)
+
+    monkeypatch.setattr(base, "save", keep)
+    build_sweep_report(sweep)
+    fig, title = figs["headline"]
+    assert title.replace("\n", " ").startswith("Claim (He et al. 2015)")
+    ax = fig.axes[0]
+    lines = {ln.get_label(): ln.get_ydata() for ln in ax.get_lines() if ln.get_label().startswith("init=")}
+    assert set(lines) == {"init=xavier", "init=kaiming"}
+    table = pd.read_parquet(sweep / "sweep.parquet")
+    for init, ys in lines.items():  # each point is that job's step-0 activation std of a weighted layer
+        job = sweep / table.loc[table["init"] == init.split("=")[1], "path"].iloc[0]
+        s = pd.read_parquet(job / "stats.parquet")
+        s = s[(s["step"] == 0) & (s["kind"] == "act") & s["module_type"].isin(["Linear"])].sort_values("layer_idx")
+        np.testing.assert_allclose(ys, s["std"].to_numpy(), rtol=1e-6)
+
+
+def test_a_malformed_headline_is_one_line_before_any_work(tmp_path: Path) -> None:
+    proc = run_cli(["headline={title:x}"], cwd=tmp_path, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
+    assert proc.stderr.startswith("initlab: error: headline=") and not list(tmp_path.glob("outputs/runs/*/*"))
