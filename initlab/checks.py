@@ -76,6 +76,8 @@ def headline_problem(spec: Any, columns: list[str] | None = None) -> str | None:
     line, or None; `columns`: the sweep table's."""
     if spec is None:
         return None
+    if isinstance(spec, list):  # several figures: headline.png, headline_2.png, ...
+        return next((why for s in spec if (why := headline_problem(s, columns))), None) if spec else "an empty list"
     if not isinstance(spec, dict) or not isinstance(spec.get("title"), str) or sum(k in spec for k in ("x", "layers")) != 1:
         return "expected {title: the claim, x: a swept key, y: a sweep.parquet column, lines: a swept key} " \
                "or {title, layers: {kind, stat}, lines}"

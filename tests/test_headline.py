@@ -25,8 +25,9 @@ def test_each_declared_headline_names_what_its_sweep_sweeps(path: Path) -> None:
         return
     swept = list(((conf.get("hydra") or {}).get("sweeper") or {}).get("params") or {})
     assert headline_problem(spec) is None
-    for key in ("x", "lines", "panels"):
-        assert spec.get(key) is None or spec[key] in swept, (key, spec[key], swept)
+    for one in spec if isinstance(spec, list) else [spec]:
+        for key in ("x", "lines", "panels"):
+            assert one.get(key) is None or one[key] in swept, (key, one[key], swept)
 
 
 def test_the_sweep_draws_the_declared_headline_from_the_jobs_files(tmp_path: Path, monkeypatch) -> None:

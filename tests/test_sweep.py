@@ -144,6 +144,7 @@ def _parent(pid: int) -> int:
     return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
 
 
+@pytest.mark.slow  # ~16 s; the killed-study and Ctrl-C tests above guard the path every sweep takes
 def test_a_launcher_that_breaks_still_leaves_the_report_of_what_ran(tmp_path: Path) -> None:
     """Killing a job's own process (a loky worker, not its study) breaks the stock pool: Hydra
     reports the launcher's error, and the sweep's report still covers the jobs' files."""

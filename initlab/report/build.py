@@ -76,19 +76,19 @@ def build_sweep_report(sweep_dir: Path, layers: str = "weighted", fmt: str = "pn
     inner = [inside(sweep_dir, p) for p in df["path"]]  # a row naming a path outside the sweep is not drawn
     df = df[[p is not None for p in inner]]
     plots = plot_sweep(df.assign(path=[str(p) for p in inner if p is not None]), swept_factors(df),
-                       SweepLayout(sweep_dir).plots, fmt=fmt, layers=layers, headline=_headline(sweep_dir))
+                       SweepLayout(sweep_dir).plots, fmt=fmt, layers=layers, headlines=_headlines(sweep_dir))
     return table_path, plots
 
 
-def _headline(sweep_dir: Path) -> dict | None:
-    """The headline figure the sweep's experiment declares (multirun.yaml holds its config)."""
+def _headlines(sweep_dir: Path) -> list[dict]:
+    """The headline figures the sweep's experiment declares (multirun.yaml holds its config)."""
     import yaml
 
     try:
         spec = (yaml.safe_load(SweepLayout(sweep_dir).multirun.read_text()) or {}).get("headline")
     except (OSError, yaml.YAMLError):
-        return None
-    return spec if isinstance(spec, dict) else None
+        return []
+    return [s for s in (spec if isinstance(spec, list) else [spec]) if isinstance(s, dict)]
 
 
 def build_comparison(paths: list[Path], out: Path, layers: str = "weighted", fmt: str = "png"

@@ -7,7 +7,7 @@ YAML declares (`headline:`), titled with the claim. Two forms:
   weight), one line per value of `lines`.
 
 `panels` (a swept key) splits either into one panel per value; whatever else was swept (seeds)
-is the mean line and its min-max band.
+is the mean line and its min-max band. A list of declarations draws headline.png, headline_2.png…
 """
 
 from __future__ import annotations
@@ -48,8 +48,9 @@ def _step0(path: str, layers: dict[str, Any]) -> pd.DataFrame:
     return d
 
 
-def plot_headline(done: pd.DataFrame, spec: dict[str, Any], out_dir: Path, fmt: str = "png") -> Path | None:
-    """headline.png: the declared claim over the jobs that finished (ok or diverged)."""
+def plot_headline(done: pd.DataFrame, spec: dict[str, Any], path: Path, fmt: str = "png") -> Path | None:
+    """plots/headline.png (headline_2.png, ...): the declared claim over the jobs that finished
+    (ok or diverged)."""
     from initlab.report.plots.base import colors, figure, legend, log_axis, panel_title, save
 
     if done.empty or headline_problem(spec, list(done.columns)):
@@ -74,7 +75,9 @@ def plot_headline(done: pd.DataFrame, spec: dict[str, Any], out_dir: Path, fmt: 
             ax.set_ylabel(NAMES.get(spec["y"], spec["y"]))
             if spec.get("log_x"):
                 ax.set_xscale("log", base=2)
-                ax.set_xticks(sorted({float(v) for v in done[spec["x"]]}), [str(v) for v in sorted(set(done[spec["x"]]))])
+            xs = sorted(set(done[spec["x"]]))
+            if len(xs) <= 8:  # the swept values themselves, not a locator's round numbers
+                ax.set_xticks([float(v) for v in xs], [str(v) for v in xs])
         else:
             kind, stat = spec["layers"]["kind"], spec["layers"]["stat"]
             ax.set_ylabel(f"{kind} {stat} at step 0")
@@ -82,7 +85,7 @@ def plot_headline(done: pd.DataFrame, spec: dict[str, Any], out_dir: Path, fmt: 
         if lines != [None]:
             legend(ax, fontsize=7, loc="best")
     width = int(fig.get_figwidth() * 13)  # characters of the 10 pt title that fit across the figure
-    return save(fig, out_dir / "headline", "\n".join(textwrap.wrap(str(spec["title"]), width)), fmt)
+    return save(fig, path, "\n".join(textwrap.wrap(str(spec["title"]), width)), fmt)
 
 
 def _final(ax: Any, jobs: pd.DataFrame, spec: dict[str, Any], color: Any, label: str) -> None:

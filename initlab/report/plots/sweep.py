@@ -211,7 +211,7 @@ def _loss_curves(done: pd.DataFrame, cmap: Any, out_dir: Path, fmt: str) -> Path
 
 @drawing
 def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path, fmt: str = "png", layers: str = "weighted",
-               headline: dict[str, Any] | None = None) -> list[Path]:
+               headlines: list[dict[str, Any]] | None = None) -> list[Path]:
     """Comparison figures of a sweep: the study's headline (as its experiment declares it), the
     grid of final losses over the swept factors, per-layer step-0 std overlaid per combination,
     and loss curves (not for probes: one step is no curve)."""
@@ -223,7 +223,8 @@ def plot_sweep(df: pd.DataFrame, factors: list[str], out_dir: Path, fmt: str = "
     done["combo"] = done.apply(lambda r: _combo(r, groups), axis=1)
     cmap = _palette(done["combo"].nunique())
     probe = df.get("steps_done") is not None and not (df["steps_done"].fillna(0) > 1).any()
-    made = [plot_headline(done, headline, out_dir, fmt)] if headline else []
+    made = [plot_headline(done, spec, out_dir / ("headline" if i == 0 else f"headline_{i + 1}"), fmt)
+            for i, spec in enumerate(headlines or [])]
     made += [_grid_final_loss(done, groups, cmap, out_dir, fmt, probe), _step0_overlay(done, cmap, out_dir, fmt, layers)]
     if not probe:
         made.append(_loss_curves(done, cmap, out_dir, fmt))
