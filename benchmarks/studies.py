@@ -45,19 +45,19 @@ class Study:
 
 
 STUDIES = [
-    Study("seed_mlp100", ("init.std", "model.act"), seeds=False),
-    Study("glorot_tanh", ("init",), seeds=False),
+    Study("seed_mlp100", ("init.std", "model.act"), seeds=False, figure="headline"),
+    Study("glorot_tanh", ("init",), seeds=False, figure="headline"),
     Study("fastai_conv4", ("init",)),
-    Study("he_deep_relu", ("init",)),
+    Study("he_deep_relu", ("init",), figure="headline"),
     Study("d2l_bn_lenet", ("bn",), figure="loss_curves"),
     Study("resnet_bn_ablation", ("bn", "init")),
     Study("bn_position", ("model.norm_position",), seeds=False, figure="loss_curves"),  # its config sweeps seed=0,1,2
     Study("lsuv", ("init",)),
     Study("norm_zoo", ("norm",)),
     # one seed each (4 min apiece on 2 cores); their own tests assert their study-specific headlines
-    Study("small_batch_norm", ("norm", "train.batch_size"), seeds=False, figure="loss_curves"),
+    Study("small_batch_norm", ("norm", "train.batch_size"), seeds=False, figure="headline"),
     Study("ln_position", ("model.depth", "model.norm_position", "optim.warmup_steps"), seeds=False,
-          figure="loss_curves"),
+          figure="headline"),
     # width (docs/width.md): the coordinate check (one run) and learning-rate transfer (a sweep, one seed)
     Study("coord_check", (), seeds=False, figure="coord_check", width=True),
     Study("lr_transfer", ("param", "model.width", "optim.lr"), seeds=False, figure="lr_transfer", width=True),
@@ -290,6 +290,8 @@ def main() -> None:
                 out = (args.keep or Path(tmp)) / study.name
                 run_study(study, out, figures=True)
                 shutil.copy(out / "plots" / f"{study.figure}.png", FIGURES / f"{study.name}.png")
+                for more in sorted((out / "plots").glob(f"{study.figure}_*.png")):  # headline_2.png -> NAME_2.png
+                    shutil.copy(more, FIGURES / f"{study.name}_{more.stem.rsplit('_', 1)[1]}.png")
         return
     at = commit()
     with tempfile.TemporaryDirectory() as tmp:
