@@ -63,3 +63,19 @@ def test_a_malformed_headline_is_one_line_before_any_work(tmp_path: Path) -> Non
     proc = run_cli(["headline={title:x}"], cwd=tmp_path, timeout=60)
     assert proc.returncode == 2 and proc.stderr.strip().count("\n") == 0, proc.stderr
     assert proc.stderr.startswith("initlab: error: headline=") and not list(tmp_path.glob("outputs/runs/*/*"))
+
+
+def test_a_categorical_factor_is_points_with_ranges_in_the_order_swept(tmp_path: Path, monkeypatch) -> None:
+    from initlab.report.plots.headline import plot_headline
+
+    done = pd.DataFrame([dict(norm=norm, seed=seed, loss_avg=base + 0.1 * seed, path=str(tmp_path))
+                         for norm, base in (("none", 2.0), ("batch", 1.0), ("rms", 1.5)) for seed in range(3)])
+    figs = {}
+    orig = base.save
+    monkeypatch.setattr(base, "save", lambda fig, path, title=None, fmt="png": figs.setdefault("f", fig) and orig(fig, path, title, fmt))
+    assert plot_headline(done, {"title": "t", "x": "norm", "y": "loss_avg"}, tmp_path / "headline").exists()
+    ax = figs["f"].axes[0]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["none", "batch", "rms"]  # the sweep's order
+    points = [ln for ln in ax.get_lines() if ln.get_marker() == "o"][0]  # (the range bars' caps are lines too)
+    np.testing.assert_allclose(points.get_xdata(), [0, 1, 2])
+    np.testing.assert_allclose(points.get_ydata(), [2.1, 1.1, 1.6])  # the mean over the seeds

@@ -12,15 +12,18 @@ is the mean line and its min-max band. A list of declarations draws headline.png
 
 from __future__ import annotations
 
+import numbers
 import textwrap
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from initlab.checks import headline_problem
 from initlab.rundir.layout import STATS_DIR
 
-if TYPE_CHECKING:  # pandas and matplotlib: only to draw (the config check reads `problem` alone)
+if TYPE_CHECKING:  # pandas and matplotlib: imported to draw, not to import this module
     import pandas as pd
 
 NAMES = {"val_loss": "held-out loss", "val_accuracy": "held-out accuracy", "loss_avg": "training loss (last 50 steps)",
@@ -61,11 +64,12 @@ def plot_headline(done: pd.DataFrame, spec: dict[str, Any], path: Path, fmt: str
     fig, axes = figure(1, len(panels), (4.6, 3.4), bottom=1.0, top=0.95)  # room for a claim on two or three lines
     for ax, panel in zip(axes[0], panels):
         sub = done if panel is None else done[done[spec["panels"]] == panel]
-        for color, line in zip(palette, lines):
+        for k, (color, line) in enumerate(zip(palette, lines)):
             jobs = sub if line is None else sub[sub[spec["lines"]] == line]
             label = "" if line is None else f"{spec['lines']}={line}"
             if "x" in spec:
-                _final(ax, jobs, spec, color, label)
+                _final(ax, jobs, spec, color, label, list(dict.fromkeys(done[spec["x"]])),
+                       0.08 * (k - (len(lines) - 1) / 2))
             else:
                 _by_layer(ax, jobs, spec["layers"], color, label)
         if panel is not None:
@@ -73,11 +77,14 @@ def plot_headline(done: pd.DataFrame, spec: dict[str, Any], path: Path, fmt: str
         if "x" in spec:
             ax.set_xlabel(spec["x"])
             ax.set_ylabel(NAMES.get(spec["y"], spec["y"]))
-            if spec.get("log_x"):
+            xs = list(dict.fromkeys(done[spec["x"]]))
+            if spec.get("log_x") and _numeric(xs):
                 ax.set_xscale("log", base=2)
-            xs = sorted(set(done[spec["x"]]))
-            if len(xs) <= 8:  # the swept values themselves, not a locator's round numbers
-                ax.set_xticks([float(v) for v in xs], [str(v) for v in xs])
+            if len(xs) <= 8 or not _numeric(xs):  # the swept values themselves, not a locator's round numbers
+                place = _position(xs)
+                ax.set_xticks([place(v) for v in xs], [str(v) for v in xs])
+            if not _numeric(xs):
+                ax.set_xlim(-0.5, len(xs) - 0.5)
         else:
             kind, stat = spec["layers"]["kind"], spec["layers"]["stat"]
             ax.set_ylabel(f"{kind} {stat} at step 0")
@@ -88,24 +95,42 @@ def plot_headline(done: pd.DataFrame, spec: dict[str, Any], path: Path, fmt: str
     return save(fig, path, "\n".join(textwrap.wrap(str(spec["title"]), width)), fmt)
 
 
-def _final(ax: Any, jobs: pd.DataFrame, spec: dict[str, Any], color: Any, label: str) -> None:
-    """The mean of `y` over the jobs at each x (seeds), with its min-max band."""
+def _final(ax: Any, jobs: pd.DataFrame, spec: dict[str, Any], color: Any, label: str, order: list[Any],
+           shift: float) -> None:
+    """The mean of `y` over the jobs at each x (seeds), with its min-max range: a line and band
+    over a numeric x; over a categorical x (norm=batch,group: 0, 1, ... in the order swept)
+    points with range bars, nudged by `shift` so that lines do not hide each other."""
     import pandas as pd
 
     y = pd.to_numeric(jobs[spec["y"]], errors="coerce")
-    g = y.groupby(jobs[spec["x"]], sort=True)
+    g = y.groupby(jobs[spec["x"]].map(_position(order)), sort=True)
     x, mean, lo, hi = g.mean().index.to_numpy(dtype=float), g.mean().to_numpy(), g.min().to_numpy(), g.max().to_numpy()
     n = int(g.size().max()) if len(g) else 0
-    ax.plot(x, mean, marker="o", ms=4, lw=1.4, color=color, label=label + (f" (mean of {n})" if n > 1 else ""))
+    label += f" (mean of {n})" if n > 1 else ""
+    if not _numeric(order):
+        ax.errorbar(x + shift, mean, yerr=[mean - lo, hi - mean], fmt="o", ms=5, capsize=3, color=color, label=label)
+        return
+    ax.plot(x, mean, marker="o", ms=4, lw=1.4, color=color, label=label)
     if n > 1:
         ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+
+
+def _numeric(values: list[Any]) -> bool:
+    """Numbers (numpy's too), not flags: bn=false,true is two categories."""
+    return all(isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) for v in values)
+
+
+def _position(order: list[Any]) -> Any:
+    """x values to positions: themselves when numbers, else their place in the sweep's order."""
+    if _numeric(order):
+        return lambda v: float(v)
+    place = {str(v): i for i, v in enumerate(order)}
+    return lambda v: float(place[str(v)])
 
 
 def _by_layer(ax: Any, jobs: pd.DataFrame, layers: dict[str, Any], color: Any, label: str) -> None:
     """The statistic of each weighted layer in forward order, mean over the jobs (geometric: a log
     axis), with its min-max band."""
-    import numpy as np
-
     from initlab.report.plots.base import LayerAxis
 
     rows = [_step0(p, layers) for p in jobs["path"]]
