@@ -66,9 +66,6 @@ def dead_region(module: nn.Module | None, thresholds: Mapping[str, float]) -> De
     return DeadRegion(False, (lo + hi) / 2, (hi - lo) / 2)
 
 
-_MODERATE = 1e15  # |x| below this: n squares of it sum far below float32's 3.4e38 for any n we see
-
-
 def group_stats(xs: Sequence[torch.Tensor], deads: Sequence[DeadRegion | None]) -> torch.Tensor:
     """Statistics of same-shaped tensors, reduced together as queued tensor ops (no sync):
     float64[len(xs), len(STATS)].
@@ -98,24 +95,17 @@ def _rows_stats(X: torch.Tensor, shape: torch.Size, deads: Sequence[DeadRegion |
     f64 = torch.float64
     if n == 0:  # nothing to summarise: NaN statistics, no non-finite values, numel 0
         return torch.tensor([[NAN] * 7 + [0.0, 0.0]] * L, dtype=f64, device=X.device)
-    lo, hi = torch.aminmax(X, dim=1)
+    hi, lo = X.amax(dim=1), X.amin(dim=1)
     count_dtype = f64 if n >= 2**24 else None  # sums of +-1 are exact in float32 below 2**24
     absmax = torch.maximum(-lo, hi)
-    if X.device.type == "cpu" and bool((absmax < _MODERATE).all()):
-        # on the CPU (the kernels not loaded yet) the host may look: every row finite and far from
-        # overflow, so one fused pass gives mean and variance, and nothing is non-finite
-        var32, mean32 = torch.var_mean(X, dim=1, correction=1 if n > 1 else 0)
-        mean, var = mean32.to(f64), var32.to(f64)
-        nonfinite = torch.zeros(L, dtype=f64)
-    else:
-        scale = torch.where(torch.isfinite(absmax) & (absmax > 0), absmax, torch.ones_like(absmax))
-        Y = X / scale[:, None]
-        mean_y = Y.sum(dim=1) / n
-        var_y = torch.linalg.vector_norm(Y - mean_y[:, None], dim=1).square() / max(n - 1, 1)
-        mean, var = mean_y.to(f64) * scale.to(f64), var_y.to(f64) * scale.to(f64).square()
-        nonfinite = torch.count_nonzero(X * 0, dim=1).to(f64)  # inf*0, nan*0 are NaN; 0 else
-    nonzero = torch.count_nonzero(X, dim=1).to(f64)
-    pos_minus_neg = torch.sign(X).sum(dim=1, dtype=count_dtype).to(f64)
+    scale = torch.where(torch.isfinite(absmax) & (absmax > 0), absmax, torch.ones_like(absmax))
+    Y = X / scale[:, None]
+    mean_y = Y.sum(dim=1) / n
+    var_y = torch.linalg.vector_norm(Y - mean_y[:, None], dim=1).square() / max(n - 1, 1)
+    mean, var = mean_y.to(f64) * scale.to(f64), var_y.to(f64) * scale.to(f64).square()
+    nonzero = (X != 0).sum(dim=1).to(f64)
+    pos_minus_neg = ((X > 0).sum(dim=1) - (X < 0).sum(dim=1)).to(f64)
+    nonfinite = torch.count_nonzero(X * 0, dim=1).to(f64)  # inf*0, nan*0 are NaN; 0 else
     dead_frac = torch.full((L,), NAN, dtype=f64, device=X.device)
     dead_units = dead_frac.clone()
     units = (shape[0], shape[1], -1) if len(shape) > 1 else (1, shape[0], 1)
