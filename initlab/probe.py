@@ -22,6 +22,7 @@ from torch import nn
 
 from initlab.diagnose import depth_ratio
 from initlab.record.watcher import Watch
+from initlab.signals import Watchdog
 from initlab.telemetry import TelemetryConfig
 from initlab.telemetry.reducers import CpuPath
 from initlab.telemetry.stacked import NotStackable, stacked_step0
@@ -51,7 +52,9 @@ def probe_draws(make_model: Callable[[str, int], nn.Module], batch: tuple[torch.
     x, y = batch
     frames = []
     path = CpuPath(len(draws))  # one decision for all the draws: each is one logged step
+    dropped = Watchdog()
     for init, seed in draws:
+        dropped.check()  # a Ctrl-C Python dropped (e.g. inside numba's loading) still stops the probe
         model = make_model(init, seed).to(device).train()
         w = Watch(model, telemetry=tel_cfg, cpu_path=path)  # in memory
         with w.step(0, force=True):

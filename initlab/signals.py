@@ -19,6 +19,20 @@ SIGNALLED: list[int] = []
 STOPPING = tuple(s for s in (signal.SIGTERM, getattr(signal, "SIGHUP", None)) if s is not None)
 
 
+class Watchdog:
+    """A long loop's check for a Ctrl-C or SIGTERM whose exception Python dropped since the loop
+    began (see SIGNALLED): `check()` at each boundary raises what the handler meant to raise."""
+
+    def __init__(self) -> None:
+        self.seen = len(SIGNALLED)
+
+    def check(self) -> None:
+        if len(SIGNALLED) > self.seen:
+            if SIGNALLED[-1] == signal.SIGINT:
+                raise KeyboardInterrupt
+            raise Interrupted(f"signal {SIGNALLED[-1]}")
+
+
 def raise_keyboard_interrupt(signum: int, frame: object) -> NoReturn:
     """SIGINT (and, outside a run, SIGTERM): counted, then raised as Python's own handler would."""
     SIGNALLED.append(signum)

@@ -32,7 +32,7 @@ from initlab.errors import Diverged, Interrupted
 from initlab.precision import Precision
 from initlab.record.watcher import Watch
 from initlab.registry import Registry
-from initlab.signals import SIGNALLED
+from initlab.signals import Watchdog
 from initlab.speedups.eager_optim import eager
 
 OPTIMIZERS: Registry[Callable[[Any, Mapping[str, Any]], torch.optim.Optimizer]] = Registry("optim.name")
@@ -196,7 +196,7 @@ def fit(
     for cb in callbacks:
         cb.on_fit_start(n_iter)
     t_start = time.perf_counter()
-    signalled = len(SIGNALLED)
+    dropped = Watchdog()
     try:
         for step in range(n_iter):
             x, y = next(batches)
@@ -240,8 +240,7 @@ def fit(
             watch.log(**row)
             for cb in callbacks:
                 cb.on_step_end(step, row)
-            if len(SIGNALLED) > signalled:  # a Ctrl-C whose exception Python dropped (see signals.py)
-                raise KeyboardInterrupt
+            dropped.check()  # a Ctrl-C whose exception Python dropped (see signals.py)
     except Diverged:
         result.status = "diverged"
     except (KeyboardInterrupt, Interrupted):

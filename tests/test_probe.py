@@ -178,3 +178,33 @@ def _assert_same_rows(got, ref, atol: float = 0.0) -> None:
         assert (np.isnan(a) == np.isnan(b)).all(), col
         scale = np.abs(b) + (j["std_ref"].to_numpy(float) if col == "mean" else 0) + 1e-12
         assert np.nanmax((np.abs(a - b) - atol).clip(0) / scale) < 1e-4, col
+
+
+@pytest.mark.parametrize("stacked", [True, False], ids=["stacked", "per draw"])
+def test_a_ctrl_c_python_dropped_still_stops_the_probe(stacked: bool, monkeypatch) -> None:
+    """A Ctrl-C whose KeyboardInterrupt Python dropped (landing in numba's loading, say) is only
+    counted (signals.SIGNALLED): the probe stops at the next draw instead of running all of
+    them (a million-draw probe once ran on for minutes in CI)."""
+    import signal
+
+    import torch
+    from torch import nn
+
+    from initlab import signals
+    from initlab.probe import probe
+    from initlab.telemetry import TelemetryConfig
+
+    built = []
+
+    def make(init: str, seed: int) -> nn.Module:
+        built.append(seed)
+        if seed == 2:
+            signals.SIGNALLED.append(signal.SIGINT)  # counted by the handler, its exception dropped
+        torch.manual_seed(seed)
+        return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 3))
+
+    monkeypatch.setattr(signals, "SIGNALLED", list(signals.SIGNALLED))
+    batch = (torch.randn(4, 8), torch.tensor([0, 1, 2, 0]))
+    with pytest.raises(KeyboardInterrupt):
+        probe(make, batch, [("default", s) for s in range(1000)], TelemetryConfig(), torch.device("cpu"), stacked)
+    assert len(built) <= 4  # draw 2 was built, the next check stopped it

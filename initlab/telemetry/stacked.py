@@ -29,6 +29,7 @@ from torch import nn
 from initlab.nn.hooks import hooked
 from initlab.nn.kinds import BATCH_NORMS, DROPOUTS
 from initlab.nn.norms import exposes_stats
+from initlab.signals import Watchdog
 from initlab.telemetry.columns import Columns, Slot, stats_columns
 from initlab.telemetry.formats import Format, empty_row, format_columns, format_rows, formats_of
 from initlab.telemetry.recorder import dead_thresholds, first_tensor, layer_name, tracked_modules
@@ -217,8 +218,12 @@ def stacked_step0(make: Callable[[Hashable], nn.Module], draws: Sequence[Hashabl
     reduce = _Reducer(x.device, layout, len(draws), formats_of(cfg.formats))
     tables: list[Columns] = []
     losses: list[np.ndarray] = []
+    dropped = Watchdog()  # a Ctrl-C Python dropped (e.g. inside numba's loading) still stops the draws
     for start in range(0, len(draws), chunk):
-        group = [first if start + i == 0 else make(d) for i, d in enumerate(draws[start: start + chunk])]
+        group = []
+        for i, d in enumerate(draws[start: start + chunk]):
+            dropped.check()
+            group.append(first if start + i == 0 else make(d))
         if any(_signature(m) != signature for m in group):
             raise NotStackable("the draws differ in their parameters' names, shapes or dtypes")
         params, buffers = torch.func.stack_module_state(group)
