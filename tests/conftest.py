@@ -100,3 +100,10 @@ def watched_steps(w, model, opt, steps, inputs: tuple[int, ...], pause: float = 
             opt.step()
         w.log(loss=loss)
         time.sleep(pause)
+
+
+@pytest.fixture
+def speedups_on(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The speed-ups on, whatever INITLAB_SPEEDUPS the suite runs under (`make test-speedups-off`):
+    for the tests of what a speed-up does when it is on (its subprocesses inherit it too)."""
+    monkeypatch.setenv("INITLAB_SPEEDUPS", "1")

@@ -33,7 +33,7 @@ def test_eager_optimizers_off_are_torchs_own_class(off: None) -> None:
     assert eager_optim.eager(torch.optim.SGD) is torch.optim.SGD
 
 
-def test_eager_optimizers_fall_back_when_torchs_wrappers_change(monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+def test_eager_optimizers_fall_back_when_torchs_wrappers_change(monkeypatch: pytest.MonkeyPatch, caplog, speedups_on: None) -> None:
     """A wrapper whose code names something unknown is left on: torch's class, said once at debug level."""
     eager_optim._wrapper_codes.cache_clear()
     eager_optim._eager.cache_clear()
@@ -46,7 +46,7 @@ def test_eager_optimizers_fall_back_when_torchs_wrappers_change(monkeypatch: pyt
     eager_optim._eager.cache_clear()
 
 
-def test_eager_optimizers_on_skip_the_dynamo_import() -> None:
+def test_eager_optimizers_on_skip_the_dynamo_import(speedups_on: None) -> None:
     code = ("import sys, torch; from initlab.speedups.eager_optim import eager; "
             "opt = eager(torch.optim.SGD)([torch.nn.Parameter(torch.ones(2))], lr=0.1); opt.zero_grad(); opt.step(); "
             "print('torch._dynamo' in sys.modules)")
@@ -90,7 +90,7 @@ def test_the_collector_policy_off_leaves_the_thresholds(off: None) -> None:
     assert gc.get_freeze_count() == frozen
 
 
-def test_the_collector_policy_on_pauses_full_collections() -> None:
+def test_the_collector_policy_on_pauses_full_collections(speedups_on: None) -> None:
     before = gc.get_threshold()
     with collector.paused():
         assert gc.get_threshold()[2] == collector.NEVER

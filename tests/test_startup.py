@@ -52,7 +52,7 @@ def test_the_eager_optimizers_are_torchs_bit_for_bit(cls, kw) -> None:
     assert restored.state_dict()["param_groups"] == sb["param_groups"]
 
 
-def test_the_registry_builds_the_eager_classes() -> None:
+def test_the_registry_builds_the_eager_classes(speedups_on: None) -> None:
     cfg = {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "betas": [0.9, 0.999]}
     for name in OPTIMIZERS:
         opt = build_optimizer(_net(), {**cfg, "name": name})
@@ -83,11 +83,11 @@ def test_step_closures_keep_their_grad_mode(outer_grad: bool) -> None:
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
-def test_the_allocator_keeps_freed_memory_on_linux() -> None:
+def test_the_allocator_keeps_freed_memory_on_linux(speedups_on: None) -> None:
     assert keep_freed_memory() is True and keep_freed_memory() is True  # once, then cached
 
 
-def test_a_synthetic_run_imports_only_what_it_uses(tmp_path: Path) -> None:
+def test_a_synthetic_run_imports_only_what_it_uses(tmp_path: Path, speedups_on: None) -> None:
     """`initlab experiment=smoke plots=false` in a fresh interpreter (`python -X importtime`
     lists every module it imported): no torch._dynamo (3 s: torch.optim's wrappers import
     it), no torchvision (synthetic data), no matplotlib (no figures), no numba (10 logged
@@ -135,7 +135,7 @@ def _full_collections(make: int) -> int:
     return len(full)
 
 
-def test_the_collector_starts_no_full_collection_while_paused() -> None:
+def test_the_collector_starts_no_full_collection_while_paused(speedups_on: None) -> None:
     """What imports and drawing create without a full collection walking the whole heap: the
     same allocation starts full collections outside `paused()` and none inside, and the
     thresholds come back as they were (nested, and after an exception)."""
@@ -157,7 +157,7 @@ def test_the_collector_starts_no_full_collection_while_paused() -> None:
     assert gc.get_threshold() == before
 
 
-def test_the_command_freezes_what_it_loaded(tmp_path: Path) -> None:
+def test_the_command_freezes_what_it_loaded(tmp_path: Path, speedups_on: None) -> None:
     """`initlab` sets its imports aside for good after loading them (gc.freeze), so the run's
     full collections walk the run's own objects only; a library caller's process is left alone."""
     import gc
