@@ -9,23 +9,16 @@ import torch
 
 import initlab
 from initlab.report.cli import main as report_main
+from tests.scripts.ddp_reference import train_watched
 
 
 def _watched(out: Path, lr: float, tags: list[str]) -> None:
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4))
-    opt = torch.optim.SGD(model.parameters(), lr=lr)
     g = torch.Generator().manual_seed(1)
-    with initlab.watch(model, opt, out=out, config={"lr": lr, "note": "same"}, tags=tags,
-                       telemetry={"first": 0, "every": 5}, plots=False) as w:
-        for step in range(12):
-            x, y = torch.randn(32, 8, generator=g), torch.randint(0, 4, (32,), generator=g)
-            with w.step(step):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            w.log(loss=loss)
+    batches = [(torch.randn(32, 8, generator=g), torch.randint(0, 4, (32,), generator=g)) for _ in range(12)]
+    train_watched(model, torch.optim.SGD(model.parameters(), lr=lr), batches, out,
+                  config={"lr": lr, "note": "same"}, tags=tags, telemetry={"first": 0, "every": 5})
 
 
 @pytest.fixture(scope="module")

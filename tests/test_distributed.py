@@ -15,7 +15,7 @@ import torch
 import initlab
 from initlab.telemetry.ranks import _merge_stats
 from initlab.telemetry.stats import STATS
-from tests.scripts.ddp_reference import batches, make_model
+from tests.scripts.ddp_reference import batches, make_model, train_watched
 
 ROOT = Path(__file__).parents[1]
 BESIDE = Path(sys.executable).with_name("torchrun")  # this interpreter's torch, not whichever PATH finds first
@@ -24,16 +24,8 @@ TORCHRUN = str(BESIDE) if BESIDE.exists() else (shutil.which("torchrun") or str(
 
 def _reference(out: Path) -> pd.DataFrame:
     model = make_model()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    with initlab.watch(model, opt, out=out, telemetry={"name": "full", "first": 0, "every": 1, "formats": ["fp16"]},
-                       plots=False) as w:
-        for step, (x, y) in enumerate(batches()):
-            with w.step(step):
-                loss = torch.nn.functional.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            w.log(loss=loss)
+    train_watched(model, torch.optim.SGD(model.parameters(), lr=0.1), batches(), out,
+                  telemetry={"name": "full", "first": 0, "every": 1, "formats": ["fp16"]})
     return initlab.load_run(out).stats
 
 

@@ -8,8 +8,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import initlab
-from tests.scripts.ddp_reference import STEPS, batches, make_model
+from tests.scripts.ddp_reference import batches, make_model, train_watched
 
 out = sys.argv[1]
 ranks = sys.argv[2] if len(sys.argv) > 2 else "merged"  # telemetry.ranks
@@ -17,16 +16,7 @@ dist.init_process_group("gloo")
 rank, world = dist.get_rank(), dist.get_world_size()
 model = DDP(make_model())
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
-with initlab.watch(model, opt, out=out, telemetry={"name": "full", "first": 0, "every": 1, "formats": ["fp16"], "ranks": ranks},
-                   plots=False) as w:
-    for step, (x, y) in enumerate(batches()):
-        shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
-        with w.step(step):
-            loss = torch.nn.functional.cross_entropy(model(x[shard]), y[shard])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        w.log(loss=loss)
-        assert step < STEPS
+train_watched(model, opt, batches(), out, rank, world,
+              telemetry={"name": "full", "first": 0, "every": 1, "formats": ["fp16"], "ranks": ranks})
 dist.barrier()  # every rank done with its collectives before any tears the group down
 dist.destroy_process_group()

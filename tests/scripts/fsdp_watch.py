@@ -11,8 +11,7 @@ from torch import nn
 from torch.distributed.device_mesh import init_device_mesh
 from torch.distributed.fsdp import fully_shard
 
-import initlab
-from tests.scripts.ddp_reference import STEPS, batches, make_model
+from tests.scripts.ddp_reference import batches, make_model, train_watched
 
 out, shard_norm = sys.argv[1], Path(sys.argv[2])  # rank 0's own piece of layer 0's weight after step 0 goes there
 dist.init_process_group("gloo")
@@ -24,17 +23,14 @@ for layer in model:
         fully_shard(layer, mesh=mesh)
 fully_shard(model, mesh=mesh)
 opt = torch.optim.SGD(model.parameters(), lr=0.1)
-with initlab.watch(model, opt, out=out, telemetry={"name": "full", "first": 0, "every": 1}, plots=False) as w:
-    for step, (x, y) in enumerate(batches()):
-        shard = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
-        with w.step(step):
-            loss = torch.nn.functional.cross_entropy(model(x[shard]), y[shard])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        w.log(loss=loss)
-        if step == 0 and rank == 0:
-            shard_norm.write_text(str(float(model[0].weight.to_local().norm())))
-        assert step < STEPS
+
+
+def note_shard(step: int) -> None:
+    if step == 0 and rank == 0:
+        shard_norm.write_text(str(float(model[0].weight.to_local().norm())))
+
+
+train_watched(model, opt, batches(), out, rank, world, after_step=note_shard,
+              telemetry={"name": "full", "first": 0, "every": 1})
 dist.barrier()
 dist.destroy_process_group()
