@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-BENCHMARKS = ["benchmarks.loader", "benchmarks.telemetry_overhead", "benchmarks.model_steps", "benchmarks.waiting",
+BENCHMARKS = ["benchmarks.loader", "benchmarks.telemetry_overhead", "benchmarks.watch_side_by_side", "benchmarks.model_steps", "benchmarks.waiting",
               "benchmarks.reports", "benchmarks.coord_mup", "benchmarks.precision",
               "benchmarks.distributed", "benchmarks.launchers"]
 

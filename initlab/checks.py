@@ -63,6 +63,24 @@ def check_bool(cfg: DictConfig, key: str) -> None:
         raise ConfigError(key, v, "expected true or false")
 
 
+def check_like_default(cfg: DictConfig, group: str, defaults: dict[str, Any]) -> None:
+    """Each key of `group` has the kind of value its option's own default has (an integer where
+    the YAML has 4, a list where it has [8, 16, 32]): the check of a model's keys that needs
+    none of the model's code, so it runs before torch loads; ranges are the family's checks."""
+    kinds = ((bool, lambda v: isinstance(v, bool), "true or false"), (int, is_int, "an integer"),
+             (float, is_num, "a number"), (list, lambda v: isinstance(v, list), "a list"))
+    for key, default in defaults.items():
+        v = get_value(cfg, f"{group}.{key}")
+        if v is MISSING or v is None:
+            continue
+        for kind, ok, what in kinds:
+            if isinstance(default, kind):
+                if not ok(v):
+                    raise ConfigError(f"{group}.{key}", v, f"expected {what}, as {group}={defaults.get('name')} "
+                                      f"takes (its default: {default})")
+                break
+
+
 def check_int_list(cfg: DictConfig, key: str, lengths: tuple[int, ...], what: str) -> None:
     v = get_value(cfg, key)
     if v is MISSING:

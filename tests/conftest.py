@@ -107,3 +107,15 @@ def speedups_on(monkeypatch: pytest.MonkeyPatch) -> None:
     """The speed-ups on, whatever INITLAB_SPEEDUPS the suite runs under (`make test-speedups-off`):
     for the tests of what a speed-up does when it is on (its subprocesses inherit it too)."""
     monkeypatch.setenv("INITLAB_SPEEDUPS", "1")
+
+
+@pytest.fixture
+def fresh_process(monkeypatch: pytest.MonkeyPatch):
+    """The CPU path's process-wide state as a fresh process has it: numba's kernels not loaded,
+    nothing spent on tensor ops yet (earlier tests of the suite load them; a run in a process
+    that has them takes them from its first step). Yields initlab.telemetry.reducers."""
+    from initlab.telemetry import reducers
+
+    monkeypatch.setattr(reducers, "_kernels", None)
+    monkeypatch.setattr(reducers, "_process_spent", 0.0)
+    return reducers

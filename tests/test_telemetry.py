@@ -452,28 +452,53 @@ def test_without_numba_the_cpu_takes_the_tensor_op_path(monkeypatch) -> None:
     np.testing.assert_array_equal(a_hist["count"], b_hist["count"])
 
 
-def test_cpu_path_takes_the_kernels_once_they_pay(monkeypatch) -> None:
-    """The CPU starts on tensor ops. With the run's length known, the kernels take over
-    after the first logged step whose cost times the logged steps still ahead reaches the
-    cost of loading them; with it unknown, once the steps done have cost that much."""
-    from initlab.telemetry import reducers
-
+def test_cpu_path_takes_the_kernels_once_they_pay(fresh_process) -> None:
+    """In a fresh process the CPU starts on tensor ops. With the run's length known, the
+    kernels take over after the first logged step whose cost times the logged steps still
+    ahead reaches the cost of loading them; with it unknown, once the steps done have cost
+    that much."""
+    reducers = fresh_process
     budget = reducers.KERNEL_LOAD_ROWS
     short, long = CpuPath(steps=10), CpuPath(steps=100)
     rows = budget // 20  # 9 steps ahead cost 0.45 budgets, 99 steps 4.95
     assert not short.kernels and not long.kernels
     assert [short.step_done(rows, 0) for _ in range(10)] == [False] * 10
     assert long.step_done(rows, 0) is True and long.kernels
+    reducers._kernels, reducers._process_spent = None, 0.0  # fresh again
     elements = -(-budget * reducers.ROW_ELEMENTS // 3)  # a third of a budget a step, in elements only
     unknown = CpuPath()
     assert [unknown.step_done(0, elements) for _ in range(4)] == [False, False, True, True]
     assert CpuPath(start="tensor").step_done(10 * budget, 0) is False  # forced: never
-    assert CpuPath().for_work(budget, 0) and not CpuPath().for_work(budget - 1, 0)
     with pytest.raises(ValueError, match="auto, kernels or tensor"):
         CpuPath(start="numba")
 
 
-def test_a_run_moves_to_the_kernels_between_steps_with_the_same_rows(monkeypatch) -> None:
+def test_short_runs_of_one_process_share_the_cost_of_the_kernels(fresh_process) -> None:
+    """Many short runs in one process (a notebook, a sweep on the basic launcher): each is too
+    short to pay for the kernels, but once the process has spent their cost on tensor ops
+    they load, and every later run takes them from its first step."""
+    reducers = fresh_process
+    rows = -(-reducers.KERNEL_LOAD_ROWS // 8)  # a step of an eighth of the budget; 2 logged steps a run
+    runs = []  # which steps of each run the kernels reduce
+    for _ in range(6):
+        path, on_kernels = CpuPath(steps=2), []
+        for _step in range(2):
+            on_kernels.append(path.kernels)
+            path.step_done(rows, 0)
+        runs.append(on_kernels)
+    assert runs == [[False, False]] * 4 + [[True, True]] * 2  # the 8th step's cost reached the budget
+    assert reducers._kernels
+    assert CpuPath(start="tensor").kernels is False  # a forced path is its own
+    assert CpuPath().for_work(1, 0)  # a stacked probe takes the loaded kernels too
+
+
+def test_a_stacked_probe_loads_the_kernels_when_its_work_pays(fresh_process) -> None:
+    budget = fresh_process.KERNEL_LOAD_ROWS
+    assert not CpuPath().for_work(budget - 1, 0)
+    assert CpuPath().for_work(budget, 0)
+
+
+def test_a_run_moves_to_the_kernels_between_steps_with_the_same_rows(monkeypatch, fresh_process) -> None:
     """Through `Watch` (the CLI's recorder): a run of 3 logged steps whose steps ahead pay for
     the kernels takes step 0 as tensor ops and steps 1-2 on the kernels; its rows equal a
     run on the kernels throughout; a 1-step run never loads them."""
@@ -507,4 +532,5 @@ def test_a_run_moves_to_the_kernels_between_steps_with_the_same_rows(monkeypatch
         assert list(a["kind"]) == list(b["kind"]) and list(a["layer"]) == list(b["layer"])
         for col in ("mean", "std", "min", "max", "zero_frac", "dead_frac"):
             np.testing.assert_allclose(a[col], b[col], rtol=1e-5, atol=1e-7, err_msg=col)
+    monkeypatch.setattr(reducers, "_kernels", None)  # the "kernels" run loaded them
     assert run(None, 1)[0] == [False]

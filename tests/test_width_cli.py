@@ -76,10 +76,11 @@ SP_RUN = ["model=mlp", "model.depth=2", "model.width=32", "data.shape=[16]", "op
 
 
 @pytest.mark.parametrize("param", [[], ["param=sp"]], ids=["no param given", "param=sp"])
-def test_sp_is_bit_identical_to_initlab_before_the_width_axis(tmp_path: Path, param: list[str]) -> None:
+def test_sp_is_bit_identical_to_initlab_before_the_width_axis(tmp_path: Path, param: list[str],
+                                                             fresh_process) -> None:
     """tests/data/sp_reference_stats.parquet is this run's stats.parquet as commit 8217067 (the
-    last before the param group) wrote it: param=sp builds nothing and draws no random number.
-    Regenerate it only for a change meant to move every run's numbers."""
+    last before the param group) wrote it in a fresh process: param=sp builds nothing and draws
+    no random number. Regenerate it only for a change meant to move every run's numbers."""
     import torch
 
     if torch.__version__.split("+")[0] != SP_REFERENCE_TORCH:

@@ -15,12 +15,14 @@ from typing import TYPE_CHECKING
 
 from omegaconf import DictConfig
 
+from initlab.app.keys import group_options
 from initlab.checks import (
     MISSING,
     check_bool,
     check_choice,
     check_int,
     check_int_list,
+    check_like_default,
     check_num,
     get_value,
     headline_problem,
@@ -135,7 +137,11 @@ def validate(cfg: DictConfig, heavy: bool = True) -> None:
     layers = get_value(cfg, "plot_layers")
     if layers is not MISSING and not (isinstance(layers, str) and layers.isidentifier()):
         raise ConfigError("plot_layers", layers, "expected weighted, all, or a module type such as ReLU")
-    # model: the zoo family's own checks, registered beside it (initlab/models/)
+    # model: each key the kind of value its option's YAML has, then the family's own checks,
+    # registered beside it (initlab/models/)
+    name = get_value(cfg, "model.name")
+    if isinstance(name, str) and name in group_options().get("model", ()):
+        check_like_default(cfg, "model", preset("model", name))
     if heavy:
         from initlab.models.base import MODEL_CHECKS
 

@@ -27,9 +27,9 @@ _kernels: Any = None  # initlab.telemetry.kernels once loaded; False where numba
 
 
 def load_kernels() -> Any:
-    """The numba kernels module, imported at its first use (numba and the cached kernels take
-    1.7 s to load on a 2-core AMD EPYC, 0.6 s on a 2-core Xeon); None where numba is missing (no wheel for this
-    platform yet: the CPU takes the tensor-op path)."""
+    """The numba kernels module, imported at its first use (numba and the cached kernels, with
+    their first calls, take about 0.5 s on a 2-core AMD EPYC); None where numba is missing (no
+    wheel for this platform yet: the CPU takes the tensor-op path)."""
     global _kernels
     if _kernels is None:
         try:
@@ -103,9 +103,11 @@ def _rows_stats(X: torch.Tensor, shape: torch.Size, deads: Sequence[DeadRegion |
     mean_y = Y.sum(dim=1) / n
     var_y = torch.linalg.vector_norm(Y - mean_y[:, None], dim=1).square() / max(n - 1, 1)
     mean, var = mean_y.to(f64) * scale.to(f64), var_y.to(f64) * scale.to(f64).square()
-    nonzero = (X != 0).sum(dim=1).to(f64)
-    pos_minus_neg = ((X > 0).sum(dim=1) - (X < 0).sum(dim=1)).to(f64)
-    nonfinite = torch.count_nonzero(X * 0, dim=1).to(f64)  # inf*0, nan*0 are NaN; 0 else
+    # Counts as float sums of 0/1 (or -1) elements: an element-wise pass and a vectorised sum,
+    # where a comparison's bool sum is 3-7x slower on the CPU; NaN counts as non-zero, as x != 0
+    nonzero = _count(X.abs().clamp_(max=1).ceil_(), 1.0, count_dtype)
+    pos_minus_neg = _count(X.sign(), 0.0, count_dtype)
+    nonfinite = _count(X * 0, 1.0, count_dtype)  # inf*0, nan*0 are NaN; 0 else
     dead_frac = torch.full((L,), NAN, dtype=f64, device=X.device)
     dead_units = dead_frac.clone()
     units = (shape[0], shape[1], -1) if len(shape) > 1 else (1, shape[0], 1)
@@ -126,6 +128,12 @@ def _rows_stats(X: torch.Tensor, shape: torch.Size, deads: Sequence[DeadRegion |
         mean, var.clamp_min(0).sqrt(), lo.to(f64), hi.to(f64), (n - nonzero) / n, dead_frac,
         dead_units, nonfinite, torch.full((L,), float(n), dtype=f64, device=X.device),
     ], dim=1)
+
+
+def _count(ones: torch.Tensor, nan_as: float, dtype: torch.dtype | None) -> torch.Tensor:
+    """Row sums of a tensor of 0, 1 and -1 elements (`ones`, modified), NaN counted as
+    `nan_as`, as float64; exact (float32 sums of integers below 2**24, else `dtype`)."""
+    return torch.nan_to_num_(ones, nan=nan_as).sum(dim=1, dtype=dtype).to(torch.float64)
 
 
 def tensor_stats(x: torch.Tensor, dead: DeadRegion | None = None) -> torch.Tensor:
@@ -254,9 +262,10 @@ def warm_kernels() -> bool:
 
 
 # What the tensor-op path costs over the kernels, in its own rows (2-core AMD EPYC, measured):
-# about 0.7 ms a tensor plus 20-30 ns an element, so 25,000 elements cost about one row more;
-# loading numba and the cached kernels (about 1.7 s, once per process) is 2,500 such rows.
-ROW_ELEMENTS = 25_000
+# about 0.22 ms a tensor plus 5 ns an element, so 45,000 elements cost about one row more;
+# loading numba and the cached kernels, with their first calls (about 0.5 s, once per process),
+# is 2,500 such rows.
+ROW_ELEMENTS = 45_000
 KERNEL_LOAD_ROWS = 2_500
 
 
@@ -267,6 +276,7 @@ def tensor_path_cost(rows: int, elements: int) -> float:
 
 
 START = "auto"  # how a CpuPath starts unless told; tests set "kernels" or "tensor" to take one path
+_process_spent = 0.0  # rows this process's runs have reduced as tensor ops, over the kernels' cost
 
 
 class CpuPath:
@@ -276,33 +286,33 @@ class CpuPath:
     than a short run's whole telemetry (the smoke run's 160 rows take 0.16 s as tensor ops).
     So a run starts on the tensor ops and moves to the kernels after a logged step once they
     pay: when the `steps` still ahead (the run's logged steps, when its length is known)
-    would cost as much as loading them, or, when it is not known, once the steps done have
-    (then it pays at most twice what knowing would). The same run takes the same path at the
-    same step whatever ran before it in the process. `start`: "auto", "kernels" (from the
-    first step) or "tensor" (never: what CUDA/MPS tensors always take)."""
+    would cost as much as loading them, or once what the process's runs have spent on tensor
+    ops has (then it pays at most twice what knowing would: many short runs in one notebook or
+    sweep). Loaded, they are a sunk cost: every later run of the process takes them from its
+    first step. Both paths give the same rows to float32 rounding (tested). `start`: "auto",
+    "kernels" (from the first step) or "tensor" (never: what CUDA/MPS tensors always take)."""
 
     def __init__(self, steps: int | None = None, start: str | None = None) -> None:
         start = start or START
         if start not in ("auto", "kernels", "tensor"):
             raise ValueError(f"CpuPath start={start!r}: auto, kernels or tensor")
         self.steps_left = steps
-        self.spent = 0.0
         self.fixed = start != "auto"
-        self.kernels = start == "kernels" and load_kernels() is not None
+        self.kernels = (start == "kernels" or (start == "auto" and bool(_kernels))) and load_kernels() is not None
 
     def step_done(self, rows: int, elements: int) -> bool:
         """After a logged step that reduced `rows` CPU tensors of `elements` in all as tensor
         ops: whether the kernels take the steps after it."""
+        global _process_spent
         if self.kernels or self.fixed:
             return self.kernels
         cost = tensor_path_cost(rows, elements)
-        self.spent += cost
+        _process_spent += cost
+        ahead = 0.0
         if self.steps_left is not None:
             self.steps_left = max(self.steps_left - 1, 0)
             ahead = cost * self.steps_left
-        else:
-            ahead = self.spent
-        if ahead >= KERNEL_LOAD_ROWS:
+        if max(ahead, _process_spent) >= KERNEL_LOAD_ROWS:
             self.kernels = load_kernels() is not None
             self.fixed = not self.kernels
         return self.kernels
