@@ -159,8 +159,10 @@ class CpuReducer:
             raise RuntimeError("the CPU kernels need numba, which cannot be imported here")
         self.spec = hist
         self._positions = np.empty(1 << 16, dtype=np.int32)  # kernel scratch, grown as needed
-        if hist is not None:
+        if hist is not None:  # the layout's numbers, once: HistSpec computes them on each read
             self._lut, self._edges = hist_lut(hist), hist.edges().astype(np.float32)
+            self._center, self._cells, self._sample = hist.k + 2, hist.n_bins + 1, hist.sample
+        self._regions = {None: (self.k.NO_REGION, 0.0, 0.0)}  # DeadRegion -> the kernel's arguments
 
     @staticmethod
     def host(x: torch.Tensor) -> np.ndarray:
@@ -179,14 +181,14 @@ class CpuReducer:
         n = a.size
         if n == 0:
             return tensor_stats(x, dead).tolist(), counts
-        units = x.shape[1] if x.dim() > 1 else n
-        rest = n // (x.shape[0] * units) if x.dim() > 1 else 1
-        if dead is None:
-            region, center, half_width = self.k.NO_REGION, 0.0, 0.0
-        elif dead.relu:
-            region, center, half_width = self.k.RELU_REGION, 0.0, 0.0
-        else:
-            region, center, half_width = self.k.BAND_REGION, dead.center, dead.half_width
+        shape = x.shape
+        units = shape[1] if len(shape) > 1 else n
+        rest = n // (shape[0] * units) if len(shape) > 1 else 1
+        args = self._regions.get(dead)
+        if args is None:
+            args = self._regions[dead] = (self.k.RELU_REGION, 0.0, 0.0) if dead.relu else \
+                (self.k.BAND_REGION, dead.center, dead.half_width)
+        region, center, half_width = args
         if region != self.k.NO_REGION and units * rest > self._positions.size:
             self._positions = np.empty(units * rest, dtype=np.int32)
         lo, hi, s, sq, nz, n_dead, dead_units = self.k.act_moments(
@@ -240,9 +242,8 @@ class CpuReducer:
     def hist(self, a: np.ndarray) -> np.ndarray:
         """int64 counts of the histogram sample of `a` (flat float32) over the layout bins,
         then a NaN column."""
-        spec = self.spec
-        counts = np.zeros(spec.n_bins + 1, dtype=np.int64)
-        self.k.hist_sample(a, sample_stride(a.size, spec.sample), self._lut, self._edges, spec.k + 2, counts)
+        counts = np.zeros(self._cells, dtype=np.int64)
+        self.k.hist_sample(a, sample_stride(a.size, self._sample), self._lut, self._edges, self._center, counts)
         return counts
 
 
