@@ -39,30 +39,29 @@ class Study:
     name: str
     arms: tuple[str, ...]  # the sweep's columns that name an arm
     seeds: bool = True  # compared on training outcomes: run over SEEDS (False: step 0 only, or the config sweeps seed)
-    figure: str = "step0_std_overlay"  # the sweep figure the docs show (docs/figures/NAME.png)
+    figure: str = "headline"  # the sweep figure the docs show (docs/figures/NAME.png)
     width: bool = False  # a width study: headline lines of its own, not rows of the table
     precision: bool = False  # a precision study: the table's rows, and lines on each arm's gradient underflow
 
 
 STUDIES = [
-    Study("seed_mlp100", ("init.std", "model.act"), seeds=False, figure="headline"),
-    Study("glorot_tanh", ("init",), seeds=False, figure="headline"),
+    Study("seed_mlp100", ("init.std", "model.act"), seeds=False),
+    Study("glorot_tanh", ("init",), seeds=False),
     Study("fastai_conv4", ("init",)),
-    Study("he_deep_relu", ("init",), figure="headline"),
-    Study("d2l_bn_lenet", ("bn",), figure="loss_curves"),
+    Study("he_deep_relu", ("init",)),
+    Study("d2l_bn_lenet", ("bn",)),
     Study("resnet_bn_ablation", ("bn", "init")),
-    Study("bn_position", ("model.norm_position",), seeds=False, figure="loss_curves"),  # its config sweeps seed=0,1,2
+    Study("bn_position", ("model.norm_position",), seeds=False),  # its config sweeps seed=0,1,2
     Study("lsuv", ("init",)),
     Study("norm_zoo", ("norm",)),
     # one seed each (4 min apiece on 2 cores); their own tests assert their study-specific headlines
-    Study("small_batch_norm", ("norm", "train.batch_size"), seeds=False, figure="headline"),
-    Study("ln_position", ("model.depth", "model.norm_position", "optim.warmup_steps"), seeds=False,
-          figure="headline"),
+    Study("small_batch_norm", ("norm", "train.batch_size"), seeds=False),
+    Study("ln_position", ("model.depth", "model.norm_position", "optim.warmup_steps"), seeds=False),
     # width (docs/width.md): the coordinate check (one run) and learning-rate transfer (a sweep, one seed)
     Study("coord_check", (), seeds=False, figure="coord_check", width=True),
     Study("lr_transfer", ("param", "model.width", "optim.lr"), seeds=False, figure="lr_transfer", width=True),
     # precision (docs/precision.md): fp32, bf16 and fp16 with and without loss scaling
-    Study("loss_scaling", ("precision", "precision.loss_scale"), figure="loss_curves", precision=True),
+    Study("loss_scaling", ("precision", "precision.loss_scale"), precision=True),
 ]
 
 
