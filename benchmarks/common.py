@@ -48,6 +48,16 @@ def kaiming_case(name: str, cfg: dict, shape: tuple[int, ...], batch: int, devic
     return model, data, torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 
 
+def readme_step(model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor
+                ) -> torch.Tensor:
+    """One step of the README's plain loop (forward, zero_grad, backward, step); the loss."""
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return loss
+
+
 def median(xs: list[float]) -> float:
     return statistics.median(xs)
 

@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from hydra import compose, initialize_config_module
 from torch import nn
 
-from benchmarks.common import kaiming_case, median, write_table
+from benchmarks.common import kaiming_case, median, readme_step, write_table
 from initlab.devices import resolve_device
 from initlab.record.watcher import Watch
 from initlab.speedups.allocator import keep_freed_memory
@@ -104,17 +103,11 @@ def _user_loop(model, data, opt, steps: int, watch: Watch | None) -> list[float]
         x, y = next(batches)
         t0 = time.perf_counter()
         if watch is None:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            loss = readme_step(model, opt, x, y)
             loss.item()  # the same one read per step the CLI's loop makes
         else:
             with watch.step(step):
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                loss = readme_step(model, opt, x, y)
             watch.log(loss=loss.item())
         times.append(time.perf_counter() - t0)
     return times

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import kaiming_case, median, write_table
+from benchmarks.common import kaiming_case, median, readme_step, write_table
 from initlab import watch
 from initlab.speedups.allocator import keep_freed_memory
 
@@ -58,19 +58,13 @@ def _plain(model, opt, batches, recorder: Callable[[], Any] | None = None) -> fl
     t0 = time.perf_counter()
     if recorder is None:
         for x, y in batches:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            loss = readme_step(model, opt, x, y)
             loss.item()  # what w.log(loss=loss.item()) reads
         return time.perf_counter() - t0
     with recorder() as w:
         for step, (x, y) in enumerate(batches):
             with w.step(step):
-                loss = F.cross_entropy(model(x), y)
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
+                loss = readme_step(model, opt, x, y)
             w.log(loss=loss.item())
     return time.perf_counter() - t0
 
@@ -118,10 +112,7 @@ def _wandb(model, opt, batches, tmp: Path) -> Callable[[bool], float]:
         if recorded:
             run.watch(model, log="all", log_freq=1)
         for x, y in batches:
-            loss = F.cross_entropy(model(x), y)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+            loss = readme_step(model, opt, x, y)
             run.log({"loss": loss.item()})
         if recorded:
             run.unwatch(model)

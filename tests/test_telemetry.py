@@ -534,3 +534,28 @@ def test_a_run_moves_to_the_kernels_between_steps_with_the_same_rows(monkeypatch
             np.testing.assert_allclose(a[col], b[col], rtol=1e-5, atol=1e-7, err_msg=col)
     monkeypatch.setattr(reducers, "_kernels", None)  # the "kernels" run loaded them
     assert run(None, 1)[0] == [False]
+
+
+def test_the_tensor_path_counts_what_comparisons_count() -> None:
+    """The tensor-op path counts zeros, dead and saturated values and non-finite values as
+    float sums of 0/1 elements: the same integers as x == 0, x <= 0, |x - c| > w and
+    ~isfinite count, with NaN, ±inf, -0.0 and subnormals among the values, rows reduced
+    together."""
+    from initlab.telemetry.reducers import DeadRegion, group_stats
+
+    g = torch.Generator().manual_seed(0)
+    xs = [torch.randn(4, 3, 5, generator=g) for _ in range(3)]
+    xs[0][0, 0, :3] = torch.tensor([0.0, -0.0, 1e-44])
+    xs[1][1, 2, :4] = torch.tensor([float("nan"), float("inf"), -float("inf"), 0.0])
+    xs[2] = torch.relu(xs[2])
+    rows = group_stats(xs, [DeadRegion(relu=True)] * 3)
+    names = ["mean", "std", "min", "max", "zero_frac", "dead_frac", "dead_units", "nonfinite", "numel"]
+    for x, row in zip(xs, rows):
+        r = dict(zip(names, row.tolist()))
+        n = x.numel()
+        assert r["zero_frac"] == (x == 0).sum().item() / n
+        assert r["nonfinite"] == (~torch.isfinite(x)).sum().item()
+        assert r["dead_frac"] == (x <= 0).sum().item() / n  # relu: x <= 0 is dead (NaN is not)
+    band = DeadRegion(False, 0.5, 0.47)  # a sigmoid's: |x - 0.5| > 0.47 is saturated
+    for x, row in zip(xs, group_stats(xs, [band] * 3)):
+        assert dict(zip(names, row.tolist()))["dead_frac"] == ((x - 0.5).abs() > 0.47).sum().item() / x.numel()

@@ -96,17 +96,17 @@ def _rows_stats(X: torch.Tensor, shape: torch.Size, deads: Sequence[DeadRegion |
     if n == 0:  # nothing to summarise: NaN statistics, no non-finite values, numel 0
         return torch.tensor([[NAN] * 7 + [0.0, 0.0]] * L, dtype=f64, device=X.device)
     hi, lo = X.amax(dim=1), X.amin(dim=1)
-    count_dtype = f64 if n >= 2**24 else None  # sums of +-1 are exact in float32 below 2**24
+    count_dtype = f64 if n >= 2**24 else None  # counts (sums of 0/1) are exact in float32 below 2**24
     absmax = torch.maximum(-lo, hi)
     scale = torch.where(torch.isfinite(absmax) & (absmax > 0), absmax, torch.ones_like(absmax))
     Y = X / scale[:, None]
     mean_y = Y.sum(dim=1) / n
     var_y = torch.linalg.vector_norm(Y - mean_y[:, None], dim=1).square() / max(n - 1, 1)
     mean, var = mean_y.to(f64) * scale.to(f64), var_y.to(f64) * scale.to(f64).square()
-    # Counts as float sums of 0/1 (or -1) elements: an element-wise pass and a vectorised sum,
-    # where a comparison's bool sum is 3-7x slower on the CPU; NaN counts as non-zero, as x != 0
+    # Counts as float sums of 0/1 elements (ceil of a value clamped to [0, 1] is 1 exactly where
+    # it is above 0): an element-wise pass and a vectorised sum, where a comparison's bool sum is
+    # 3-7x slower on the CPU; NaN is counted as a comparison counts it (x != 0 is true, x > 0 not)
     nonzero = _count(X.abs().clamp_(max=1).ceil_(), 1.0, count_dtype)
-    pos_minus_neg = _count(X.sign(), 0.0, count_dtype)
     nonfinite = _count(X * 0, 1.0, count_dtype)  # inf*0, nan*0 are NaN; 0 else
     dead_frac = torch.full((L,), NAN, dtype=f64, device=X.device)
     dead_units = dead_frac.clone()
@@ -115,14 +115,15 @@ def _rows_stats(X: torch.Tensor, shape: torch.Size, deads: Sequence[DeadRegion |
         sel = [i for i, d in enumerate(deads) if d == region]
         idx = torch.tensor(sel, device=X.device)
         U = (X if len(sel) == L else X.index_select(0, idx)).view(len(sel), *units)  # (rows, batch, units, rest)
+        rows = U.reshape(len(sel), -1)
         if region.relu:  # x <= 0 is dead; a unit is dead when its max over the batch is
-            positive = (nonzero[idx] + pos_minus_neg[idx]) / 2
-            dead_frac[idx] = (n - positive) / n
+            live = _count(rows.clamp(0, 1).ceil_(), 1.0, count_dtype)  # x > 0, or NaN: not x <= 0
+            dead_frac[idx] = (n - live) / n
             dead_units[idx] = (U.amax(dim=(1, 3)) <= 0).to(f64).mean(dim=1)
         else:  # |x - center| > half_width is saturated
             dist = (U - region.center).abs_() if region.center else U.abs()
-            above = torch.sign(dist - region.half_width).sum(dim=(1, 2, 3), dtype=count_dtype).to(f64)
-            dead_frac[idx] = (above + n) / (2 * n)
+            above = _count((dist.reshape(len(sel), -1) - region.half_width).clamp_(0, 1).ceil_(), 0.0, count_dtype)
+            dead_frac[idx] = above / n
             dead_units[idx] = (dist.amin(dim=(1, 3)) > region.half_width).to(f64).mean(dim=1)
     return torch.stack([
         mean, var.clamp_min(0).sqrt(), lo.to(f64), hi.to(f64), (n - nonzero) / n, dead_frac,
